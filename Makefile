@@ -1,0 +1,47 @@
+# dask-deploy: every target has a `## description`; `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+BACKEND ?= marathon
+VALUES ?=
+SET ?=
+OUT ?= rendered/$(BACKEND)
+PYTEST_ARGS ?=
+
+.PHONY: help venv render golden lint test demo clean
+
+help: ## List the targets and what they do
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## Create .venv with the package and the pinned tools
+
+render: $(STAMP) ## Render BACKEND [VALUES=file] [SET="k=v ..."] [OUT=dir] into plain manifests
+	$(BIN)/dask-deploy render --backend $(BACKEND) $(if $(VALUES),--values $(VALUES)) $(foreach s,$(SET),--set $(s)) --out $(OUT)
+
+golden: $(STAMP) ## Re-render every test scenario into tests/golden/
+	$(BIN)/python -m dask_deploy.golden tests/scenarios tests/golden
+
+lint: $(STAMP) ## ruff and mypy (strict on runtime/)
+	$(BIN)/ruff check runtime tests bench
+	$(BIN)/ruff format --check runtime tests bench
+	$(BIN)/mypy
+
+test: lint ## Lint, then every test tier (installs what it needs)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: $(STAMP) ## Start a scheduler and the scaler, run a bursty workload, plot workers over time
+	$(BIN)/python -m dask_deploy.demo
+
+clean: ## Remove the venv, rendered output and caches
+	rm -rf $(VENV) rendered .mypy_cache .ruff_cache .pytest_cache

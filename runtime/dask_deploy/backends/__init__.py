@@ -1,0 +1,51 @@
+"""Backends: one file each, one :class:`Backend` protocol, one sorted registry.
+
+Third-party packages add a backend with an entry point in the group
+``dask_deploy.backends`` whose object is a :class:`BackendFactory`.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from .._registry import Registry
+from ._protocol import (
+    Backend,
+    BackendContext,
+    BackendFactory,
+    Instance,
+    InstanceState,
+    by_state,
+    count_requested,
+)
+
+#: Built-in backends, sorted. Each module exposes ``create(context) -> Backend``.
+#: Every key that has templates also has a folder of the same name under ``templates/``.
+BUILTIN = {
+    "docker": "dask_deploy.backends.docker:create",
+    "fake": "dask_deploy.backends.fake:create",
+    "kubernetes": "dask_deploy.backends.kubernetes:create",
+    "local": "dask_deploy.backends.local:create",
+    "marathon": "dask_deploy.backends.marathon:create",
+    "slurm": "dask_deploy.backends.slurm:create",
+}
+
+registry = Registry("backend", "dask_deploy.backends", BUILTIN)
+
+
+def load_backend_factory(name: str, *, key: str = "backend.name") -> BackendFactory:
+    return cast(BackendFactory, registry.load(name, key=key))
+
+
+__all__ = [
+    "BUILTIN",
+    "Backend",
+    "BackendContext",
+    "BackendFactory",
+    "Instance",
+    "InstanceState",
+    "by_state",
+    "count_requested",
+    "load_backend_factory",
+    "registry",
+]

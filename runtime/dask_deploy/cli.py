@@ -1,0 +1,67 @@
+"""The ``dask-deploy`` command. Each subcommand lives in its own module.
+
+A subcommand module exposes ``HELP: str``, ``configure(parser)`` and
+``run(args) -> int``. Bad input raises :class:`UserInputError`, which is printed
+as one line and exits 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import cast
+
+from ._errors import UserInputError
+
+SUBCOMMANDS = {
+    "render": "dask_deploy._cli_render",
+    "scale": "dask_deploy._cli_scale",
+    "simulate": "dask_deploy._cli_simulate",
+}
+
+
+def _import_subcommand(module_name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name == module_name:
+            return None  # not built yet in this checkout
+        raise
+
+
+class _ExitTwoParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ExitTwoParser(prog="dask-deploy", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_ExitTwoParser)
+    for name, module_name in SUBCOMMANDS.items():
+        module = _import_subcommand(module_name)
+        if module is None:
+            continue
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.configure(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run = cast(Callable[[argparse.Namespace], int], args.run)
+    try:
+        return run(args)
+    except UserInputError as error:
+        print(f"dask-deploy {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
