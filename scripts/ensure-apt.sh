@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the Debian packages named on the command line when any is missing.
+# Serialised with a lock, because tests and make targets may call it at the same time.
+set -euo pipefail
+missing=()
+for package in "$@"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+exec 9>/tmp/dask-deploy-apt.lock
+flock 9
+export DEBIAN_FRONTEND=noninteractive
+# Lists older than a day (or none at all, on a fresh machine) are refreshed once.
+if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -1)" ]; then
+  $SUDO apt-get update -qq
+fi
+echo "ensure-apt: installing ${missing[*]}" >&2
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
