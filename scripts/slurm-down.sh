@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Stop the SLURM that scripts/slurm-up.sh started, and only that: cancel its jobs, then stop
+# the daemons whose pid files slurm-up left under $DASK_DEPLOY_SLURM_DIR.
+# Logs and the munge key stay, so a failure can still be read afterwards.
+set -euo pipefail
+
+state="${DASK_DEPLOY_SLURM_DIR:-/tmp/dask-deploy-slurm}"
+export SLURM_CONF="$state/slurm.conf"
+
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+[ -d "$state/run" ] || exit 0
+
+# Jobs first, while slurmctld can still tell the slurmd to end them: with proctrack/linuxproc
+# a job's processes would otherwise outlive the daemons.
+if alive "$state/run/slurmctld.pid"; then
+  scancel --full --quiet --user="$(id -un)" 2>/dev/null || true
+  for _ in $(seq 1 40); do
+    [ -z "$(squeue --noheader --all --format=%i 2>/dev/null)" ] && break
+    sleep 0.5
+  done
+fi
+
+pid_files=("$state"/run/slurmd-*.pid "$state/run/slurmctld.pid" "$state/run/munged.pid")
+for pid_file in "${pid_files[@]}"; do
+  alive "$pid_file" && kill "$(cat "$pid_file")" 2>/dev/null || true
+done
+for _ in $(seq 1 40); do
+  still=0
+  for pid_file in "${pid_files[@]}"; do alive "$pid_file" && still=1; done
+  [ "$still" -eq 0 ] && break
+  sleep 0.25
+done
+for pid_file in "${pid_files[@]}"; do
+  alive "$pid_file" && kill -KILL "$(cat "$pid_file")" 2>/dev/null || true
+done
+rm -rf "$state/run" "$state/ctld" "$state/spool"
+echo "slurm-down: stopped" >&2
