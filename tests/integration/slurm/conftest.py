@@ -1,0 +1,64 @@
+"""A real SLURM for the tests in this folder, started by scripts/slurm-up.sh.
+
+The session fixture installs slurm-wlm and munge when missing (so a fresh CI machine works),
+starts munged, slurmctld and several slurmd on 127.0.0.1, and stops them at the end. When
+SLURM cannot start, the test fails with the tail of SLURM's own logs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+STATE = Path(os.environ.get("DASK_DEPLOY_SLURM_DIR", "/tmp/dask-deploy-slurm"))
+
+
+@dataclass(frozen=True)
+class Slurm:
+    """The running test SLURM: where its configuration and logs are."""
+
+    conf: Path
+    logs: Path
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The end of every daemon's log, to explain a failure."""
+        tails = []
+        for log in sorted(self.logs.glob("*.log")):
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+            tails.append(f"----- {log}\n" + "\n".join(text))
+        return "\n".join(tails)
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[Slurm]:
+    """Start SLURM once per session; stop it afterwards unless it was already running."""
+    started = subprocess.run(
+        [str(REPO / "scripts" / "slurm-up.sh")], capture_output=True, text=True, timeout=600
+    )
+    if started.returncode != 0:
+        pytest.fail(
+            f"SLURM did not start (scripts/slurm-up.sh exit {started.returncode}):\n"
+            f"{started.stdout}{started.stderr}",
+            pytrace=False,
+        )
+    was_running = "already up" in started.stderr
+    conf = STATE / "slurm.conf"
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(conf)
+    try:
+        yield Slurm(conf=conf, logs=STATE / "log")
+    finally:
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        if not was_running:
+            subprocess.run(
+                [str(REPO / "scripts" / "slurm-down.sh")], capture_output=True, timeout=120
+            )

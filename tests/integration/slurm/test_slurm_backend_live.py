@@ -1,0 +1,76 @@
+"""The SLURM backend's commands against the real SLURM: submit, list, cancel exactly one job."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dask_deploy.backends import BackendContext, InstanceState
+from dask_deploy.backends.slurm import SlurmBackend, load_settings
+
+pytestmark = pytest.mark.slurm
+
+
+async def wait_for_states(
+    backend: SlurmBackend, want: dict[str, InstanceState], timeout: float = 60
+) -> None:
+    seen: dict[str, InstanceState] = {}
+    for _ in range(int(timeout / 0.5)):
+        seen = {i.name: i.state for i in await backend.instances()}
+        if all(seen.get(name) is state for name, state in want.items()):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"wanted {want}, squeue shows {seen}")
+
+
+async def test_backend_submits_lists_and_cancels_exactly_the_named_job(
+    slurm: Any, tmp_path: Path
+) -> None:
+    script = tmp_path / "worker-job.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH --output={tmp_path}/%j.out\nexec sleep 300\n")
+    deployment = f"live-{uuid.uuid4().hex[:8]}"  # earlier runs' jobs stay listed for MinJobAge
+    context = BackendContext(deployment, "tcp://127.0.0.1:8786", {"worker_script": str(script)})
+    backend = SlurmBackend(load_settings(context))
+    # A job of another deployment that the backend must never see nor touch.
+    stranger = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--job-name={deployment}-worker",
+            f"--output={tmp_path}/x.out",
+            "--wrap=sleep 300",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        await backend.scale_up(2)
+        names = sorted(i.name for i in await backend.instances())
+        assert len(names) == 2 and stranger not in names
+        await wait_for_states(backend, dict.fromkeys(names, InstanceState.RUNNING))
+        jobs = await backend.jobs()
+        assert all(job.ends_at is not None for job in jobs), jobs
+
+        await backend.scale_up(2)  # already there: submits nothing
+        assert len(await backend.instances()) == 2
+
+        await backend.scale_down([names[0], stranger])
+        await wait_for_states(
+            backend, {names[0]: InstanceState.EXITED, names[1]: InstanceState.RUNNING}
+        )
+        stranger_state = subprocess.run(
+            ["squeue", "--noheader", "--states=all", f"--jobs={stranger}", "--format=%T"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert stranger_state == "RUNNING"
+    finally:
+        ids = [i.name for i in await backend.instances()] + [stranger]
+        subprocess.run(["scancel", *ids], check=False)

@@ -1,0 +1,238 @@
+"""The SLURM backend's command builders and output parsers, with squeue samples for every state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dask_deploy import SettingsError
+from dask_deploy.backends import BackendContext, Instance, InstanceState, slurm
+from dask_deploy.backends.slurm import (
+    Command,
+    SlurmCommandError,
+    SlurmSettings,
+    cancel_command,
+    job_state,
+    list_command,
+    parse_job_id,
+    parse_jobs,
+    submit_command,
+)
+
+SETTINGS = SlurmSettings("dask", Path("/opt/dask/worker-job.sh"), "dask-worker", ())
+COMMENT = "dask-deploy/dask"
+
+# One line per state squeue can print (SLURM 22.05, `--states=all --format=%i|%T|%V|%e|%k`,
+# SLURM_TIME_FORMAT=%s): pending jobs have no end yet, ended ones stay listed for MinJobAge.
+SQUEUE_EVERY_STATE = """\
+101|PENDING|1795869283|N/A|dask-deploy/dask
+102|CONFIGURING|1795869283|1795872883|dask-deploy/dask
+103|RUNNING|1795869283|1795872883|dask-deploy/dask
+104|COMPLETING|1795869283|1795869290|dask-deploy/dask
+105|COMPLETED|1795869283|1795869287|dask-deploy/dask
+106|CANCELLED|1795869283|1795869288|dask-deploy/dask
+107|FAILED|1795869283|1795869284|dask-deploy/dask
+108|TIMEOUT|1795869283|1795872883|dask-deploy/dask
+109|NODE_FAIL|1795869283|1795869300|dask-deploy/dask
+110|OUT_OF_MEMORY|1795869283|1795869300|dask-deploy/dask
+111|PREEMPTED|1795869283|1795869300|dask-deploy/dask
+112|BOOT_FAIL|1795869283|1795869300|dask-deploy/dask
+113|DEADLINE|1795869283|1795869300|dask-deploy/dask
+114|SUSPENDED|1795869283|1795872883|dask-deploy/dask
+115|REQUEUED|1795869283|Unknown|dask-deploy/dask
+116|REQUEUE_HOLD|1795869283|Unknown|dask-deploy/dask
+117|SIGNALING|1795869283|1795872883|dask-deploy/dask
+118|STAGE_OUT|1795869283|1795872883|dask-deploy/dask
+119|SPECIAL_EXIT|1795869283|1795869300|dask-deploy/dask
+120|RESIZING|1795869283|1795872883|dask-deploy/dask
+121|STOPPED|1795869283|1795872883|dask-deploy/dask
+122|REVOKED|1795869283|1795869300|dask-deploy/dask
+"""
+
+EXPECTED_STATES = {
+    "101": InstanceState.PENDING,
+    "102": InstanceState.PENDING,
+    "103": InstanceState.RUNNING,
+    "104": InstanceState.RUNNING,
+    "105": InstanceState.EXITED,
+    "106": InstanceState.EXITED,
+    "107": InstanceState.EXITED,
+    "108": InstanceState.EXITED,
+    "109": InstanceState.EXITED,
+    "110": InstanceState.EXITED,
+    "111": InstanceState.EXITED,
+    "112": InstanceState.EXITED,
+    "113": InstanceState.EXITED,
+    "114": InstanceState.RUNNING,
+    "115": InstanceState.PENDING,
+    "116": InstanceState.PENDING,
+    "117": InstanceState.RUNNING,
+    "118": InstanceState.RUNNING,
+    "119": InstanceState.EXITED,
+    "120": InstanceState.RUNNING,
+    "121": InstanceState.RUNNING,
+    "122": InstanceState.EXITED,
+}
+
+
+def test_every_squeue_state_maps_to_pending_running_or_exited() -> None:
+    jobs = parse_jobs(SQUEUE_EVERY_STATE, COMMENT)
+    assert {job.instance.name: job.instance.state for job in jobs} == EXPECTED_STATES
+
+
+def test_requested_at_is_the_submit_time() -> None:
+    jobs = parse_jobs(SQUEUE_EVERY_STATE, COMMENT)
+    assert {job.instance.requested_at for job in jobs} == {1795869283.0}
+
+
+def test_running_jobs_report_their_expected_end_and_pending_ones_none() -> None:
+    ends = {job.instance.name: job.ends_at for job in parse_jobs(SQUEUE_EVERY_STATE, COMMENT)}
+    assert ends["103"] == 1795872883.0
+    assert ends["101"] is None
+    assert ends["102"] is None  # CONFIGURING has not started the script yet
+    assert ends["105"] is None
+
+
+def test_jobs_of_other_deployments_are_ignored() -> None:
+    output = (
+        "1|RUNNING|1795869283|1795872883|dask-deploy/dask\n"
+        "2|RUNNING|1795869283|1795872883|dask-deploy/other\n"
+        "3|RUNNING|1795869283|1795872883|(null)\n"
+        "4|RUNNING|1795869283|1795872883|dask-deploy/dask|with a pipe\n"
+    )
+    assert [job.instance.name for job in parse_jobs(output, COMMENT)] == ["1"]
+
+
+def test_empty_squeue_output_is_no_jobs() -> None:
+    assert parse_jobs("", COMMENT) == []
+    assert parse_jobs("\n", COMMENT) == []
+
+
+def test_a_state_slurm_adds_later_holds_its_job() -> None:
+    assert job_state("SOMETHING_NEW") is InstanceState.RUNNING
+
+
+def test_sbatch_parsable_output_gives_the_job_id() -> None:
+    assert parse_job_id("4711\n") == "4711"
+    assert parse_job_id("4711;cluster\n") == "4711"
+
+
+def test_sbatch_output_without_a_job_id_is_an_error() -> None:
+    with pytest.raises(SlurmCommandError, match="expected a job id"):
+        parse_job_id("sbatch: error: Batch job submission failed\n")
+
+
+def test_submit_names_the_job_and_marks_it_with_the_deployment() -> None:
+    command = submit_command(SETTINGS)
+    assert command.argv == (
+        "sbatch",
+        "--parsable",
+        "--job-name=dask-worker",
+        "--comment=dask-deploy/dask",
+        "/opt/dask/worker-job.sh",
+    )
+
+
+def test_submit_args_come_before_the_script() -> None:
+    settings = SlurmSettings("dask", Path("w.sh"), "dask-worker", ("--qos=high",))
+    assert submit_command(settings).argv[-2:] == ("--qos=high", "w.sh")
+
+
+def test_list_filters_by_job_name_includes_ended_jobs_and_asks_for_unix_times() -> None:
+    command = list_command(SETTINGS)
+    assert "--name=dask-worker" in command.argv
+    assert "--states=all" in command.argv
+    assert "--noheader" in command.argv
+    assert command.env == {"SLURM_TIME_FORMAT": "%s"}
+
+
+def test_cancel_names_exactly_the_job_ids_and_the_job_name() -> None:
+    command = cancel_command(SETTINGS, {"12", "10"})
+    assert command.argv == ("scancel", "--quiet", "--name=dask-worker", "10", "12")
+
+
+def test_options_default_the_job_name_from_the_deployment(tmp_path: Path) -> None:
+    script = tmp_path / "worker-job.sh"
+    script.write_text("#!/bin/bash\n")
+    context = BackendContext("dask", "tcp://127.0.0.1:8786", {"worker_script": str(script)})
+    settings = slurm.load_settings(context)
+    assert settings.job_name == "dask-worker"
+    assert settings.comment == "dask-deploy/dask"
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({}, "backend.options.worker_script"),
+        ({"worker_script": "/no/such/script.sh"}, "backend.options.worker_script"),
+        ({"worker_script": "SCRIPT", "job_name": "a b"}, "backend.options.job_name"),
+        ({"worker_script": "SCRIPT", "submit_args": "--qos=x"}, "backend.options.submit_args"),
+        ({"worker_script": "SCRIPT", "partition": "x"}, "backend.options.partition"),
+    ],
+)
+def test_bad_options_name_the_key(tmp_path: Path, options: dict[str, object], key: str) -> None:
+    script = tmp_path / "worker-job.sh"
+    script.write_text("#!/bin/bash\n")
+    options = {k: str(script) if v == "SCRIPT" else v for k, v in options.items()}
+    with pytest.raises(SettingsError) as error:
+        slurm.load_settings(BackendContext("dask", "tcp://127.0.0.1:8786", options))
+    assert error.value.key == key
+
+
+class FakeSlurm:
+    """Stands in for the runner: answers squeue from a list and records every command."""
+
+    def __init__(self, squeue: str) -> None:
+        self.squeue = squeue
+        self.commands: list[tuple[str, ...]] = []
+        self.next_id = 500
+
+    async def run(self, command: Command) -> str:
+        self.commands.append(command.argv)
+        if command.argv[0] == "squeue":
+            return self.squeue
+        if command.argv[0] == "sbatch":
+            self.next_id += 1
+            return f"{self.next_id}\n"
+        return ""
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSlurm:
+    fake = FakeSlurm(
+        "1|PENDING|1795869283|N/A|dask-deploy/dask\n"
+        "2|RUNNING|1795869283|1795872883|dask-deploy/dask\n"
+        "3|CANCELLED|1795869283|1795869290|dask-deploy/dask\n"
+    )
+    monkeypatch.setattr(slurm, "_run", fake.run)
+    return fake
+
+
+async def test_scale_up_counts_pending_jobs_as_requested(fake: FakeSlurm) -> None:
+    await slurm.SlurmBackend(SETTINGS).scale_up(4)
+    assert [argv[0] for argv in fake.commands] == ["squeue", "sbatch", "sbatch"]
+
+
+async def test_scale_up_never_lowers_the_count(fake: FakeSlurm) -> None:
+    await slurm.SlurmBackend(SETTINGS).scale_up(1)
+    assert [argv[0] for argv in fake.commands] == ["squeue"]
+
+
+async def test_scale_down_cancels_only_live_jobs_it_was_named(fake: FakeSlurm) -> None:
+    await slurm.SlurmBackend(SETTINGS).scale_down(["1", "3", "999"])
+    assert fake.commands[-1] == ("scancel", "--quiet", "--name=dask-worker", "1")
+
+
+async def test_scale_down_of_unknown_names_runs_no_scancel(fake: FakeSlurm) -> None:
+    await slurm.SlurmBackend(SETTINGS).scale_down(["999"])
+    assert [argv[0] for argv in fake.commands] == ["squeue"]
+
+
+async def test_instances_are_this_deployments_jobs(fake: FakeSlurm) -> None:
+    instances = await slurm.SlurmBackend(SETTINGS).instances()
+    assert instances == [
+        Instance("1", InstanceState.PENDING, 1795869283.0),
+        Instance("2", InstanceState.RUNNING, 1795869283.0),
+        Instance("3", InstanceState.EXITED, 1795869283.0),
+    ]
