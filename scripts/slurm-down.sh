@@ -10,6 +10,10 @@ export SLURM_CONF="$state/slurm.conf"
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 [ -d "$state/run" ] || exit 0
+if [ -z "${DASK_DEPLOY_SLURM_LOCKED:-}" ]; then
+  exec 8>"$state.lock"
+  flock 8
+fi
 
 # Jobs first, while slurmctld can still tell the slurmd to end them: with proctrack/linuxproc
 # a job's processes would otherwise outlive the daemons.

@@ -56,6 +56,9 @@ healthy() {
 
 "$here/ensure-apt.sh" slurm-wlm munge
 mkdir -p "$state"
+# One start or stop at a time, even when two test sessions begin together.
+exec 8>"$state.lock"
+flock 8
 
 sed -e "s|@STATE@|$state|g" -e "s|@HOST@|$(hostname -s)|g" -e "s|@NODES@|$nodes|g" \
   -e "s|@CPUS@|$cpus|g" -e "s|@MEMORY@|$memory|g" -e "s|@CTLD_PORT@|$ctld_port|g" \
@@ -69,7 +72,7 @@ if healthy; then
 fi
 
 # Something is missing or the configuration changed: stop what we started, start afresh.
-"$here/slurm-down.sh" >/dev/null 2>&1 || true
+DASK_DEPLOY_SLURM_LOCKED=1 "$here/slurm-down.sh" >/dev/null 2>&1 || true
 mv "$state/slurm.conf.new" "$conf"
 mkdir -p "$state/ctld" "$state/run" "$state/log" "$state/munge"
 for k in $(seq 1 "$nodes"); do mkdir -p "$state/spool/node$k"; done
