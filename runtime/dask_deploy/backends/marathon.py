@@ -1,0 +1,297 @@
+"""Marathon: the workers are the tasks of one app, each named by its task id.
+
+Options (``backend.options`` in the scaler configuration)::
+
+    url: http://marathon.mesos:8080   # required: Marathon's base URL (or a list of them)
+    app_id: /dask/worker              # required: the worker app, rendered with instances: 0
+    credentials_file: null            # optional: YAML file {username, password} or {token}
+    tls_verify: true                  # optional: verify Marathon's certificate; or a CA bundle path
+    force: false                      # optional: override deployment locks (?force=true)
+    request_timeout: 10               # optional: seconds per HTTP request
+    retry_for: 30                     # optional: seconds to keep retrying 409 / 5xx / no answer
+
+Credentials never come from the rendered manifest: ``credentials_file`` on the scaler's host, or
+the environment (``MARATHON_USERNAME`` + ``MARATHON_PASSWORD``, or ``MARATHON_AUTH_TOKEN``).
+
+The worker app starts ``dask worker --name $MESOS_TASK_ID``, so ``Instance.name`` is the task id.
+``scale_down`` kills exactly those tasks and lowers ``instances`` in the same call
+(``POST /v2/tasks/delete?scale=true``), so Marathon neither restarts them nor picks other victims.
+Requests are built by pure functions; :meth:`MarathonBackend._call` is the one place that sends,
+in a thread because the ``marathon`` client is synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .._errors import SettingsError
+from ._protocol import Backend, BackendContext, Instance, InstanceState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PENDING_STATES = frozenset({"TASK_STAGING", "TASK_STARTING", "TASK_STAGED"})
+#: Ended, or on the way out: killing an already-killing task would lower ``instances`` twice.
+EXITED_STATES = frozenset(
+    {
+        "TASK_KILLING",
+        "TASK_KILLED",
+        "TASK_FAILED",
+        "TASK_FINISHED",
+        "TASK_ERROR",
+        "TASK_LOST",
+        "TASK_DROPPED",
+        "TASK_GONE",
+        "TASK_GONE_BY_OPERATOR",
+    }
+)
+_OPTIONS = {
+    "url",
+    "app_id",
+    "credentials_file",
+    "tls_verify",
+    "force",
+    "request_timeout",
+    "retry_for",
+}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class MarathonSettings:
+    """The backend's options, validated once."""
+
+    urls: tuple[str, ...]
+    app_id: str
+    credentials: Credentials
+    tls_verify: bool | str = True
+    force: bool = False
+    request_timeout: float = 10.0
+    retry_for: float = 30.0
+
+
+@dataclass(frozen=True)
+class ScaleRequest:
+    """``PUT /v2/apps/{app_id}`` with ``{"instances": n}``."""
+
+    app_id: str
+    instances: int
+    force: bool
+
+
+@dataclass(frozen=True)
+class KillRequest:
+    """``POST /v2/tasks/delete?scale=true`` with ``{"ids": [...]}``."""
+
+    task_ids: tuple[str, ...]
+    force: bool
+
+
+def load_credentials(path: str | None, env: Mapping[str, str]) -> Credentials:
+    """Credentials from a YAML file ``{username, password}`` / ``{token}``, else the environment."""
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise SettingsError(
+                "backend.options.credentials_file", path, f"a readable YAML file ({error})"
+            ) from None
+        if not isinstance(data, dict) or not (
+            {"token"} == data.keys() or {"username", "password"} == data.keys()
+        ):
+            raise SettingsError(
+                "backend.options.credentials_file",
+                path,
+                "a mapping of exactly {username, password} or {token}",
+            )
+        return Credentials(data.get("username"), data.get("password"), data.get("token"))
+    if env.get("MARATHON_AUTH_TOKEN"):
+        return Credentials(token=env["MARATHON_AUTH_TOKEN"])
+    if env.get("MARATHON_USERNAME") and env.get("MARATHON_PASSWORD"):
+        return Credentials(env["MARATHON_USERNAME"], env["MARATHON_PASSWORD"])
+    return Credentials()
+
+
+def load_settings(context: BackendContext, env: Mapping[str, str] = os.environ) -> MarathonSettings:
+    """Validate ``backend.options``; raise :class:`SettingsError` naming the bad key."""
+    options = dict(context.options)
+    for key in sorted(options.keys() - _OPTIONS):
+        raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(_OPTIONS)}")
+    url = options.get("url")
+    urls = tuple(url) if isinstance(url, list) else (url,)
+    if not urls or not all(
+        isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls
+    ):
+        raise SettingsError(
+            "backend.options.url", url, "an http:// or https:// URL, or a list of them"
+        )
+    app_id = options.get("app_id")
+    if not isinstance(app_id, str) or not app_id.strip("/"):
+        raise SettingsError(
+            "backend.options.app_id", app_id, "the worker app's id, e.g. /dask/worker"
+        )
+    credentials_file = options.get("credentials_file")
+    if credentials_file is not None and not isinstance(credentials_file, str):
+        raise SettingsError("backend.options.credentials_file", credentials_file, "a path or null")
+    verify = options.get("tls_verify", True)
+    if not isinstance(verify, bool | str):
+        raise SettingsError("backend.options.tls_verify", verify, "true, false or a CA bundle path")
+    force = options.get("force", False)
+    if not isinstance(force, bool):
+        raise SettingsError("backend.options.force", force, "true or false")
+    numbers = {}
+    for key, default in (("request_timeout", 10.0), ("retry_for", 30.0)):
+        value = options.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise SettingsError(f"backend.options.{key}", value, "a number of seconds > 0")
+        numbers[key] = float(value)
+    return MarathonSettings(
+        urls=tuple(str(u).rstrip("/") for u in urls),
+        app_id="/" + app_id.strip("/"),
+        credentials=load_credentials(credentials_file, env),
+        tls_verify=verify,
+        force=force,
+        **numbers,
+    )
+
+
+def task_state(marathon_state: str | None) -> InstanceState:
+    """Map a Marathon task state to pending, running or exited."""
+    if marathon_state in PENDING_STATES or marathon_state is None:
+        return InstanceState.PENDING
+    if marathon_state in EXITED_STATES:
+        return InstanceState.EXITED
+    return InstanceState.RUNNING
+
+
+def parse_tasks(tasks: Iterable[Any]) -> list[Instance]:
+    """Instances from the client's ``MarathonTask`` objects (``id``, ``state``, ``staged_at``)."""
+    instances = []
+    for task in tasks:
+        staged_at = task.staged_at
+        requested_at = staged_at.timestamp() if isinstance(staged_at, datetime) else 0.0
+        instances.append(Instance(task.id, task_state(task.state), requested_at))
+    return instances
+
+
+def scale_up_request(settings: MarathonSettings, current: int, n: int) -> ScaleRequest | None:
+    """The app update that raises ``instances`` to ``n``; None when it is already there."""
+    return ScaleRequest(settings.app_id, n, settings.force) if n > current else None
+
+
+def kill_request(
+    settings: MarathonSettings, live: Iterable[Instance], names: Collection[str]
+) -> KillRequest | None:
+    """Kill exactly the named tasks that are still alive; None when there are none.
+
+    Unknown and already-ended names are dropped: with ``scale=true`` each killed task lowers
+    ``instances`` by one, so killing a task twice would remove a worker nobody retired.
+    """
+    doomed = sorted(
+        i.name for i in live if i.name in set(names) and i.state is not InstanceState.EXITED
+    )
+    return KillRequest(tuple(doomed), settings.force) if doomed else None
+
+
+def is_retryable(error: BaseException) -> bool:
+    """409 (deployment lock), 5xx and no answer at all are worth waiting for."""
+    from marathon.exceptions import ConflictError, InternalServerError, NoResponseError
+
+    return isinstance(error, ConflictError | InternalServerError | NoResponseError)
+
+
+class MarathonBackend:
+    """Scales, kills and lists the tasks of one worker app."""
+
+    def __init__(
+        self, settings: MarathonSettings, sleep: Callable[[float], Any] = asyncio.sleep
+    ) -> None:
+        from marathon import MarathonClient
+
+        self.settings = settings
+        self._sleep = sleep
+        credentials = settings.credentials
+        self.client = MarathonClient(
+            list(settings.urls),
+            username=credentials.username,
+            password=credentials.password,
+            auth_token=credentials.token,
+            timeout=settings.request_timeout,
+            verify=settings.tls_verify,
+        )
+
+    async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Send in a thread; back off and retry 409 / 5xx / no answer until retry_for."""
+        deadline = time.monotonic() + self.settings.retry_for
+        delay = 0.25
+        while True:
+            try:
+                return await asyncio.to_thread(function, *args, **kwargs)
+            except Exception as error:
+                if not is_retryable(error) or time.monotonic() + delay > deadline:
+                    raise
+                log.info("marathon: %s; retrying in %.2fs", error, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _path_id(self) -> str:
+        return self.settings.app_id.lstrip("/")  # the client prefixes /v2/apps/
+
+    async def instances(self) -> list[Instance]:
+        return parse_tasks(await self._call(self.client.list_tasks, self._path_id()))
+
+    async def scale_up(self, n: int) -> None:
+        from marathon.models import MarathonApp
+
+        app = await self._call(self.client.get_app, self._path_id())
+        request = scale_up_request(self.settings, app.instances or 0, n)
+        if request is not None:
+            log.info("marathon: %s instances %s -> %d", request.app_id, app.instances, n)
+            update = MarathonApp(instances=request.instances)
+            await self._call(self.client.update_app, self._path_id(), update, force=request.force)
+
+    async def scale_down(self, names: Collection[str]) -> None:
+        request = kill_request(self.settings, await self.instances(), names)
+        if request is not None:
+            log.info("marathon: killing %s and scaling down", ", ".join(request.task_ids))
+            await self._call(
+                self.client.kill_given_tasks,
+                list(request.task_ids),
+                scale=True,
+                force=request.force,
+            )
+
+    async def close(self) -> None:
+        self.client.session.close()
+        self.client.sse_session.close()
+
+
+def create(context: BackendContext) -> Backend:
+    """Build the Marathon backend from the scaler configuration's ``backend.options``."""
+    return MarathonBackend(load_settings(context))
+
+
+__all__ = [
+    "MarathonBackend",
+    "create",
+    "kill_request",
+    "load_settings",
+    "parse_tasks",
+    "scale_up_request",
+]
