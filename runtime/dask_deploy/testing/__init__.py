@@ -1,0 +1,1 @@
+"""Test doubles shipped with the package, for users as much as for our tests."""
