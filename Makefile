@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP) ## Create .venv with the package and the pinned tools
 
 render: $(STAMP) ## Render BACKEND [VALUES=file] [SET="k=v ..."] [OUT=dir] into plain manifests
-	$(BIN)/dask-deploy render --backend $(BACKEND) $(if $(VALUES),--values $(VALUES)) $(foreach s,$(SET),--set $(s)) --out $(OUT)
+	$(BIN)/dask-deploy render --backend $(BACKEND) $(if $(VALUES),--values $(VALUES)) $(foreach s,$(SET),--set '$(s)') --out $(OUT)
 
 golden: $(STAMP) ## Re-render every test scenario into tests/golden/
 	$(BIN)/python -m dask_deploy.golden tests/scenarios tests/golden

@@ -1,0 +1,60 @@
+"""``dask-deploy render``: values + templates -> plain manifests in a folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .render import render
+from .values import SET_SYNTAX, resolve_values, templates_root
+
+HELP = "Render a backend's templates with your values into plain files you can read and apply."
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the render options to ``parser``."""
+    parser.add_argument("--backend", required=True, help="template folder to render, e.g. slurm")
+    parser.add_argument(
+        "--values",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML file merged over the backend's values.yaml (repeatable; later files win)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        dest="sets",
+        help=f"one value over the files (repeatable): {SET_SYNTAX}",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder to write (replaced as a whole; default rendered/<backend>)",
+    )
+    parser.add_argument(
+        "--templates",
+        default=None,
+        metavar="DIR",
+        help="templates root holding <backend>/ folders (default: $DASK_DEPLOY_TEMPLATES "
+        "or the templates/ of this installation)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, render, write; print each file written."""
+    resolved = resolve_values(
+        args.backend,
+        values_files=args.values,
+        sets=args.sets,
+        root=templates_root(args.templates),
+    )
+    out = args.out if args.out is not None else Path("rendered") / args.backend
+    result = render(resolved, out)
+    for path in result.files:
+        print(path)
+    return 0

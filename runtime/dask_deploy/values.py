@@ -1,0 +1,571 @@
+"""Values for the templates: defaults, a values file and ``--set`` merged, then validated.
+
+The order is Helm's: ``templates/<backend>/values.yaml`` holds the defaults, a user's values
+file is deep-merged over them, each ``--set key.path=value`` is applied over that, and the
+result is checked against ``templates/<backend>/values.schema.json`` (JSON Schema 2020-12)
+before anything is rendered. Every problem becomes one :class:`UserInputError` that names the
+key path, the value given and what is allowed, so the CLI exits 2 without a traceback.
+
+>>> parse_set("worker.extra_args[0]=--no-nanny")
+SetAssignment(path=('worker', 'extra_args', 0), value='--no-nanny')
+>>> deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}})
+{'a': {'b': 1, 'c': 3}}
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from ._errors import SettingsError, UserInputError
+
+#: Overrides where the templates are found (a folder holding ``<backend>/values.yaml``).
+TEMPLATES_ENV = "DASK_DEPLOY_TEMPLATES"
+VALUES_FILE = "values.yaml"
+SCHEMA_FILE = "values.schema.json"
+#: Folders under the templates root that hold shared macros, not a backend.
+COMMON_FOLDER = "_common"
+
+PathSegment = str | int
+Values = dict[str, Any]
+
+
+class ValuesError(UserInputError):
+    """The values could not be loaded or do not pass the schema (exit 2)."""
+
+
+# --------------------------------------------------------------------------- templates root
+
+
+def templates_root(override: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding ``<backend>/`` template folders and ``_common/``.
+
+    Looked up in this order: ``override`` (the ``--templates`` option), the environment
+    variable ``DASK_DEPLOY_TEMPLATES``, the ``templates/`` folder of the source checkout this
+    package runs from (an editable install), and ``templates/`` shipped inside the package.
+    """
+    if override is not None:
+        return _checked_root(Path(override), "--templates")
+    from_env = os.environ.get(TEMPLATES_ENV)
+    if from_env:
+        return _checked_root(Path(from_env), TEMPLATES_ENV)
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir.parents[1] / "templates", package_dir / "templates"):
+        if (candidate / COMMON_FOLDER).is_dir():
+            return candidate
+    raise UserInputError(
+        f"no templates found next to {package_dir} or inside it; "
+        f"set {TEMPLATES_ENV} to the folder that holds <backend>/values.yaml"
+    )
+
+
+def _checked_root(root: Path, source: str) -> Path:
+    if not root.is_dir():
+        raise SettingsError(source, str(root), "a folder that holds <backend>/values.yaml")
+    return root
+
+
+def available_backends(root: Path) -> list[str]:
+    """Sorted names of the backends that have templates under ``root``."""
+    return sorted(
+        entry.name
+        for entry in root.iterdir()
+        if entry.is_dir() and not entry.name.startswith("_") and (entry / VALUES_FILE).is_file()
+    )
+
+
+def backend_folder(root: Path, backend: str) -> Path:
+    """``root/backend``, or an error listing the backends that do have templates."""
+    backends = available_backends(root)
+    if backend not in backends:
+        allowed = ", ".join(backends) if backends else f"(none: {root} holds no backend folder)"
+        raise SettingsError("--backend", backend, f"one of the backends with templates: {allowed}")
+    return root / backend
+
+
+# --------------------------------------------------------------------------- YAML files
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[object] = set()
+    for key_node, _value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found the key {key!r} twice",
+                key_node.start_mark,
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_unique_mapping,
+)
+
+
+def load_values_file(path: str | os.PathLike[str], *, what: str = "--values") -> Values:
+    """Read a YAML mapping from ``path``; an empty file is ``{}``.
+
+    A missing or unreadable file, malformed YAML, a duplicate key or a top level that is not
+    a mapping raises :class:`ValuesError` naming the file.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(
+            what, str(file), "an existing YAML file (there is no such file)"
+        ) from None
+    except IsADirectoryError:
+        raise SettingsError(what, str(file), "a YAML file, not a folder") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValuesError(f"{what} {file}: cannot read it: {error}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as error:
+        raise ValuesError(f"{what} {file}: malformed YAML{_describe_mark(error)}") from None
+    except yaml.YAMLError as error:
+        raise ValuesError(f"{what} {file}: malformed YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValuesError(
+            f"{what} {file}: got a {_type_name(data)} at the top level, "
+            "expected a mapping of keys to values (e.g. `scaler: {maximum: 20}`)"
+        )
+    return data
+
+
+def _describe_mark(error: yaml.MarkedYAMLError) -> str:
+    mark = error.problem_mark or error.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = " ".join(part for part in (error.context, error.problem) if part)
+    return f"{where}: {problem}" if problem else where
+
+
+def load_schema(path: Path) -> dict[str, Any]:
+    """Read and check a JSON Schema; a broken schema is the template author's error."""
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValuesError(f"{path}: the backend has no schema; every backend needs one") from None
+    except json.JSONDecodeError as error:
+        raise ValuesError(
+            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as error:
+        where = _format_path(error.absolute_path) or "(top level)"
+        raise ValuesError(f"{path}: not a valid JSON Schema at {where}: {error.message}") from None
+    if not isinstance(schema, dict):
+        raise ValuesError(f"{path}: the schema must be a JSON object")
+    return schema
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Values:
+    """A new mapping: ``override`` over ``base``, merging nested mappings key by key.
+
+    Lists and scalars in ``override`` replace those in ``base`` (as in Helm); ``null`` is a
+    value like any other, it does not delete the key. Neither argument is modified.
+    """
+    merged: Values = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+# --------------------------------------------------------------------------- --set
+
+SET_EXAMPLES = (
+    'e.g. scaler.maximum=20, worker.extra_args[0]=--no-nanny, image.tag="1.0" (quotes keep a '
+    "string), worker.extra_args={a,b} (a list)"
+)
+SET_SYNTAX = f"key.path=value, {SET_EXAMPLES}"
+_INDEX = re.compile(r"\[(\d+)\]")
+_INTEGER = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+")
+
+
+@dataclass(frozen=True)
+class SetAssignment:
+    """One parsed ``--set``: where to put the value and the typed value."""
+
+    path: tuple[PathSegment, ...]
+    value: Any
+
+
+def _bad_set(expression: str, why: str) -> SettingsError:
+    return SettingsError("--set", expression, f"key.path=value ({why}), {SET_EXAMPLES}")
+
+
+def parse_set_path(expression: str, path_text: str) -> tuple[PathSegment, ...]:
+    r"""Split ``a.b[0].c`` into ``("a", "b", 0, "c")``; ``\.`` is a dot inside a key."""
+    if not path_text:
+        raise _bad_set(expression, "the key path before '=' is empty")
+    segments: list[PathSegment] = []
+    name = ""
+    expect_name = True  # a name must follow the start and every '.'
+    position = 0
+    while position < len(path_text):
+        char = path_text[position]
+        if char == "\\" and position + 1 < len(path_text) and path_text[position + 1] in ".[]\\":
+            name += path_text[position + 1]
+            position += 2
+            expect_name = False
+            continue
+        if char == ".":
+            if expect_name or not (name or segments):
+                raise _bad_set(expression, f"empty key name at character {position + 1}")
+            if name:
+                segments.append(name)
+            name = ""
+            expect_name = True
+            position += 1
+            continue
+        if char == "[":
+            match = _INDEX.match(path_text, position)
+            if not match:
+                raise _bad_set(
+                    expression, f"a list index must be [<number>], at character {position + 1}"
+                )
+            if name:
+                segments.append(name)
+            elif expect_name:
+                raise _bad_set(expression, f"a list index needs a key before it: {path_text!r}")
+            name = ""
+            segments.append(int(match.group(1)))
+            expect_name = False
+            position = match.end()
+            if position < len(path_text) and path_text[position] not in ".[":
+                raise _bad_set(expression, f"expected '.' or '[' after ']' at {position + 1}")
+            continue
+        if char in "]=":
+            raise _bad_set(expression, f"unexpected {char!r} at character {position + 1}")
+        if char.isspace():
+            raise _bad_set(expression, "key names contain no spaces")
+        name += char
+        expect_name = False
+        position += 1
+    if expect_name:
+        raise _bad_set(expression, "the key path ends with '.'")
+    if name:
+        segments.append(name)
+    if not isinstance(segments[0], str):
+        raise _bad_set(expression, "the key path must start with a key name")
+    return tuple(segments)
+
+
+def parse_set_value(text: str, expression: str = "") -> Any:
+    """Type a ``--set`` value like Helm: ``true``/``false``, ``null``, numbers, else a string.
+
+    A value in double or single quotes is always a string (``"1.0"`` stays ``'1.0'``);
+    ``{a,b}`` is a list of such values and ``{}`` the empty list.
+    """
+    if text[:1] in "\"'":
+        if len(text) < 2 or text[-1] != text[0]:
+            raise _bad_set(expression or text, f"the quote {text[0]} is not closed")
+        return text[1:-1]
+    if text.startswith("{") and text.endswith("}"):
+        inner = text[1:-1]
+        if not inner.strip():
+            return []
+        return [parse_set_value(item.strip(), expression) for item in inner.split(",")]
+    lowered = text.lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    if lowered in ("null", "~"):
+        return None
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    return text
+
+
+def parse_set(expression: str) -> SetAssignment:
+    """Parse one ``--set key.path=value``; a malformed one raises naming the expression."""
+    path_text, equals, value_text = expression.partition("=")
+    if not equals:
+        raise _bad_set(expression, "there is no '='")
+    path = parse_set_path(expression, path_text.strip())
+    return SetAssignment(path, parse_set_value(value_text, expression))
+
+
+def apply_set(values: Mapping[str, Any], assignment: SetAssignment) -> Values:
+    """A copy of ``values`` with the assignment made, creating mappings and lists on the way.
+
+    Like Helm, a value of the wrong shape on the way is replaced (the schema then says what
+    is allowed there). A list index may be at most the list's length (which appends).
+    """
+    result: Values = copy.deepcopy(dict(values))
+    container: Any = result
+    path = assignment.path
+    for depth, segment in enumerate(path):
+        last = depth == len(path) - 1
+        following = None if last else path[depth + 1]
+        fresh: Any = [] if isinstance(following, int) else {}
+        if isinstance(segment, int):
+            if segment > len(container):
+                where = _format_path(path[:depth])
+                raise SettingsError(
+                    _format_path(path),
+                    assignment.value,
+                    f"an index from 0 to {len(container)} ({where} has {len(container)} items)",
+                )
+            if segment == len(container):
+                container.append(None)
+        if last:
+            container[segment] = assignment.value
+            break
+        child = container[segment] if isinstance(segment, int) else container.get(segment)
+        if not isinstance(child, type(fresh)):
+            child = fresh
+            container[segment] = child
+        container = child
+    return result
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "nothing"
+
+
+def _format_path(path: Iterable[PathSegment]) -> str:
+    text = ""
+    for segment in path:
+        if isinstance(segment, int):
+            text += f"[{segment}]"
+        else:
+            text += f".{segment}" if text else str(segment)
+    return text
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__
+
+
+_TYPE_WORDS = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+    "null": "null",
+    "object": "a mapping",
+    "array": "a list",
+}
+
+
+def _describe_type(schema: Mapping[str, Any]) -> str:
+    kinds = schema.get("type")
+    if kinds is None:
+        return "a value"
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    return " or ".join(_TYPE_WORDS.get(kind, kind) for kind in kinds)
+
+
+def _describe_bounds(schema: Mapping[str, Any]) -> str:
+    kinds = schema.get("type")
+    noun = "an integer" if kinds == "integer" or kinds == ["integer"] else "a number"
+    parts = []
+    for keyword, sign in (
+        ("minimum", ">="),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "<="),
+        ("exclusiveMaximum", "<"),
+    ):
+        if keyword in schema:
+            parts.append(f"{sign} {schema[keyword]}")
+    nullable = " (or null)" if isinstance(kinds, list) and "null" in kinds else ""
+    return f"{noun} {' and '.join(parts)}{nullable}"
+
+
+def _error_to_settings(error: jsonschema.ValidationError) -> list[SettingsError]:
+    """Turn one schema error into messages naming key path, value and what is allowed."""
+    path = tuple(error.absolute_path)
+    key = _format_path(path) or "(top level)"
+    schema: Mapping[str, Any] = error.schema if isinstance(error.schema, Mapping) else {}
+    value = error.instance
+    keyword = error.validator
+    if keyword == "additionalProperties" and isinstance(value, Mapping):
+        known = list(schema.get("properties", {}))
+        patterns = [re.compile(pattern) for pattern in schema.get("patternProperties", {})]
+        unknown = [
+            name
+            for name in value
+            if name not in known and not any(pattern.search(name) for pattern in patterns)
+        ]
+        where = f"in {key}" if path else "at the top level"
+        listed = ", ".join(known) if known else "none"
+        problems = []
+        for name in unknown:
+            guess = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"; did you mean {guess[0]}?" if guess else ""
+            allowed = f"a known key (unknown key; allowed keys {where} are {listed}{hint})"
+            problems.append(SettingsError(_format_path((*path, name)), value[name], allowed))
+        return problems
+    if keyword == "required" and isinstance(value, Mapping):
+        required = error.validator_value if isinstance(error.validator_value, list) else []
+        missing = [name for name in required if name not in value]
+        return [
+            SettingsError(
+                _format_path((*path, name)),
+                _Missing(),
+                f"a value: {key} requires it"
+                + (
+                    f" ({_describe_type(schema['properties'][name])})"
+                    if name in schema.get("properties", {})
+                    else ""
+                ),
+            )
+            for name in missing
+        ]
+    if keyword == "type":
+        allowed = _describe_type(schema)
+        if "string" in str(schema.get("type")) and isinstance(value, int | float | bool):
+            allowed += f' (quote it to keep it a string: {key}="{value}")'
+        return [SettingsError(key, value, allowed)]
+    if keyword in ("enum", "const"):
+        options = schema.get("enum", [schema.get("const")])
+        return [SettingsError(key, value, "one of " + ", ".join(map(json.dumps, options)))]
+    if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return [SettingsError(key, value, _describe_bounds(schema))]
+    if keyword == "pattern":
+        return [SettingsError(key, value, f"a string matching {schema['pattern']}")]
+    if keyword in ("minLength", "maxLength"):
+        bounds = []
+        if "minLength" in schema:
+            bounds.append(f"at least {schema['minLength']}")
+        if "maxLength" in schema:
+            bounds.append(f"at most {schema['maxLength']}")
+        return [SettingsError(key, value, f"a string of {' and '.join(bounds)} characters")]
+    if keyword in ("minItems", "maxItems"):
+        bounds = []
+        if "minItems" in schema:
+            bounds.append(f"at least {schema['minItems']}")
+        if "maxItems" in schema:
+            bounds.append(f"at most {schema['maxItems']}")
+        return [SettingsError(key, value, f"a list of {' and '.join(bounds)} items")]
+    if keyword == "uniqueItems":
+        return [SettingsError(key, value, "a list without repeated items")]
+    return [SettingsError(key, value, f"a value that passes the schema ({error.message})")]
+
+
+def validate_values(values: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Raise one error naming every problem of ``values`` against ``schema``."""
+    validator = jsonschema.Draft202012Validator(schema)
+    problems: list[SettingsError] = []
+    for error in sorted(validator.iter_errors(values), key=lambda e: list(map(str, e.path))):
+        problems.extend(_error_to_settings(error))
+    if not problems:
+        problems = _cross_field_problems(values)
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise problems[0]
+    first, *others = problems
+    raise ValuesError(
+        f"{first}; and {len(others)} more: " + "; ".join(str(other) for other in others)
+    )
+
+
+def _cross_field_problems(values: Mapping[str, Any]) -> list[SettingsError]:
+    """Rules a JSON Schema cannot say, shared by every backend's values."""
+    scaler = values.get("scaler")
+    if not isinstance(scaler, Mapping):
+        return []
+    minimum, maximum = scaler.get("minimum"), scaler.get("maximum")
+    if (
+        isinstance(minimum, int)
+        and isinstance(maximum, int)
+        and not isinstance(minimum, bool)
+        and not isinstance(maximum, bool)
+        and minimum > maximum
+    ):
+        return [
+            SettingsError("scaler.minimum", minimum, f"at most scaler.maximum, which is {maximum}")
+        ]
+    return []
+
+
+# --------------------------------------------------------------------------- all together
+
+
+@dataclass(frozen=True)
+class ResolvedValues:
+    """The merged, validated values of one backend, ready to render."""
+
+    backend: str
+    folder: Path
+    values: Values = field(repr=False)
+
+
+def resolve_values(
+    backend: str,
+    *,
+    values_files: Sequence[str | os.PathLike[str]] = (),
+    sets: Sequence[str] = (),
+    overrides: Sequence[Mapping[str, Any]] = (),
+    root: Path | None = None,
+) -> ResolvedValues:
+    """Defaults, then each values file, then each override mapping, then each ``--set``.
+
+    >>> resolve_values("slurm", sets=["scaler.maximum=20"]).values["scaler"]["maximum"]
+    20
+    """
+    folder = backend_folder(root if root is not None else templates_root(), backend)
+    # Parse --set first: a typo there is reported before any file is read.
+    assignments = [parse_set(expression) for expression in sets]
+    values = load_values_file(folder / VALUES_FILE, what="defaults file")
+    for values_file in values_files:
+        values = deep_merge(values, load_values_file(values_file))
+    for override in overrides:
+        values = deep_merge(values, override)
+    for assignment in assignments:
+        values = apply_set(values, assignment)
+    validate_values(values, load_schema(folder / SCHEMA_FILE))
+    return ResolvedValues(backend=backend, folder=folder, values=values)
