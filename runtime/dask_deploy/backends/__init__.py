@@ -30,6 +30,11 @@ BUILTIN = {
     "slurm": "dask_deploy.backends.slurm:create",
 }
 
+#: Built-in backends without a ``templates/`` folder: there is nothing to deploy with them.
+#: ``fake`` is the in-memory test double behind ``--dry-run``, and ``local`` starts workers as
+#: processes beside the scaler itself. Every other key of BUILTIN has a template folder.
+BACKENDS_WITHOUT_TEMPLATES = frozenset({"fake", "local"})
+
 registry = Registry("backend", "dask_deploy.backends", BUILTIN)
 
 
@@ -38,6 +43,7 @@ def load_backend_factory(name: str, *, key: str = "backend.name") -> BackendFact
 
 
 __all__ = [
+    "BACKENDS_WITHOUT_TEMPLATES",
     "BUILTIN",
     "Backend",
     "BackendContext",
