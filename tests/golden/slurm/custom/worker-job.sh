@@ -1,0 +1,38 @@
+#!/bin/bash
+# One Dask worker of deployment "climate". The scaler submits this script with
+# sbatch; do not submit it by hand unless you want the scaler to adopt the job as its own.
+# Rendered by dask-deploy 0.1.0.
+#
+# The worker is named after its job id, so the scaler cancels exactly the job of the worker the
+# scheduler retired. It retires itself 240-420 s before the walltime (--lifetime), moving its
+# data to other workers, and exits when the scheduler is unreachable for 120 s.
+#SBATCH --job-name=climate-worker
+#SBATCH --comment=dask-deploy/climate
+#SBATCH --time=240
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=32000M
+#SBATCH --output=climate-worker-%j.log
+#SBATCH --chdir=/scratch/climate/dask
+#SBATCH --partition=compute
+#SBATCH --account=proj-42
+#SBATCH --qos=high
+#SBATCH --constraint=haswell
+#SBATCH --exclusive=user
+set -euo pipefail
+
+# The Python environment every process runs from.
+export VIRTUAL_ENV=/shared/envs/dask
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+export OMP_NUM_THREADS=1
+export MALLOC_TRIM_THRESHOLD_=65536
+exec python3.11 -m dask worker \
+  --name "$SLURM_JOB_ID" \
+  --nthreads 8 \
+  --memory-limit 32000MiB \
+  --lifetime 14070s \
+  --lifetime-stagger 90s \
+  --death-timeout 120s \
+  --resources GPU=1 \
+  --scheduler-file scheduler.json

@@ -1,0 +1,53 @@
+#!/bin/bash
+# Dask scheduler and its scaler for deployment "dask", in one SLURM allocation.
+# Rendered by dask-deploy 0.1.0. Submit it from the folder it was rendered into:
+#   sbatch scheduler-job.sh
+# Clients connect with Client(scheduler_file="scheduler.json"); the scaler
+# submits worker-job.sh as the load asks and cancels exactly the workers the scheduler retired.
+#SBATCH --job-name=dask-scheduler
+#SBATCH --comment=dask-deploy/dask
+#SBATCH --time=1440
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=2048M
+#SBATCH --output=dask-scheduler-%j.log
+set -euo pipefail
+
+scheduler_file=scheduler.json
+# A file left by an earlier run would send workers and clients to a scheduler that is gone.
+rm -f "$scheduler_file"
+
+python3 -m dask scheduler \
+  --port 0 \
+  --dashboard-address :8787 \
+  --scheduler-file "$scheduler_file" &
+scheduler=$!
+
+# The scaler reads the scheduler's address from the file, so it starts once the file is there.
+for _ in $(seq 1 120); do
+  [ -s "$scheduler_file" ] && break
+  kill -0 "$scheduler" 2>/dev/null || { echo "the scheduler exited before it wrote $scheduler_file" >&2; exit 1; }
+  sleep 1
+done
+[ -s "$scheduler_file" ] || { echo "no $scheduler_file after 120 s" >&2; kill "$scheduler"; exit 1; }
+
+python3 -m dask_deploy.cli scale --config scaler-config.yaml &
+scaler=$!
+
+# scancel, or the walltime, sends SIGTERM: stop the scaler first so that it cancels the worker
+# jobs (cleanup_on_exit), then the scheduler.
+stop() {
+  trap - TERM INT
+  kill -TERM "$scaler" 2>/dev/null || true
+  wait "$scaler" || true
+  kill -TERM "$scheduler" 2>/dev/null || true
+  wait "$scheduler" || true
+}
+trap 'stop; exit 143' TERM INT
+
+# When either process ends, the deployment is over: stop the other one too.
+status=0
+wait -n || status=$?
+stop
+exit "$status"

@@ -1,0 +1,26 @@
+#!/bin/bash
+# One Dask worker of deployment "dask". The scaler submits this script with
+# sbatch; do not submit it by hand unless you want the scaler to adopt the job as its own.
+# Rendered by dask-deploy 0.1.0.
+#
+# The worker is named after its job id, so the scaler cancels exactly the job of the worker the
+# scheduler retired. It retires itself 300-420 s before the walltime (--lifetime), moving its
+# data to other workers, and exits when the scheduler is unreachable for 60 s.
+#SBATCH --job-name=dask-worker
+#SBATCH --comment=dask-deploy/dask
+#SBATCH --time=60
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=2
+#SBATCH --mem=4096M
+#SBATCH --output=dask-worker-%j.log
+set -euo pipefail
+
+exec python3 -m dask worker \
+  --name "$SLURM_JOB_ID" \
+  --nthreads 2 \
+  --memory-limit 4096MiB \
+  --lifetime 3240s \
+  --lifetime-stagger 60s \
+  --death-timeout 60s \
+  --scheduler-file scheduler.json

@@ -1,0 +1,200 @@
+"""The rendered SLURM scripts: valid bash, shellcheck-clean, and one assertion per behaviour."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = sorted((REPO / "tests" / "scenarios" / "slurm").glob("*-values.yaml"))
+SHELLCHECK = Path(sys.executable).parent / "shellcheck"
+
+RenderScenario = Callable[[str, "Path | dict[str, object]", Path], Path]
+
+
+def scenario(name: str) -> Path:
+    return REPO / "tests" / "scenarios" / "slurm" / f"{name}-values.yaml"
+
+
+def directives(script: str) -> list[str]:
+    """The ``#SBATCH`` options of a job script, in order."""
+    return [line.split(None, 1)[1] for line in script.splitlines() if line.startswith("#SBATCH ")]
+
+
+def command_args(script: str, marker: str) -> list[str]:
+    """The words of the (backslash-continued) command line that contains ``marker``."""
+    joined = script.replace("\\\n", " ")
+    line = next(line for line in joined.splitlines() if marker in line)
+    return shlex.split(line.rstrip(" &"))
+
+
+def option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def seconds(text: str) -> int:
+    return int(text.removesuffix("s"))
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_every_rendered_script_passes_bash_n_and_shellcheck(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", values, tmp_path)
+    scripts = sorted(out.glob("*.sh"))
+    assert [script.name for script in scripts] == ["scheduler-job.sh", "worker-job.sh"]
+    for script in scripts:
+        syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert syntax.returncode == 0, f"{script.name}: {syntax.stderr}"
+        lint = subprocess.run([str(SHELLCHECK), str(script)], capture_output=True, text=True)
+        assert lint.returncode == 0, f"{script.name}:\n{lint.stdout}{lint.stderr}"
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_worker_is_named_after_its_job_id(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    worker = (render_scenario("slurm", values, tmp_path) / "worker-job.sh").read_text()
+    assert option(command_args(worker, "dask worker"), "--name") == "$SLURM_JOB_ID"
+    assert '--name "$SLURM_JOB_ID"' in worker  # quoted, so bash expands it
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_worker_retires_before_its_walltime(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    worker = (render_scenario("slurm", values, tmp_path) / "worker-job.sh").read_text()
+    walltime = int(next(d for d in directives(worker) if d.startswith("--time=")).split("=")[1])
+    args = command_args(worker, "dask worker")
+    lifetime, stagger = (
+        seconds(option(args, "--lifetime")),
+        seconds(option(args, "--lifetime-stagger")),
+    )
+    assert 0 < lifetime + stagger < walltime * 60
+    assert seconds(option(args, "--death-timeout")) > 0
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_jobs_carry_the_deployment_name_and_comment_the_backend_filters_on(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", values, tmp_path)
+    config = yaml.safe_load((out / "scaler-config.yaml").read_text())
+    deployment = config["deployment"]
+    worker = directives((out / "worker-job.sh").read_text())
+    assert f"--job-name={config['backend']['options']['job_name']}" in worker
+    assert f"--comment=dask-deploy/{deployment}" in worker
+    scheduler = directives((out / "scheduler-job.sh").read_text())
+    assert f"--job-name={deployment}-scheduler" in scheduler
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_scheduler_job_runs_the_scaler_with_the_rendered_config(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", values, tmp_path)
+    scheduler = (out / "scheduler-job.sh").read_text()
+    scaler = command_args(scheduler, "dask_deploy.cli scale")
+    assert option(scaler, "--config") == "scaler-config.yaml"
+    config = yaml.safe_load((out / "scaler-config.yaml").read_text())
+    assert config["backend"] == {
+        "name": "slurm",
+        "options": {"worker_script": "worker-job.sh", "job_name": f"{config['deployment']}-worker"},
+    }
+    file = option(command_args(scheduler, "dask scheduler"), "--scheduler-file")
+    assert file == "$scheduler_file"
+    assert config["scheduler"]["scheduler_file"] in scheduler
+
+
+def test_defaults_scaler_config_follows_the_values(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", scenario("defaults"), tmp_path)
+    config = yaml.safe_load((out / "scaler-config.yaml").read_text())
+    assert config["policy"]["name"] == "adaptive"
+    assert (config["policy"]["minimum"], config["policy"]["maximum"]) == (0, 10)
+    assert config["loop"]["cleanup_on_exit"] is True
+    assert config["scheduler"]["security"] is None
+
+
+def test_tls_scenario_uses_tls_and_certificate_paths_everywhere(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", scenario("tls"), tmp_path)
+    scheduler = command_args((out / "scheduler-job.sh").read_text(), "dask scheduler")
+    worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
+    assert option(scheduler, "--protocol") == "tls"
+    for args in (scheduler, worker):
+        assert option(args, "--tls-ca-file") == "/shared/dask/tls/ca.pem"
+        assert option(args, "--tls-cert") == "/shared/dask/tls/dask.crt"
+        assert option(args, "--tls-key") == "/shared/dask/tls/dask.key"
+    security = yaml.safe_load((out / "scaler-config.yaml").read_text())["scheduler"]["security"]
+    assert security == {
+        "ca_file": "/shared/dask/tls/ca.pem",
+        "cert_file": "/shared/dask/tls/dask.crt",
+        "key_file": "/shared/dask/tls/dask.key",
+    }
+    everything = "".join(path.read_text() for path in out.iterdir())
+    assert "BEGIN CERTIFICATE" not in everything and "PRIVATE KEY" not in everything
+
+
+def test_custom_scenario_writes_site_directives_resources_and_extra_args(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", scenario("custom"), tmp_path)
+    worker_script = (out / "worker-job.sh").read_text()
+    worker = directives(worker_script)
+    for expected in (
+        "--partition=compute",
+        "--account=proj-42",
+        "--qos=high",
+        "--chdir=/scratch/climate/dask",
+        "--constraint=haswell",
+        "--exclusive=user",
+        "--cpus-per-task=8",
+        "--mem=32000M",
+        "--time=240",
+    ):
+        assert expected in worker
+    args = command_args(worker_script, "dask worker")
+    assert option(args, "--nthreads") == "8"
+    assert option(args, "--memory-limit") == "32000MiB"
+    assert option(args, "--resources") == "GPU=1"
+    assert "export OMP_NUM_THREADS=1" in worker_script
+    assert "--partition=compute" in directives((out / "scheduler-job.sh").read_text())
+    scheduler = command_args((out / "scheduler-job.sh").read_text(), "dask scheduler")
+    assert option(scheduler, "--idle-timeout") == "3600"
+
+
+def test_custom_scenario_activates_the_venv_before_python(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", scenario("custom"), tmp_path)
+    for name in ("scheduler-job.sh", "worker-job.sh"):
+        script = (out / name).read_text()
+        activation = script.index('export PATH="$VIRTUAL_ENV/bin:$PATH"')
+        assert "export VIRTUAL_ENV=/shared/envs/dask" in script
+        assert activation < script.index("python3.11 -m dask")
+
+
+def test_apptainer_scenario_runs_python_inside_the_image(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", scenario("apptainer"), tmp_path)
+    image = "/shared/images/dask-deploy_0.1.0.sif"
+    worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
+    assert worker[:6] == ["exec", "apptainer", "exec", "--bind", "/scratch", "--cleanenv"]
+    assert worker[6:10] == [image, "python3", "-m", "dask"]
+    scheduler_script = (out / "scheduler-job.sh").read_text()
+    assert re.search(
+        rf"^apptainer exec .* {re.escape(image)} python3 -m dask_deploy", scheduler_script, re.M
+    )
+    config = yaml.safe_load((out / "scaler-config.yaml").read_text())
+    assert config["policy"] == {"name": "fixed", "minimum": 4, "maximum": 4, "options": {}}
