@@ -286,7 +286,7 @@ def parse_set_value(text: str, expression: str = "") -> Any:
     A value in double or single quotes is always a string (``"1.0"`` stays ``'1.0'``);
     ``{a,b}`` is a list of such values and ``{}`` the empty list.
     """
-    if text[:1] in "\"'":
+    if text and text[0] in "\"'":
         if len(text) < 2 or text[-1] != text[0]:
             raise _bad_set(expression or text, f"the quote {text[0]} is not closed")
         return text[1:-1]
