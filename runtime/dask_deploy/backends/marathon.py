@@ -180,14 +180,21 @@ def task_state(marathon_state: str | None) -> InstanceState:
     return InstanceState.RUNNING
 
 
-def parse_tasks(tasks: Iterable[Any]) -> list[Instance]:
-    """Instances from the client's ``MarathonTask`` objects (``id``, ``state``, ``staged_at``)."""
-    instances = []
-    for task in tasks:
-        staged_at = task.staged_at
-        requested_at = staged_at.timestamp() if isinstance(staged_at, datetime) else 0.0
-        instances.append(Instance(task.id, task_state(task.state), requested_at))
-    return instances
+def _unix_time(timestamp: object) -> float:
+    if not isinstance(timestamp, str):
+        return 0.0
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def parse_tasks(body: Mapping[str, Any]) -> list[Instance]:
+    """Instances from a ``{"tasks": [...]}`` body (``id``, ``state``, ``stagedAt``)."""
+    return [
+        Instance(str(task["id"]), task_state(task.get("state")), _unix_time(task.get("stagedAt")))
+        for task in body.get("tasks", [])
+    ]
 
 
 def scale_up_request(settings: MarathonSettings, current: int, n: int) -> ScaleRequest | None:
@@ -253,16 +260,22 @@ class MarathonBackend:
     def _path_id(self) -> str:
         return self.settings.app_id.lstrip("/")  # the client prefixes /v2/apps/
 
+    def _get(self, path: str) -> Any:
+        # The client's models reject any field they do not know (marathon-python issues #140,
+        # #237, #278, #279: e.g. "role", "check", "tasksStats"), so reads go through its
+        # transport (servers, auth, TLS, error mapping) and are parsed here from plain JSON.
+        return self.client._do_request("GET", path).json()
+
     async def instances(self) -> list[Instance]:
-        return parse_tasks(await self._call(self.client.list_tasks, self._path_id()))
+        return parse_tasks(await self._call(self._get, f"/v2/apps/{self._path_id()}/tasks"))
 
     async def scale_up(self, n: int) -> None:
         from marathon.models import MarathonApp
 
-        app = await self._call(self.client.get_app, self._path_id())
-        request = scale_up_request(self.settings, app.instances or 0, n)
+        app = (await self._call(self._get, f"/v2/apps/{self._path_id()}"))["app"]
+        request = scale_up_request(self.settings, int(app.get("instances", 0)), n)
         if request is not None:
-            log.info("marathon: %s instances %s -> %d", request.app_id, app.instances, n)
+            log.info("marathon: %s instances %s -> %d", request.app_id, app.get("instances"), n)
             update = MarathonApp(instances=request.instances)
             await self._call(self.client.update_app, self._path_id(), update, force=request.force)
 
