@@ -474,6 +474,15 @@ def _error_to_settings(error: jsonschema.ValidationError) -> list[SettingsError]
         return [SettingsError(key, value, "one of " + ", ".join(map(json.dumps, options)))]
     if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return [SettingsError(key, value, _describe_bounds(schema))]
+    if "propertyNames" in error.relative_schema_path:
+        allowed = f"a key name matching {schema['pattern']}" if keyword == "pattern" else ""
+        return [
+            SettingsError(
+                _format_path((*path, str(value))),
+                value,
+                allowed or f"a valid key name ({error.message})",
+            )
+        ]
     if keyword == "pattern":
         return [SettingsError(key, value, f"a string matching {schema['pattern']}")]
     if keyword in ("minLength", "maxLength"):
