@@ -1,0 +1,385 @@
+"""Kubernetes: every worker is one pod the scaler creates, named by the pod name.
+
+Options (``backend.options`` in the scaler configuration)::
+
+    worker_template: /etc/dask-deploy/worker/worker-pod.yaml  # required: the rendered worker Pod
+    namespace: null          # optional: null = the scaler pod's own namespace (in-cluster), the
+                             # kubeconfig context's namespace, or "default"
+    kubeconfig: null         # optional: a kubeconfig file (development); null = in-cluster account
+    context: null            # optional: the kubeconfig context; null = its current context
+    owner: null              # optional: {api_version, kind, name, uid} owning every worker pod;
+                             # "${VAR}" in a value is read from the environment (downward API)
+    request_timeout: 10      # optional: seconds per HTTP request
+    retry_for: 30            # optional: seconds to keep retrying 409 Conflict / 5xx / no answer
+
+Workers are bare pods, not a Deployment's: ``scale_down`` deletes exactly the pods whose workers
+the scheduler retired, and no controller recreates them or picks another victim. The owner
+reference (the scheduler pod) makes Kubernetes garbage-collect the workers with the scheduler.
+Each pod runs ``dask worker --name $(DASK_WORKER_NAME)`` with that variable set from
+``metadata.name`` (downward API), so ``Instance.name`` is the pod name.
+
+Requests are built by pure functions from :data:`RBAC_RULES`, the one list of (verb, resource)
+the rendered Role grants; :meth:`KubernetesBackend._send` is the one place that sends them, through
+the official client in a thread (it is synchronous).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .._errors import SettingsError
+from ._protocol import Backend, BackendContext, Instance, InstanceState, count_requested
+
+log = logging.getLogger(__name__)
+
+#: Every (verb, resource) the backend uses; the rendered Role grants exactly these.
+RBAC_RULES: tuple[tuple[str, str], ...] = (("create", "pods"), ("delete", "pods"), ("list", "pods"))
+_HTTP_METHODS = {"create": "POST", "delete": "DELETE", "list": "GET"}
+_OPTIONS = {
+    "worker_template",
+    "namespace",
+    "kubeconfig",
+    "context",
+    "owner",
+    "request_timeout",
+    "retry_for",
+}
+_OWNER_KEYS = ("api_version", "kind", "name", "uid")
+# The alphabet Kubernetes uses for generated name suffixes: no vowels, no look-alikes.
+_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """The backend's options, validated once."""
+
+    deployment: str
+    namespace: str
+    worker_template: Mapping[str, Any]
+    owner: Mapping[str, str] | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    request_timeout: float = 10.0
+    retry_for: float = 30.0
+
+
+@dataclass(frozen=True)
+class Request:
+    """One API call: the RBAC verb and resource it needs, and the HTTP request that makes it."""
+
+    verb: str
+    resource: str
+    path: str
+    query: tuple[tuple[str, str], ...] = ()
+    body: Mapping[str, Any] | None = field(default=None, hash=False)
+
+    @property
+    def method(self) -> str:
+        return _HTTP_METHODS[self.verb]
+
+
+class KubernetesApiError(RuntimeError):
+    """The API answered with an error Status (or not at all: ``status`` 0)."""
+
+    def __init__(self, request: Request, status: int, reason: str, message: str) -> None:
+        self.status, self.reason = status, reason
+        super().__init__(f"{request.method} {request.path}: {status} {reason}: {message}")
+
+
+class KubernetesPermissionError(KubernetesApiError):
+    """403: the scaler's service account lacks a verb on a resource."""
+
+
+def selector_labels(deployment: str) -> dict[str, str]:
+    """The labels that mark a worker pod of this deployment (and select it when listing)."""
+    return {
+        "app.kubernetes.io/instance": deployment,
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/managed-by": "dask-deploy",
+    }
+
+
+def worker_pod_name(deployment: str, suffix: str | None = None) -> str:
+    """``<deployment>-worker-<5 random characters>``, like a name Kubernetes generates.
+
+    >>> worker_pod_name("dask", "x7k2q")
+    'dask-worker-x7k2q'
+    """
+    suffix = suffix or "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))
+    return f"{deployment}-worker-{suffix}"
+
+
+def worker_pod(settings: KubernetesSettings, name: str) -> dict[str, Any]:
+    """The worker template with this pod's name, namespace, labels and owner reference."""
+    pod = copy.deepcopy(dict(settings.worker_template))
+    metadata = dict(pod.get("metadata") or {})
+    metadata.pop("generateName", None)
+    metadata["name"] = name
+    metadata["namespace"] = settings.namespace
+    metadata["labels"] = {**(metadata.get("labels") or {}), **selector_labels(settings.deployment)}
+    if settings.owner is not None:
+        # No blockOwnerDeletion: it would need update on the owner's finalizers.
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": settings.owner["api_version"],
+                "kind": settings.owner["kind"],
+                "name": settings.owner["name"],
+                "uid": settings.owner["uid"],
+                "controller": True,
+            }
+        ]
+    pod["metadata"] = metadata
+    return pod
+
+
+def _pods_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/pods"
+
+
+def create_request(settings: KubernetesSettings, name: str) -> Request:
+    """POST one worker pod."""
+    return Request("create", "pods", _pods_path(settings.namespace), (), worker_pod(settings, name))
+
+
+def list_request(settings: KubernetesSettings) -> Request:
+    """GET this deployment's worker pods by label selector."""
+    selector = ",".join(f"{k}={v}" for k, v in selector_labels(settings.deployment).items())
+    return Request("list", "pods", _pods_path(settings.namespace), (("labelSelector", selector),))
+
+
+def delete_request(settings: KubernetesSettings, name: str) -> Request:
+    """DELETE one pod; it gets its own terminationGracePeriodSeconds to stop."""
+    body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+    return Request("delete", "pods", f"{_pods_path(settings.namespace)}/{name}", (), body)
+
+
+def pod_state(pod: Mapping[str, Any]) -> InstanceState:
+    """Pending -> pending; Running (and Unknown) -> running; ended or terminating -> exited."""
+    phase = (pod.get("status") or {}).get("phase", "Pending")
+    if pod["metadata"].get("deletionTimestamp") or phase in ("Succeeded", "Failed"):
+        return InstanceState.EXITED
+    return InstanceState.PENDING if phase == "Pending" else InstanceState.RUNNING
+
+
+def parse_pods(pod_list: Mapping[str, Any]) -> list[Instance]:
+    """Instances from a PodList, ordered by name."""
+    instances = []
+    for pod in pod_list.get("items") or []:
+        created = pod["metadata"].get("creationTimestamp")
+        requested_at = datetime.fromisoformat(created).timestamp() if created else 0.0
+        instances.append(Instance(pod["metadata"]["name"], pod_state(pod), requested_at))
+    return sorted(instances, key=lambda instance: instance.name)
+
+
+def api_error(request: Request, status: int, body: bytes) -> KubernetesApiError:
+    """The error for a non-2xx answer, from its Status body; 403 names the missing permission."""
+    try:
+        status_object = json.loads(body)
+        reason, message = status_object.get("reason", ""), status_object.get("message", "")
+    except (ValueError, AttributeError):
+        reason, message = "", body.decode(errors="replace")[:200]
+    if status == 403:
+        message = (
+            f"the scaler's service account may not {request.verb} {request.resource}; "
+            f'grant verb "{request.verb}" on resource "{request.resource}" in its Role '
+            f"({message})"
+        )
+        return KubernetesPermissionError(request, status, reason or "Forbidden", message)
+    return KubernetesApiError(request, status, reason, message)
+
+
+def is_retryable(error: KubernetesApiError) -> bool:
+    """No answer, 409 Conflict (not AlreadyExists) and 5xx are worth another try."""
+    return error.status == 0 or error.status >= 500 or error.reason == "Conflict"
+
+
+def _option(options: Mapping[str, object], key: str, kind: type, allowed: str) -> Any:
+    value = options.get(key)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise SettingsError(f"backend.options.{key}", value, allowed)
+    return value
+
+
+def _load_owner(value: object) -> Mapping[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) != set(_OWNER_KEYS):
+        raise SettingsError("backend.options.owner", value, f"null or a mapping of {_OWNER_KEYS}")
+    owner = {}
+    for key in _OWNER_KEYS:
+        expanded = os.path.expandvars(str(value[key]))
+        if not expanded or "$" in expanded:
+            allowed = "a non-empty string (set the environment variables it names)"
+            raise SettingsError(f"backend.options.owner.{key}", value[key], allowed)
+        owner[key] = expanded
+    return owner
+
+
+def _default_namespace(kubeconfig: str | None, context: str | None) -> str:
+    if kubeconfig is not None:
+        config: Any = importlib.import_module("kubernetes.config")
+        contexts, current = config.list_kube_config_contexts(config_file=kubeconfig)
+        chosen = next((c for c in contexts if c["name"] == context), current)
+        return str((chosen or {}).get("context", {}).get("namespace") or "default")
+    if _SERVICE_ACCOUNT_NAMESPACE.is_file():
+        return _SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    return "default"
+
+
+def load_settings(context: BackendContext) -> KubernetesSettings:
+    """Validate ``backend.options``; raise :class:`SettingsError` naming the bad key."""
+    options = dict(context.options)
+    for key in options.keys() - _OPTIONS:
+        raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(_OPTIONS)}")
+    template_path = options.get("worker_template")
+    allowed = "the path of a YAML file holding one v1 Pod manifest with spec.containers"
+    try:
+        template = yaml.safe_load(Path(str(template_path)).read_text())
+    except (OSError, yaml.YAMLError):
+        raise SettingsError("backend.options.worker_template", template_path, allowed) from None
+    if not isinstance(template, dict) or template.get("kind") != "Pod" or template_path is None:
+        raise SettingsError("backend.options.worker_template", template_path, allowed)
+    if not (template.get("spec") or {}).get("containers"):
+        raise SettingsError("backend.options.worker_template", template_path, allowed)
+    kubeconfig = _option(options, "kubeconfig", str, "null or the path of a kubeconfig file")
+    if kubeconfig is not None and not Path(kubeconfig).is_file():
+        raise SettingsError("backend.options.kubeconfig", kubeconfig, "an existing kubeconfig file")
+    kube_context = _option(options, "context", str, "null or a kubeconfig context name")
+    namespace = _option(options, "namespace", str, "null or a namespace name")
+    numbers = {}
+    for key, default in (("request_timeout", 10.0), ("retry_for", 30.0)):
+        value = options.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise SettingsError(f"backend.options.{key}", value, "a number of seconds > 0")
+        numbers[key] = float(value)
+    return KubernetesSettings(
+        deployment=context.deployment,
+        namespace=namespace or _default_namespace(kubeconfig, kube_context),
+        worker_template=template,
+        owner=_load_owner(options.get("owner")),
+        kubeconfig=kubeconfig,
+        context=kube_context,
+        **numbers,
+    )
+
+
+def api_client(settings: KubernetesSettings) -> Any:
+    """The official client: from the kubeconfig if one is given, else the pod's service account."""
+    client: Any = importlib.import_module("kubernetes.client")
+    config: Any = importlib.import_module("kubernetes.config")
+    if settings.kubeconfig is not None:
+        return config.new_client_from_config(
+            config_file=settings.kubeconfig, context=settings.context, persist_config=False
+        )
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException as error:
+        allowed = f"a kubeconfig file when not running in a pod ({error})"
+        raise SettingsError("backend.options.kubeconfig", None, allowed) from None
+    return client.ApiClient(configuration)
+
+
+class KubernetesBackend:
+    """Creates, lists and deletes one deployment's worker pods."""
+
+    def __init__(
+        self,
+        settings: KubernetesSettings,
+        client: Any,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self._client = client
+        self._sleep = sleep
+
+    def _send_once(self, request: Request) -> Any:
+        method, url, headers, body, _ = self._client.param_serialize(
+            method=request.method,
+            resource_path=request.path,
+            query_params=list(request.query),
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            body=request.body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._client.call_api(
+                method, url, header_params=headers, body=body,
+                _request_timeout=self.settings.request_timeout,
+            )  # fmt: skip
+            response.read()
+        except Exception as error:  # urllib3 and the client raise several types for "no answer"
+            raise KubernetesApiError(request, 0, type(error).__name__, str(error)) from error
+        if not 200 <= response.status <= 299:
+            raise api_error(request, response.status, response.data or b"")
+        return json.loads(response.data or b"{}")
+
+    async def _send(self, request: Request) -> Any:
+        """Send in a thread; back off and retry 409 Conflict / 5xx / no answer until retry_for."""
+        deadline = time.monotonic() + self.settings.retry_for
+        delay = 0.1
+        while True:
+            try:
+                return await asyncio.to_thread(self._send_once, request)
+            except KubernetesApiError as error:
+                if not is_retryable(error) or time.monotonic() + delay > deadline:
+                    raise
+                log.info("kubernetes: %s; retrying in %.2fs", error, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def instances(self) -> list[Instance]:
+        return parse_pods(await self._send(list_request(self.settings)))
+
+    async def scale_up(self, n: int) -> None:
+        for _ in range(n - count_requested(await self.instances())):
+            name = worker_pod_name(self.settings.deployment)
+            try:
+                await self._send(create_request(self.settings, name))
+            except KubernetesApiError as error:
+                if error.reason != "AlreadyExists":  # a retried create that had gone through
+                    raise
+            log.info("kubernetes: created pod %s", name)
+
+    async def scale_down(self, names: Collection[str]) -> None:
+        pods = (await self._send(list_request(self.settings))).get("items") or []
+        wanted = set(names)
+        doomed = {
+            pod["metadata"]["name"]
+            for pod in pods
+            if pod["metadata"]["name"] in wanted and not pod["metadata"].get("deletionTimestamp")
+        }
+        for name in sorted(doomed):
+            try:
+                await self._send(delete_request(self.settings, name))
+            except KubernetesApiError as error:
+                if error.status != 404:  # already gone is what we wanted
+                    raise
+            log.info("kubernetes: deleted pod %s", name)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._client.close)
+
+
+def create(context: BackendContext) -> Backend:
+    """Build the Kubernetes backend from the scaler configuration's ``backend.options``."""
+    settings = load_settings(context)
+    return KubernetesBackend(settings, api_client(settings))
+
+
+__all__ = ["RBAC_RULES", "KubernetesBackend", "create"]

@@ -1,0 +1,504 @@
+"""A Kubernetes API stand-in on 127.0.0.1: core/v1 pods, each run as a local process.
+
+Point the official client (or kubectl) at it with the kubeconfig it writes::
+
+    with KubernetesStandIn(workdir) as api:
+        kubeconfig = api.write_kubeconfig(workdir / "kubeconfig")
+
+or ``python -m dask_deploy.testing.kubernetes --port 6443``.
+
+What it implements, with the real API's paths, JSON bodies, status codes and ``Status`` objects:
+``/version``; ``GET``/``POST /api/v1/namespaces/{ns}/pods`` (list with ``labelSelector``,
+equality and set-based; create, 409 AlreadyExists); ``GET``/``PUT``/``DELETE .../pods/{name}``
+(404 NotFound; PUT and DELETE preconditions answer 409 Conflict on a stale ``resourceVersion``
+or another ``uid``). Every object sent is validated with kubernetes-validate (strict, Kubernetes
+:data:`KUBERNETES_VERSION`) and rejected with 422 Invalid. Optional RBAC: with ``allowed`` set,
+any (verb, resource) outside it answers 403 Forbidden like the API server.
+
+Each created pod runs its containers' ``command`` + ``args`` (``$(VAR)`` expanded as the kubelet
+does) as local processes with the container's ``env``, including the downward API
+(``metadata.name``, ``metadata.namespace``, ``metadata.uid``, ``status.podIP``...). The phase
+follows the processes: Pending, Running, then Succeeded or Failed (``restartPolicy: Never``).
+Deleting sets ``deletionTimestamp``, SIGTERMs the main processes, SIGKILLs their process groups
+after ``terminationGracePeriodSeconds`` and removes the pod once they are gone. Garbage collection:
+pods whose ``ownerReferences`` name no existing object (pods, or objects registered with
+:meth:`KubernetesStandIn.add_owner`) are deleted, as Kubernetes' garbage collector does.
+
+Limitations: images are never pulled; the command runs on the host, which needs the software the
+image would have. Volumes are not mounted; ``secretKeyRef``/``configMapKeyRef`` env is not resolved
+(the pod fails). Faults for tests: :meth:`KubernetesStandIn.inject`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jsonschema
+import yaml
+
+log = logging.getLogger(__name__)
+
+#: The Kubernetes version whose schemas validate every object (the oldest we support).
+KUBERNETES_VERSION = "1.30.0"
+_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "VIRTUAL_ENV")
+_PODS = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/pods(?:/([a-z0-9.-]+))?$")
+_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+_VERBS = {("GET", False): "list", ("POST", False): "create", ("GET", True): "get"}
+_VERBS |= {("PUT", True): "update", ("DELETE", True): "delete"}
+
+
+def _validate_delete_options(obj: dict[str, Any], version: str) -> None:
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+
+    folder = f"kubernetes-json-schema/v{version}-local-strict"
+    schema = utils.schema_contents(f"{folder}/deleteoptions-meta-v1.json", version)
+    definitions = utils.schema_contents(f"{folder}/_definitions.json", version)
+    registry: Registry[Any] = Resource.from_contents(definitions) @ Registry()
+    jsonschema.Draft202012Validator(schema, registry=registry).validate(obj)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_object(code: int, reason: str, message: str, **details: str) -> dict[str, Any]:
+    """A ``Status`` as the API server answers errors with."""
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}}
+    body |= {"status": "Failure", "message": message, "reason": reason, "code": code}
+    if details:
+        body["details"] = details
+    return body
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, **details: str) -> None:
+        super().__init__(message)
+        self.body = status_object(code, reason, message, **details)
+
+
+def matches_selector(labels: Mapping[str, str], selector: str) -> bool:
+    """Kubernetes label selector semantics: ``a=b``, ``a==b``, ``a!=b``, ``a in (x,y)``,
+    ``a notin (x)``, ``a``, ``!a``, comma-joined (AND)."""
+    for term in re.findall(r"(?:[^,(]|\([^)]*\))+", selector):
+        term = term.strip()
+        if match := re.fullmatch(r"(\S+?)\s*(==|=|!=)\s*(\S*)", term):
+            key, op, value = match.groups()
+            if (labels.get(key) == value) != (op != "!="):
+                return False
+        elif match := re.fullmatch(r"(\S+)\s+(in|notin)\s+\(([^)]*)\)", term):
+            key, op, values = match.groups()
+            inside = labels.get(key) in {v.strip() for v in values.split(",")}
+            if inside != (op == "in"):
+                return False
+        elif match := re.fullmatch(r"(!?)([A-Za-z0-9./_-]+)", term):
+            if (match.group(2) in labels) == (match.group(1) == "!"):
+                return False
+        else:
+            raise ApiError(400, "BadRequest", f"unable to parse requirement: {term!r}")
+    return True
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """The kubelet's ``$(VAR)`` expansion: known names replaced, ``$$`` is a literal ``$``."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _VAR_REF.sub(replace, text)
+
+
+@dataclass
+class _Pod:
+    manifest: dict[str, Any]
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    kill_at: float = 0.0
+
+
+class KubernetesStandIn:
+    """The stand-in API server; a context manager that stops every process it started."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        allowed: set[tuple[str, str]] | None = None,
+        host_env: Mapping[str, str] | None = None,
+        version: str = KUBERNETES_VERSION,
+        port: int = 0,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.allowed = allowed
+        self.version = version
+        self.host_env = dict(host_env or {k: os.environ[k] for k in _PASS_ENV if k in os.environ})
+        self.calls: list[tuple[str, str]] = []
+        self._pods: dict[tuple[str, str], _Pod] = {}
+        self._owners: set[str] = set()
+        self._faults: list[dict[str, Any]] = []
+        self._resource_version = 1000
+        self._lock = threading.RLock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._closed = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_forever, daemon=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> KubernetesStandIn:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        self._reaper.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the server and kill every pod's processes."""
+        self._closed.set()
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            pods = list(self._pods.values())
+        for pod in pods:
+            for process in pod.processes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        """A kubeconfig whose current context reaches this server (no credentials needed)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "stand-in", "cluster": {"server": self.url}}],
+            "users": [{"name": "stand-in", "user": {"token": "stand-in"}}],
+            "contexts": [
+                {
+                    "name": "stand-in",
+                    "context": {"cluster": "stand-in", "user": "stand-in", "namespace": namespace},
+                }
+            ],
+            "current-context": "stand-in",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # -- test controls ---------------------------------------------------------------------
+    def inject(self, verb: str, status: int, times: int = 1, reason: str = "") -> None:
+        """Answer the next ``times`` calls of ``verb`` (create, list, delete...) with ``status``."""
+        reason = reason or {409: "Conflict", 403: "Forbidden"}.get(status, "InternalError")
+        self._faults.append({"verb": verb, "status": status, "times": times, "reason": reason})
+
+    def add_owner(self) -> str:
+        """Register a foreign owner object (e.g. a ReplicaSet); returns its uid."""
+        uid = str(uuid.uuid4())
+        self._owners.add(uid)
+        return uid
+
+    def remove_owner(self, uid: str) -> None:
+        """Delete a foreign owner: the garbage collector then deletes its dependents."""
+        self._owners.discard(uid)
+
+    def pods(self, namespace: str = "default") -> dict[str, dict[str, Any]]:
+        """A snapshot of the stored pods by name."""
+        with self._lock:
+            return {
+                name: json.loads(json.dumps(pod.manifest))
+                for (ns, name), pod in self._pods.items()
+                if ns == namespace
+            }
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    # -- the API -----------------------------------------------------------------------------
+    def _next_version(self) -> str:
+        self._resource_version += 1
+        return str(self._resource_version)
+
+    def _validate(self, obj: Any, kind: str) -> None:
+        import kubernetes_validate
+
+        if not isinstance(obj, dict) or obj.get("kind") != kind:
+            raise ApiError(400, "BadRequest", f"expected a {kind} object")
+        try:
+            if kind == "DeleteOptions":  # kubernetes-validate finds its schema under meta/v1 only
+                _validate_delete_options(obj, self.version)
+            else:
+                kubernetes_validate.validate(obj, self.version, strict=True)
+        except jsonschema.ValidationError as error:
+            path = ".".join(str(p) for p in error.path)
+            raise ApiError(422, "Invalid", f"{kind} is invalid: {path}: {error.message}") from None
+
+    def handle(self, method: str, raw_path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """Serve one request; returns the status code and the JSON body."""
+        url = urlsplit(raw_path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if method == "GET" and url.path == "/version":
+            major, minor, _ = self.version.split(".")
+            return 200, {"major": major, "minor": minor, "gitVersion": f"v{self.version}"}
+        match = _PODS.match(url.path)
+        verb = _VERBS.get((method, bool(match and match.group(2))))
+        if not match or not verb:
+            return 404, status_object(404, "NotFound", "the server could not find the resource")
+        namespace, name = match.groups()
+        with self._lock:
+            self.calls.append((verb, "pods"))
+            for fault in self._faults:
+                if fault["verb"] == verb and fault["times"] > 0:
+                    fault["times"] -= 1
+                    return fault["status"], status_object(
+                        fault["status"], fault["reason"], "injected fault"
+                    )
+            if self.allowed is not None and (verb, "pods") not in self.allowed:
+                message = (
+                    f'pods is forbidden: User "system:serviceaccount:{namespace}:scaler" cannot '
+                    f'{verb} resource "pods" in API group "" in the namespace "{namespace}"'
+                )
+                return 403, status_object(403, "Forbidden", message, kind="pods")
+            try:
+                answer: tuple[int, dict[str, Any]] = getattr(self, f"_{verb}")(
+                    namespace, name, query, body
+                )
+                return answer
+            except ApiError as error:
+                return error.body["code"], error.body
+
+    def _list(self, namespace: str, _: None, query: dict[str, str], __: Any) -> tuple[int, Any]:
+        selector = query.get("labelSelector", "")
+        items = [
+            pod.manifest
+            for (ns, _name), pod in sorted(self._pods.items())
+            if ns == namespace
+            and matches_selector(pod.manifest["metadata"].get("labels", {}), selector)
+        ]
+        metadata = {"resourceVersion": str(self._resource_version)}
+        return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": metadata, "items": items}
+
+    def _get(self, namespace: str, name: str, _: Any, __: Any) -> tuple[int, Any]:
+        return 200, self._find(namespace, name).manifest
+
+    def _find(self, namespace: str, name: str) -> _Pod:
+        pod = self._pods.get((namespace, name))
+        if pod is None:
+            raise ApiError(404, "NotFound", f'pods "{name}" not found', name=name, kind="pods")
+        return pod
+
+    def _create(self, namespace: str, _: None, __: Any, body: Any) -> tuple[int, Any]:
+        self._validate(body, "Pod")
+        metadata = body["metadata"]
+        name = metadata.get("name")
+        if metadata.get("namespace", namespace) != namespace or not name:
+            raise ApiError(400, "BadRequest", "the namespace of the object does not match")
+        if (namespace, name) in self._pods:
+            message = f'pods "{name}" already exists'
+            raise ApiError(409, "AlreadyExists", message, name=name, kind="pods")
+        metadata |= {"namespace": namespace, "uid": str(uuid.uuid4())}
+        metadata |= {"creationTimestamp": _now(), "resourceVersion": self._next_version()}
+        body["status"] = {"phase": "Pending", "qosClass": "Burstable"}
+        pod = _Pod(body)
+        self._pods[(namespace, name)] = pod
+        self._start(pod)
+        return 201, body
+
+    def _update(self, namespace: str, name: str, _: Any, body: Any) -> tuple[int, Any]:
+        self._validate(body, "Pod")
+        pod = self._find(namespace, name)
+        sent = body["metadata"].get("resourceVersion")
+        if sent != pod.manifest["metadata"]["resourceVersion"]:
+            message = (
+                f'Operation cannot be fulfilled on pods "{name}": the object has been modified; '
+                "please apply your changes to the latest version and try again"
+            )
+            raise ApiError(409, "Conflict", message, name=name, kind="pods")
+        pod.manifest["metadata"]["labels"] = body["metadata"].get("labels", {})
+        pod.manifest["metadata"]["annotations"] = body["metadata"].get("annotations", {})
+        pod.manifest["metadata"]["resourceVersion"] = self._next_version()
+        return 200, pod.manifest
+
+    def _delete(self, namespace: str, name: str, _: Any, body: Any) -> tuple[int, Any]:
+        if body:
+            self._validate(body, "DeleteOptions")
+        pod = self._find(namespace, name)
+        metadata = pod.manifest["metadata"]
+        for key in ("uid", "resourceVersion"):
+            wanted = ((body or {}).get("preconditions") or {}).get(key)
+            if wanted is not None and wanted != metadata[key]:
+                message = (
+                    f"Precondition failed: {key} in precondition: {wanted}, "
+                    f"{key} in object meta: {metadata[key]}"
+                )
+                raise ApiError(409, "Conflict", message, name=name, kind="pods")
+        grace = (body or {}).get("gracePeriodSeconds")
+        self._terminate(pod, grace)
+        return 200, pod.manifest
+
+    # -- the kubelet and the garbage collector ---------------------------------------------
+    def _terminate(self, pod: _Pod, grace: int | None) -> None:
+        metadata = pod.manifest["metadata"]
+        if metadata.get("deletionTimestamp"):
+            return
+        if grace is None:
+            grace = pod.manifest["spec"].get("terminationGracePeriodSeconds", 30)
+        metadata |= {"deletionTimestamp": _now(), "deletionGracePeriodSeconds": grace}
+        metadata["resourceVersion"] = self._next_version()
+        pod.kill_at = time.monotonic() + grace
+        for process in pod.processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)  # PID 1 only, as a container runtime does
+
+    def _container_env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+        fields = {
+            "metadata.name": pod["metadata"]["name"],
+            "metadata.namespace": pod["metadata"]["namespace"],
+            "metadata.uid": pod["metadata"]["uid"],
+            "spec.nodeName": "stand-in",
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+            "status.podIP": "127.0.0.1",
+            "status.hostIP": "127.0.0.1",
+        }
+        env: dict[str, str] = {}
+        for variable in container.get("env", []):
+            if "value" in variable:
+                env[variable["name"]] = expand(variable["value"], env)
+            elif "fieldRef" in (variable.get("valueFrom") or {}):
+                env[variable["name"]] = fields[variable["valueFrom"]["fieldRef"]["fieldPath"]]
+            else:
+                raise ValueError(f"env {variable['name']}: only value and fieldRef are supported")
+        return env
+
+    def _start(self, pod: _Pod) -> None:
+        manifest = pod.manifest
+        try:
+            with self.log_path(manifest["metadata"]["name"]).open("ab") as log_file:
+                for container in manifest["spec"]["containers"]:
+                    if not container.get("command"):
+                        raise ValueError(f"container {container['name']}: no command (no images)")
+                    env = self._container_env(manifest, container)
+                    argv = [
+                        expand(a, env) for a in container["command"] + container.get("args", [])
+                    ]
+                    process = subprocess.Popen(
+                        argv,
+                        env={**self.host_env, "HOSTNAME": manifest["metadata"]["name"], **env},
+                        cwd=self.workdir,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                    pod.processes.append(process)
+        except (OSError, ValueError) as error:
+            manifest["status"] |= {"phase": "Failed", "message": str(error)}
+            return
+        manifest["status"] |= {
+            "phase": "Running",
+            "podIP": "127.0.0.1",
+            "hostIP": "127.0.0.1",
+            "startTime": _now(),
+        }
+        manifest["metadata"]["resourceVersion"] = self._next_version()
+
+    def _reap_forever(self) -> None:
+        while not self._closed.wait(0.1):
+            with self._lock:
+                self._reap()
+
+    def _reap(self) -> None:
+        """Phases follow the processes; terminated pods go away; orphans are collected."""
+        for key, pod in list(self._pods.items()):
+            manifest = pod.manifest
+            codes = [process.poll() for process in pod.processes]
+            if manifest["status"]["phase"] == "Running" and None not in codes:
+                phase = "Succeeded" if not any(codes) else "Failed"
+                manifest["status"]["phase"] = phase
+                manifest["metadata"]["resourceVersion"] = self._next_version()
+            if manifest["metadata"].get("deletionTimestamp"):
+                if None in codes and time.monotonic() >= pod.kill_at:
+                    for process in pod.processes:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(process.pid, signal.SIGKILL)
+                elif None not in codes:
+                    for process in pod.processes:  # the rest of the container's cgroup
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(process.pid, signal.SIGKILL)
+                    del self._pods[key]
+        existing = self._owners | {p.manifest["metadata"]["uid"] for p in self._pods.values()}
+        for pod in self._pods.values():
+            references = pod.manifest["metadata"].get("ownerReferences") or []
+            if references and not any(ref["uid"] in existing for ref in references):
+                self._terminate(pod, None)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    code, answer = 400, status_object(400, "BadRequest", "body is not JSON")
+                else:
+                    code, answer = stand_in.handle(self.command, self.path, body)
+                data = json.dumps(answer).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("kubernetes stand-in: " + format, *args)
+
+        return Handler
+
+
+@contextlib.contextmanager
+def running(workdir: Path, **kwargs: Any) -> Iterator[KubernetesStandIn]:
+    """Start a stand-in for the duration of a ``with`` block."""
+    with KubernetesStandIn(workdir, **kwargs) as stand_in:
+        yield stand_in
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=6443)
+    parser.add_argument("--workdir", type=Path, default=Path("k8s-stand-in"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    with running(args.workdir, port=args.port) as stand_in:
+        print(f"kubeconfig: {stand_in.write_kubeconfig(args.workdir / 'kubeconfig')}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

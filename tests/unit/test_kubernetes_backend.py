@@ -1,0 +1,302 @@
+"""The Kubernetes backend: pure request builders and parsers, and the runner via the stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dask_deploy import SettingsError
+from dask_deploy.backends import BackendContext, Instance, InstanceState
+from dask_deploy.backends import kubernetes as k8s
+from dask_deploy.testing.kubernetes import KubernetesStandIn, matches_selector
+
+pytestmark = pytest.mark.kubernetes
+
+SLEEPER = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"labels": {"app.kubernetes.io/name": "dask"}},
+    "spec": {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 5,
+        "containers": [
+            {
+                "name": "worker",
+                "image": "ghcr.io/dask-deploy/dask-deploy:0.1.0",
+                "command": [
+                    sys.executable,
+                    "-c",
+                    "import sys, time; open(sys.argv[1] + '.name', 'w').write(sys.argv[1]); "
+                    "time.sleep(600)",
+                ],
+                "args": ["$(DASK_WORKER_NAME)"],
+                "env": [
+                    {
+                        "name": "DASK_WORKER_NAME",
+                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                    }
+                ],
+            }
+        ],
+    },
+}
+
+
+def settings(**changes: Any) -> k8s.KubernetesSettings:
+    return k8s.KubernetesSettings(
+        **{"deployment": "dask", "namespace": "ns1", "worker_template": SLEEPER, **changes}
+    )
+
+
+def test_worker_pod_gets_name_namespace_labels_and_owner() -> None:
+    owner = {"api_version": "v1", "kind": "Pod", "name": "dask-scheduler-x", "uid": "u-1"}
+    pod = k8s.worker_pod(settings(owner=owner), "dask-worker-abcde")
+    assert pod["metadata"]["name"] == "dask-worker-abcde"
+    assert pod["metadata"]["namespace"] == "ns1"
+    assert pod["metadata"]["labels"] == {
+        "app.kubernetes.io/name": "dask",
+        "app.kubernetes.io/instance": "dask",
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/managed-by": "dask-deploy",
+    }
+    assert pod["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": "dask-scheduler-x",
+            "uid": "u-1",
+            "controller": True,
+        }
+    ]
+    assert "ownerReferences" not in k8s.worker_pod(settings(), "x")["metadata"]
+    assert SLEEPER["metadata"] == {"labels": {"app.kubernetes.io/name": "dask"}}  # not mutated
+
+
+def test_worker_pod_names_are_distinct_and_short() -> None:
+    names = {k8s.worker_pod_name("d" * 40) for _ in range(50)}
+    assert len(names) == 50
+    assert all(len(name) <= 63 and name.startswith("d" * 40 + "-worker-") for name in names)
+
+
+def test_requests_paths_and_verbs() -> None:
+    create = k8s.create_request(settings(), "dask-worker-abcde")
+    assert (create.method, create.path) == ("POST", "/api/v1/namespaces/ns1/pods")
+    listing = k8s.list_request(settings())
+    assert (listing.method, listing.path) == ("GET", "/api/v1/namespaces/ns1/pods")
+    selector = dict(listing.query)["labelSelector"]
+    assert matches_selector(create.body["metadata"]["labels"], selector)  # type: ignore[index]
+    assert not matches_selector(
+        {**create.body["metadata"]["labels"], "app.kubernetes.io/instance": "other"}, selector
+    )  # type: ignore[index]
+    delete = k8s.delete_request(settings(), "dask-worker-abcde")
+    assert (delete.method, delete.path) == (
+        "DELETE",
+        "/api/v1/namespaces/ns1/pods/dask-worker-abcde",
+    )
+    assert {(r.verb, r.resource) for r in (create, listing, delete)} == set(k8s.RBAC_RULES)
+
+
+def pod(name: str, phase: str, deleting: bool = False) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "creationTimestamp": "2026-01-02T03:04:05Z"}
+    if deleting:
+        metadata["deletionTimestamp"] = "2026-01-02T03:05:00Z"
+    return {"metadata": metadata, "status": {"phase": phase}}
+
+
+def test_parse_pods_maps_phases() -> None:
+    pods = {
+        "items": [
+            pod("e", "Running", deleting=True),
+            pod("a", "Pending"),
+            pod("b", "Running"),
+            pod("c", "Succeeded"),
+            pod("d", "Failed"),
+        ]
+    }
+    assert [(i.name, i.state) for i in k8s.parse_pods(pods)] == [
+        ("a", InstanceState.PENDING),
+        ("b", InstanceState.RUNNING),
+        ("c", InstanceState.EXITED),
+        ("d", InstanceState.EXITED),
+        ("e", InstanceState.EXITED),
+    ]
+    assert k8s.parse_pods(pods)[0].requested_at == 1767323045.0
+    assert k8s.parse_pods({"items": None}) == []
+
+
+def test_forbidden_names_verb_and_resource() -> None:
+    body = b'{"kind":"Status","reason":"Forbidden","message":"pods is forbidden","code":403}'
+    error = k8s.api_error(k8s.delete_request(settings(), "p"), 403, body)
+    assert isinstance(error, k8s.KubernetesPermissionError)
+    assert 'grant verb "delete" on resource "pods"' in str(error)
+    conflict = k8s.api_error(k8s.list_request(settings()), 409, b'{"reason":"Conflict"}')
+    assert k8s.is_retryable(conflict)
+    exists = k8s.api_error(k8s.list_request(settings()), 409, b'{"reason":"AlreadyExists"}')
+    assert not k8s.is_retryable(exists)
+    assert k8s.is_retryable(k8s.api_error(k8s.list_request(settings()), 503, b"<html>"))
+
+
+def test_settings_name_the_bad_key(tmp_path: Path) -> None:
+    template = tmp_path / "worker-pod.yaml"
+    template.write_text(yaml.safe_dump(SLEEPER))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [
+                    {"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "team"}}
+                ],
+                "current-context": "x",
+            }
+        )
+    )
+    good = {"worker_template": str(template), "kubeconfig": str(kubeconfig)}
+    assert k8s.load_settings(BackendContext("dask", "tcp://x:1", good)).namespace == "team"
+    cases = [
+        ({**good, "bogus": 1}, "backend.options.bogus"),
+        (
+            {**good, "worker_template": str(tmp_path / "missing.yaml")},
+            "backend.options.worker_template",
+        ),
+        ({**good, "retry_for": 0}, "backend.options.retry_for"),
+        ({**good, "owner": {"kind": "Pod"}}, "backend.options.owner"),
+        (
+            {
+                **good,
+                "owner": {
+                    "api_version": "v1",
+                    "kind": "Pod",
+                    "name": "${NO_SUCH_VAR_X}",
+                    "uid": "u",
+                },
+            },
+            "backend.options.owner.name",
+        ),
+    ]
+    for options, key in cases:
+        with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
+            k8s.load_settings(BackendContext("dask", "tcp://x:1", options))
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path) -> Any:
+    with KubernetesStandIn(tmp_path / "api", allowed=set(k8s.RBAC_RULES)) as api:
+        yield api
+
+
+def backend_for(stand_in: KubernetesStandIn, tmp_path: Path, **options: Any) -> Any:
+    template = tmp_path / "worker-pod.yaml"
+    template.write_text(yaml.safe_dump(SLEEPER))
+    kubeconfig = stand_in.write_kubeconfig(tmp_path / "kubeconfig", namespace="default")
+    context = BackendContext(
+        "dask",
+        "tcp://127.0.0.1:1",
+        {"worker_template": str(template), "kubeconfig": str(kubeconfig), **options},
+    )
+    return k8s.create(context)
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+async def test_scale_up_down_through_the_stand_in(
+    stand_in: KubernetesStandIn, tmp_path: Path
+) -> None:
+    backend = backend_for(stand_in, tmp_path)
+    try:
+        await backend.scale_up(3)
+        await backend.scale_up(2)  # never lowers
+        instances = await backend.instances()
+        assert len(instances) == 3
+        assert all(isinstance(i, Instance) and i.name.startswith("dask-worker-") for i in instances)
+        await wait_for(
+            lambda: all(p["status"]["phase"] == "Running" for p in stand_in.pods().values())
+        )
+        # the container got its own pod name through the downward API
+        name_file = stand_in.workdir / f"{instances[0].name}.name"
+        await wait_for(name_file.exists)
+        await wait_for(lambda: name_file.read_text() == instances[0].name)
+        victim, *kept = sorted(i.name for i in instances)
+        await backend.scale_down([victim, "not-a-pod"])
+        states = {i.name: i.state for i in await backend.instances()}
+        assert states.get(victim, InstanceState.EXITED) is InstanceState.EXITED
+        assert [states[k] for k in kept] == [InstanceState.RUNNING] * 2
+        await wait_for(lambda: victim not in stand_in.pods())  # SIGTERM ended it
+        assert set(stand_in.pods()) == set(kept)
+        assert set(stand_in.calls) == set(k8s.RBAC_RULES)
+    finally:
+        await backend.close()
+
+
+async def test_conflict_and_server_errors_are_retried(
+    stand_in: KubernetesStandIn, tmp_path: Path
+) -> None:
+    backend = backend_for(stand_in, tmp_path)
+    try:
+        stand_in.inject("create", 409, times=2)
+        stand_in.inject("list", 503, times=2)
+        await backend.scale_up(1)
+        assert len(await backend.instances()) == 1
+        stand_in.inject("delete", 500)
+        await backend.scale_down([i.name for i in await backend.instances()])
+        assert all(i.state is InstanceState.EXITED for i in await backend.instances())
+    finally:
+        await backend.close()
+
+
+async def test_forbidden_reports_verb_and_resource(tmp_path: Path) -> None:
+    with KubernetesStandIn(tmp_path / "api", allowed={("list", "pods")}) as api:
+        backend = backend_for(api, tmp_path)
+        try:
+            with pytest.raises(
+                k8s.KubernetesPermissionError, match='grant verb "create" on resource "pods"'
+            ):
+                await backend.scale_up(1)
+        finally:
+            await backend.close()
+
+
+async def test_stand_in_rejects_invalid_pods_and_collects_orphans(
+    stand_in: KubernetesStandIn, tmp_path: Path
+) -> None:
+    owner_uid = stand_in.add_owner()
+    owner = {
+        "api_version": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": "dask-scheduler-1",
+        "uid": owner_uid,
+    }
+    backend = backend_for(stand_in, tmp_path, owner=owner)
+    try:
+        await backend.scale_up(2)
+        bad = k8s.worker_pod(backend.settings, "dask-worker-bad00")
+        bad["spec"]["containers"][0]["resources"] = {"limits": {"cpu": ["not", "a", "quantity"]}}
+        status, answer = stand_in.handle("POST", "/api/v1/namespaces/default/pods", bad)
+        assert (status, answer["reason"]) == (422, "Invalid")
+        status, answer = stand_in.handle(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/" + next(iter(stand_in.pods())),
+            {
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "preconditions": {"resourceVersion": "1"},
+            },
+        )
+        assert (status, answer["reason"]) == (409, "Conflict")
+        stand_in.remove_owner(owner_uid)
+        await wait_for(lambda: not stand_in.pods())
+    finally:
+        await backend.close()
