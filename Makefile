@@ -13,7 +13,7 @@ SET ?=
 OUT ?= rendered/$(BACKEND)
 PYTEST_ARGS ?=
 
-.PHONY: help venv render golden lint test demo clean
+.PHONY: help venv render golden lint test demo clean docker-up docker-down base-images images bench-images
 
 help: ## List the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +39,21 @@ lint: $(STAMP) ## ruff and mypy (strict on runtime/)
 
 test: lint ## Lint, then every test tier (installs what it needs)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+docker-up: ## Install docker.io when missing and start dockerd --bridge=none when no engine answers
+	scripts/docker-up.sh
+
+docker-down: ## Stop the Docker engine docker-up started (and only that one)
+	scripts/docker-down.sh
+
+base-images: docker-up ## Build a local stand-in for debian:bookworm-slim when that tag is absent (no pulls)
+	scripts/base-images.sh
+
+images: $(STAMP) base-images ## Build the scheduler, worker and scaler images offline, tagged with the package version
+	PYTHON=$(BIN)/python scripts/build-images.sh
+
+bench-images: images ## Print each image's size and the median cold start of a worker container
+	$(BIN)/python bench/images.py
 
 demo: $(STAMP) ## Start a scheduler and the scaler, run a bursty workload, plot workers over time
 	$(BIN)/python -m dask_deploy.demo
