@@ -1,0 +1,177 @@
+"""What a policy sees, what it may answer, and the protocol it implements.
+
+Everything here is frozen and typed: a policy takes an :class:`Observation` and
+the current time and returns a :class:`Decision`. It does no I/O and reads no
+clock, so the same code runs in the sidecar, in unit tests with a fake clock and
+in the benchmark simulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..backends._protocol import Instance, InstanceState
+
+Numbers = Mapping[str, float]
+"""The figures behind a decision, in the order they are logged."""
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """One worker as the scheduler sees it."""
+
+    name: str
+    address: str
+    status: str
+    """The scheduler's ``Status`` name: ``running``, ``paused``, ``closing_gracefully``..."""
+    threads: int
+    memory_limit: int
+    """Bytes; 0 when the worker has no limit."""
+    stored_bytes: int
+    """Bytes of task results the worker holds."""
+    processing: int
+    """Tasks the scheduler has assigned to this worker and not yet seen finish."""
+
+    @property
+    def idle(self) -> bool:
+        """No task is assigned to this worker."""
+        return self.processing == 0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One tick's snapshot of the scheduler and of what the backend launched.
+
+    ``workers_to_close`` is the scheduler's own ranking of workers (by name) in
+    the order it would release them: idle first, then by the fewest stored
+    bytes. Workers running long-running tasks are never in it.
+
+    ``tasks_queued`` and ``tasks_unrunnable`` are ``None`` when the scheduler
+    does not report them (it runs without the ``dask_deploy.scheduler_preload``
+    module).
+    """
+
+    workers: tuple[WorkerSnapshot, ...]
+    instances: tuple[Instance, ...]
+    adaptive_target: int
+    tasks_processing: int
+    tasks_queued: int | None = None
+    tasks_unrunnable: int | None = None
+    workers_to_close: tuple[str, ...] = ()
+
+    @property
+    def requested(self) -> tuple[Instance, ...]:
+        """Instances the backend holds for us (pending or running)."""
+        return tuple(i for i in self.instances if i.state is not InstanceState.EXITED)
+
+    @property
+    def registered_names(self) -> frozenset[str]:
+        """Names of the workers connected to the scheduler."""
+        return frozenset(worker.name for worker in self.workers)
+
+    @property
+    def pending(self) -> tuple[Instance, ...]:
+        """Requested instances whose worker has not registered with the scheduler yet."""
+        registered = self.registered_names
+        return tuple(i for i in self.requested if i.name not in registered)
+
+    @property
+    def observed(self) -> tuple[WorkerSnapshot, ...]:
+        """Workers of our instances that are connected to the scheduler."""
+        ours = {instance.name for instance in self.requested}
+        return tuple(worker for worker in self.workers if worker.name in ours)
+
+    @property
+    def unknown_workers(self) -> tuple[WorkerSnapshot, ...]:
+        """Connected workers the backend did not launch: never touched by the scaler."""
+        ours = {instance.name for instance in self.instances}
+        return tuple(worker for worker in self.workers if worker.name not in ours)
+
+
+@dataclass(frozen=True)
+class ScaleUp:
+    """Bring the number of requested instances up to ``n``."""
+
+    n: int
+    reason: str
+    numbers: Numbers = field(default_factory=dict)
+    kind = "up"
+
+
+@dataclass(frozen=True)
+class ScaleDown:
+    """Release exactly these workers: pending instances are cancelled, the others retired."""
+
+    names: tuple[str, ...]
+    reason: str
+    numbers: Numbers = field(default_factory=dict)
+    kind = "down"
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Change nothing this tick."""
+
+    reason: str
+    numbers: Numbers = field(default_factory=dict)
+    kind = "hold"
+
+
+Decision = ScaleUp | ScaleDown | Hold
+
+
+def describe(decision: Decision) -> str:
+    """The one log line that explains a decision.
+
+    >>> describe(ScaleUp(4, "3 tasks queued", {"target": 4, "requested": 0}))
+    'scale up to 4: 3 tasks queued [target=4 requested=0]'
+    """
+    numbers = " ".join(f"{key}={_format_number(value)}" for key, value in decision.numbers.items())
+    suffix = f" [{numbers}]" if numbers else ""
+    if isinstance(decision, ScaleUp):
+        head = f"scale up to {decision.n}"
+    elif isinstance(decision, ScaleDown):
+        head = f"scale down {', '.join(decision.names)}"
+    else:
+        head = "hold"
+    return f"{head}: {decision.reason}{suffix}"
+
+
+def _format_number(value: float) -> str:
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.3g}"
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """The ``policy`` section of the scaler configuration plus the loop's startup timeout."""
+
+    minimum: int = 0
+    maximum: int = 10
+    startup_timeout: float = 300.0
+    options: Mapping[str, object] = field(default_factory=dict)
+
+
+class Policy(Protocol):
+    """Decides *when* to scale and *which* workers to release; never does I/O.
+
+    A policy instance may keep memory between ticks (for example the targets
+    seen in a stabilization window); that memory is typed and only ever changed
+    by :meth:`decide`.
+    """
+
+    @property
+    def target_duration(self) -> float | None:
+        """Seconds passed to the scheduler's ``adaptive_target``; ``None`` for its default."""
+        ...
+
+    def decide(self, observation: Observation, now: float) -> Decision:
+        """The decision for this tick; ``now`` is the caller's clock in seconds."""
+        ...
+
+
+class PolicyFactory(Protocol):
+    def __call__(self, settings: PolicySettings) -> Policy: ...
