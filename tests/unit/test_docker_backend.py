@@ -1,0 +1,169 @@
+"""The Docker backend's pure parts, and its logic over an in-memory runner."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from dask_deploy import SettingsError
+from dask_deploy.backends import BackendContext, InstanceState
+from dask_deploy.backends.docker import (
+    DockerBackend,
+    DockerSettings,
+    container_state,
+    free_indices,
+    list_filters,
+    load_settings,
+    parse_container,
+    worker_container_spec,
+)
+
+SETTINGS = DockerSettings(
+    "dask", "tcp://127.0.0.1:8786", "w:1", ("--nthreads", "2"), {"A": "1"}, None, 5
+)
+
+
+def context(**options: object) -> BackendContext:
+    return BackendContext("dask", "tcp://127.0.0.1:8786", {"image": "w:1", **options})
+
+
+def test_worker_name_is_the_container_name() -> None:
+    spec = worker_container_spec(SETTINGS, 4, 12.5)
+    assert spec["name"] == "dask-worker-4"
+    assert spec["command"] == [
+        "tcp://127.0.0.1:8786",
+        "--name",
+        "dask-worker-4",
+        "--nthreads",
+        "2",
+    ]
+
+
+def test_workers_run_on_the_host_network_with_labels() -> None:
+    spec = worker_container_spec(SETTINGS, 0, 12.5)
+    assert spec["network_mode"] == "host"
+    assert spec["labels"] == {
+        "dask-deploy.deployment": "dask",
+        "dask-deploy.role": "worker",
+        "dask-deploy.requested-at": "12.500",
+    }
+    assert spec["environment"] == {"A": "1"}
+    assert spec["image"] == "w:1"
+
+
+def test_list_filters_select_the_deployment_and_role() -> None:
+    assert list_filters("dask") == {
+        "label": ["dask-deploy.deployment=dask", "dask-deploy.role=worker"]
+    }
+
+
+def test_free_indices_fill_gaps_and_ignore_other_names() -> None:
+    taken = ["dask-worker-0", "dask-worker-2", "other-worker-1", "dask-worker-x"]
+    assert free_indices("dask", taken, 3) == [1, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        ("created", InstanceState.PENDING),
+        ("running", InstanceState.RUNNING),
+        ("restarting", InstanceState.RUNNING),
+        ("paused", InstanceState.RUNNING),
+        ("exited", InstanceState.EXITED),
+        ("dead", InstanceState.EXITED),
+    ],
+)
+def test_container_states(status: str, state: InstanceState) -> None:
+    assert container_state(status) is state
+
+
+def test_parse_container_reads_the_requested_time() -> None:
+    instance = parse_container("/dask-worker-1", "running", {"dask-deploy.requested-at": "3.5"})
+    assert (instance.name, instance.state, instance.requested_at) == (
+        "dask-worker-1",
+        InstanceState.RUNNING,
+        3.5,
+    )
+
+
+def test_settings_defaults() -> None:
+    settings = load_settings(context())
+    assert (settings.worker_args, settings.environment, settings.stop_timeout) == ((), {}, 30)
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"image": ""}, "backend.options.image"),
+        ({"worker_args": "--nthreads 2"}, "backend.options.worker_args"),
+        ({"environment": {"A": 1}}, "backend.options.environment"),
+        ({"stop_timeout": -1}, "backend.options.stop_timeout"),
+        ({"imagee": "x"}, "backend.options.imagee"),
+    ],
+)
+def test_bad_options_name_the_key(options: dict[str, object], key: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(context(**options))
+    assert error.value.key == key
+
+
+class MemoryRunner:
+    """Containers as a dict: name -> (status, labels)."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, tuple[str, dict[str, str]]] = {}
+        self.removed: list[str] = []
+
+    async def list(self, filters: Mapping[str, list[str]]) -> list[tuple[str, str, dict[str, str]]]:
+        wanted = dict(item.split("=", 1) for item in filters["label"])
+        return [
+            (name, status, labels)
+            for name, (status, labels) in self.containers.items()
+            if all(labels.get(k) == v for k, v in wanted.items())
+        ]
+
+    async def run(self, spec: Mapping[str, Any]) -> bool:
+        if spec["name"] in self.containers:
+            return False
+        self.containers[spec["name"]] = ("running", dict(spec["labels"]))
+        return True
+
+    async def remove(self, name: str, stop_timeout: int) -> None:
+        self.removed.append(name)
+        self.containers.pop(name, None)
+
+    async def close(self) -> None:
+        return None
+
+
+def backend(runner: MemoryRunner) -> DockerBackend:
+    return DockerBackend(SETTINGS, runner)  # type: ignore[arg-type]
+
+
+async def test_scale_up_counts_pending_and_running_but_not_exited() -> None:
+    runner = MemoryRunner()
+    labels = {"dask-deploy.deployment": "dask", "dask-deploy.role": "worker"}
+    runner.containers["dask-worker-0"] = ("created", labels)
+    runner.containers["dask-worker-1"] = ("exited", labels)
+    await backend(runner).scale_up(3)
+    assert sorted(runner.containers) == [
+        "dask-worker-0",
+        "dask-worker-1",
+        "dask-worker-2",
+        "dask-worker-3",
+    ]
+    await backend(runner).scale_up(2)  # never lowers
+    assert len(runner.containers) == 4
+
+
+async def test_scale_down_removes_exactly_the_named_containers_of_this_deployment() -> None:
+    runner = MemoryRunner()
+    other = {"dask-deploy.deployment": "other", "dask-deploy.role": "worker"}
+    runner.containers["other-worker-0"] = ("running", other)
+    await backend(runner).scale_up(3)
+    await backend(runner).scale_down(["dask-worker-1", "other-worker-0", "unknown"])
+    assert runner.removed == ["dask-worker-1"]
+    names = [i.name for i in await backend(runner).instances()]
+    assert sorted(names) == ["dask-worker-0", "dask-worker-2"]
