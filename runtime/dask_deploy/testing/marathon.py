@@ -444,7 +444,8 @@ class MarathonStandIn:
         return {"deploymentId": deployment.id, "version": deployment.version}
 
     def _check_lock(self, app_id: str, force: bool) -> None:
-        locks = [d for d in self.deployments.values() if app_id in d.apps]
+        now = time.monotonic()
+        locks = [d for d in self.deployments.values() if app_id in d.apps and d.finishes_at > now]
         if locks and not force:
             raise HttpError(
                 409,
@@ -656,10 +657,11 @@ def _info(url: str) -> dict[str, Any]:
 
 def _fault_body(status: int, standin: MarathonStandIn) -> dict[str, Any]:
     if status == 409:
+        deployment = "injected-" + str(uuid.uuid4())
         return {
             "message": "App is locked by one or more deployments. Override with the option "
-            "'?force=true'. View details at '/v2/deployments/<DEPLOYMENT_ID>'.",
-            "deployments": [{"id": "injected-" + str(uuid.uuid4())}],
+            f"'?force=true'. View details at '/v2/deployments/{deployment}'.",
+            "deployments": [{"id": deployment}],
         }
     return {"message": f"injected fault: HTTP {status}"}
 
