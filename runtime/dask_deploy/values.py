@@ -157,7 +157,7 @@ def load_values_file(path: str | os.PathLike[str], *, what: str = "--values") ->
 def _describe_mark(error: yaml.MarkedYAMLError) -> str:
     mark = error.problem_mark or error.context_mark
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    problem = " ".join(part for part in (error.context, error.problem) if part)
+    problem = ", ".join(part for part in (error.context, error.problem) if part)
     return f"{where}: {problem}" if problem else where
 
 
