@@ -14,6 +14,7 @@ import yaml
 
 from dask_deploy.backends import BackendContext
 from dask_deploy.backends.marathon import load_settings
+from dask_deploy.config import parse_config
 
 pytestmark = pytest.mark.marathon
 
@@ -36,7 +37,7 @@ def apps(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def words(app: dict[str, Any]) -> list[str]:
-    return shlex.split(app["cmd"].split("&& ", 1)[-1])
+    return shlex.split(app["cmd"])
 
 
 def option(args: list[str], name: str) -> str:
@@ -174,10 +175,11 @@ def test_scaler_carries_its_configuration_for_the_marathon_backend(
     config = yaml.safe_load(embedded)
     assert config["backend"]["name"] == "marathon"
     assert config["backend"]["options"]["app_id"] == apps(out)["worker"]["id"]
-    context = BackendContext(config["deployment"], config["scheduler"]["address"], {})
+    parsed = parse_config(config)  # the scaler accepts it as is
+    assert parsed.deployment == config["deployment"]
     options = {**config["backend"]["options"], "credentials_file": None}
-    load_settings(BackendContext(context.deployment, context.scheduler_address, options), {})
-    assert "--config" in words(scaler)
+    load_settings(BackendContext(parsed.deployment, config["scheduler"]["address"], options), {})
+    assert words(scaler)[-2:] == ["dask_deploy.cli", "scale"]  # config from the environment
 
 
 def test_no_credentials_are_rendered(render_scenario: RenderScenario, tmp_path: Path) -> None:

@@ -257,6 +257,9 @@ class MarathonStandIn:
         self.apps: dict[str, App] = {}
         self.deployments: dict[str, Deployment] = {}
         self.faults: list[Fault] = []
+        #: Every task ever launched (task id -> process group id) and how each one ended.
+        self.launched: dict[str, int] = {}
+        self.ended: dict[str, str] = {}
         self.lock = threading.RLock()
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="marathon-standin-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
@@ -361,6 +364,7 @@ class MarathonStandIn:
             delay = min(backoff, float(app.definition["maxLaunchDelaySeconds"]))
             app.launch_after = time.monotonic() + delay
         log.info("task %s %s (exit %s)", task.id, task.state, code)
+        self.ended[task.id] = task.state
         del app.tasks[task.id]  # Marathon lists only live tasks
 
     def _launch(self, app: App) -> None:
@@ -414,6 +418,7 @@ class MarathonStandIn:
             )
         task = Task(task_id, app.id, ports, sandbox, process, version=app.version)
         app.tasks[task_id] = task
+        self.launched[task_id] = process.pid
         log.info("task %s staged: %s", task_id, shlex.join(argv))
 
     def _grace(self, task: Task) -> float:
