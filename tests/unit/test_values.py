@@ -335,3 +335,11 @@ def test_templates_root_from_environment(root: Path, monkeypatch: pytest.MonkeyP
 def test_templates_root_defaults_to_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DASK_DEPLOY_TEMPLATES", raising=False)
     assert templates_root() == Path(__file__).resolve().parents[2] / "templates"
+
+
+def test_package_ships_the_templates_for_non_editable_installs() -> None:
+    """``dask_deploy/templates`` links to the checkout's templates/, so wheels include them."""
+    import dask_deploy
+
+    shipped = Path(dask_deploy.__file__).resolve().parent / "templates"
+    assert shipped.resolve() == (Path(__file__).resolve().parents[2] / "templates").resolve()
