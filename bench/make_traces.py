@@ -1,0 +1,112 @@
+"""Write the benchmark traces to bench/traces/*.json (seeded; rerun to regenerate).
+
+Every task sleeps, so a few cores host many workers. The traces are short on purpose:
+`make bench` runs each of them under four policies, three times, in under 20 minutes
+on a 2-core machine, with a 5 s worker boot delay.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dask_deploy._sim_trace import TaskGroup, Trace, save_trace
+
+HERE = Path(__file__).parent / "traces"
+
+
+def group(
+    name: str,
+    at: float,
+    count: int,
+    duration: float,
+    *,
+    burst: str | None = None,
+    jitter: float = 0.2,
+    output_bytes: int = 8,
+    depends_on: str | None = None,
+    hold: bool = False,
+) -> TaskGroup:
+    return TaskGroup(
+        name=name,
+        burst=burst or name,
+        submit_at=at,
+        count=count,
+        duration=duration,
+        jitter=jitter,
+        output_bytes=output_bytes,
+        depends_on=depends_on,
+        hold=hold,
+    )
+
+
+TRACES = [
+    Trace(
+        "bursty",
+        "On/off bursts 10, 8 and 12 s apart: idle gaps shorter than, near and longer "
+        "than the boot delay",
+        seed=1,
+        groups=(
+            group("b0", 0, 8, 1.0),
+            group("b1", 10, 8, 1.0),
+            group("b2", 18, 8, 1.0),
+            group("b3", 30, 8, 1.0),
+        ),
+    ),
+    Trace(
+        "dependent",
+        "A burst whose held results feed a small dependent burst 10 s later",
+        seed=2,
+        groups=(
+            group("map", 0, 12, 1.0, hold=True, output_bytes=100_000),
+            group("reduce", 10, 4, 1.0, depends_on="map"),
+        ),
+    ),
+    Trace(
+        "long-unknown",
+        "A few long tasks whose duration the scheduler cannot know in advance",
+        seed=3,
+        groups=(group("long", 0, 3, 5.0, jitter=0.3),),
+    ),
+    Trace(
+        "tiny",
+        "Many tiny tasks",
+        seed=4,
+        groups=(group("tiny", 0, 200, 0.03),),
+    ),
+    Trace(
+        "memory",
+        "Persist 64 MB, stay idle, then a dependent burst on the persisted data",
+        seed=5,
+        groups=(
+            group("persist", 0, 8, 0.2, hold=True, output_bytes=8_000_000, jitter=0.0),
+            group("use", 8, 8, 1.0, depends_on="persist"),
+        ),
+    ),
+    Trace(
+        "ramp",
+        "Load ramping up then down, one group per second",
+        seed=6,
+        groups=tuple(
+            group(f"r{i}", float(i), count, 1.0, burst="ramp")
+            for i, count in enumerate([1, 2, 3, 3, 2, 1])
+        ),
+    ),
+]
+
+SCALE = Trace(
+    "scale-1m",
+    "Simulator only: 1 000 000 one-second tasks in 10 waves, for 10 000 workers",
+    seed=7,
+    groups=tuple(group(f"w{i}", 20.0 * i, 100_000, 1.0) for i in range(10)),
+)
+
+
+def main() -> None:
+    HERE.mkdir(exist_ok=True)
+    for trace in [*TRACES, SCALE]:
+        save_trace(trace, HERE / f"{trace.name}.json")
+        print(HERE / f"{trace.name}.json")
+
+
+if __name__ == "__main__":
+    main()

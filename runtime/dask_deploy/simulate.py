@@ -1,0 +1,263 @@
+"""Evaluate a scaling policy on a virtual clock, at any scale, before deploying it.
+
+The simulator runs the *same* policy code as the sidecar (``dask_deploy.policy``)
+against a model of the scheduler, its workers and a resource manager
+(:mod:`dask_deploy._sim_engine`): task durations and thread slots, a boot-delay
+distribution, retirement that takes time proportional to the stored bytes, and keys
+lost (then recomputed) when a worker dies without being retired. Its metrics are
+computed by the same code as the real benchmark harness (``make bench``).
+
+Example::
+
+    >>> from dask_deploy.simulate import SimulationSettings, simulate
+    >>> from dask_deploy._sim_trace import load_trace
+    >>> trace = load_trace("bench/traces/bursty.json")  # doctest: +SKIP
+    >>> result = simulate(trace, SimulationSettings(policy="adaptive"))  # doctest: +SKIP
+    >>> result.metrics.makespan  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from ._sim_engine import ModelSettings, RunRecord, SimCluster
+from ._sim_metrics import RunMetrics, compute_metrics
+from ._sim_trace import Trace
+from .backends._protocol import Instance, InstanceState
+from .policy._types import (
+    Decision,
+    Hold,
+    Observation,
+    Policy,
+    PolicySettings,
+    ScaleDown,
+    ScaleUp,
+    WorkerSnapshot,
+)
+
+DISTRIBUTED_ADAPTIVE = "distributed-adaptive"
+"""The model of ``distributed.deploy.Adaptive`` with its defaults, for comparison."""
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """One simulated run: the policy, its limits and the model of the cluster."""
+
+    policy: str = "adaptive"
+    minimum: int = 1
+    maximum: int = 6
+    options: dict[str, object] = field(default_factory=dict)
+    interval: float = 1.0
+    startup_timeout: float = 300.0
+    model: ModelSettings = field(default_factory=ModelSettings)
+    warm_start: bool = True
+    """Begin with the workers the policy keeps when idle already registered."""
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    record: RunRecord
+    metrics: RunMetrics
+    wall_seconds: float
+    ticks: int
+
+
+class _ObservationBuilder:
+    """Builds observations from the model, reusing unchanged snapshots (10 000 workers)."""
+
+    def __init__(self, cluster: SimCluster) -> None:
+        self.cluster = cluster
+        self._snapshots: dict[str, tuple[tuple[int, int, bool], WorkerSnapshot]] = {}
+        self._instances: dict[str, tuple[InstanceState, Instance]] = {}
+
+    def build(self, target_duration: float | None) -> Observation:
+        cluster = self.cluster
+        settings = cluster.settings
+        workers: list[WorkerSnapshot] = []
+        instances: list[Instance] = []
+        snapshots, cached_instances = self._snapshots, self._instances
+        for worker in cluster.live.values():
+            state = InstanceState.RUNNING if worker.registered else InstanceState.PENDING
+            cached = cached_instances.get(worker.name)
+            if cached is None or cached[0] is not state:
+                instance = Instance(worker.name, state, worker.requested_at)
+                cached_instances[worker.name] = (state, instance)
+            else:
+                instance = cached[1]
+            instances.append(instance)
+            if not worker.registered:
+                continue
+            key = (worker.running, worker.stored_bytes, worker.retiring)
+            snap = snapshots.get(worker.name)
+            if snap is None or snap[0] != key:
+                snapshot = WorkerSnapshot(
+                    name=worker.name,
+                    address=f"sim://{worker.name}",
+                    status="closing_gracefully" if worker.retiring else "running",
+                    threads=settings.threads,
+                    memory_limit=settings.memory_limit,
+                    stored_bytes=worker.stored_bytes,
+                    processing=worker.running,
+                )
+                snapshots[worker.name] = (key, snapshot)
+            else:
+                snapshot = snap[1]
+            workers.append(snapshot)
+        duration = 5.0 if target_duration is None else target_duration
+        return Observation(
+            workers=tuple(workers),
+            instances=tuple(instances),
+            adaptive_target=cluster.adaptive_target(duration),
+            tasks_processing=cluster.processing,
+            tasks_queued=cluster.queued,
+            tasks_unrunnable=cluster.unrunnable,
+            workers_to_close=tuple(cluster.workers_to_close()),
+        )
+
+
+class PolicyDriver:
+    """What ``dask_deploy.scaler`` does each tick, on the model: observe, decide, act."""
+
+    def __init__(self, policy: Policy, settings: SimulationSettings, cluster: SimCluster) -> None:
+        self.policy = policy
+        self.settings = settings
+        self.builder = _ObservationBuilder(cluster)
+        self.ticks = 0
+
+    def __call__(self, cluster: SimCluster) -> None:
+        self.ticks += 1
+        now = cluster.now
+        observation = self.builder.build(self.policy.target_duration)
+        decision: Decision = self.policy.decide(observation, now)
+        cluster.record.decisions.append(_entry(now, decision))
+        next_tick = now + self.settings.interval
+        if isinstance(decision, ScaleUp):
+            cluster.scale_up(decision.n)
+        elif isinstance(decision, ScaleDown):
+            pending = [n for n in decision.names if n in cluster.live and cluster.live[n].pending]
+            cluster.remove(pending)  # cancel pending instances first
+            others = [n for n in decision.names if n not in pending]
+            if others:
+                _, finish = cluster.retire(others)
+                next_tick = max(next_tick, finish)
+        stale = [
+            w.name
+            for w in cluster.live.values()
+            if w.pending and now - w.requested_at > self.settings.startup_timeout
+        ]
+        cluster.remove(stale)
+        cluster.schedule_tick(next_tick)
+
+
+class AdaptiveDriver:
+    """``distributed.deploy.Adaptive`` with its defaults (AdaptiveCore), on the model.
+
+    Like upstream it scales down after ``wait_count`` (3) agreeing ticks, asks the
+    scheduler to retire, then removes every chosen worker whether retired or not.
+    """
+
+    def __init__(self, settings: SimulationSettings, wait_count: int = 3) -> None:
+        self.settings = settings
+        self.wait_count = wait_count
+        self.close_counts: dict[str, int] = {}
+        self.ticks = 0
+
+    def __call__(self, cluster: SimCluster) -> None:
+        self.ticks += 1
+        now = cluster.now
+        target = min(
+            max(cluster.adaptive_target(5.0), self.settings.minimum), self.settings.maximum
+        )
+        plan = len(cluster.live)
+        next_tick = now + self.settings.interval
+        if target > plan:
+            self.close_counts.clear()
+            cluster.record.decisions.append((now, "up", target, "adaptive_target above plan"))
+            cluster.scale_up(target)
+        elif target == plan:
+            self.close_counts.clear()
+        else:
+            not_arrived = [w.name for w in cluster.live.values() if w.pending]
+            to_close = set(not_arrived[: plan - target])
+            if target < plan - len(to_close):
+                to_close.update(cluster.workers_to_close(n=plan - target))
+            firm = []
+            for name in to_close:
+                self.close_counts[name] = self.close_counts.get(name, 0) + 1
+                if self.close_counts[name] >= self.wait_count:
+                    firm.append(name)
+            for name in list(self.close_counts):
+                if name in firm or name not in to_close:
+                    del self.close_counts[name]
+            if firm:
+                cluster.record.decisions.append((now, "down", plan - len(firm), "wait_count"))
+                _, finish = cluster.retire(firm)
+                # upstream closes the workers "more forcefully" even if not retired
+                unretired = [n for n in firm if n in cluster.live and not cluster.live[n].retiring]
+                cluster.remove(unretired)
+                next_tick = max(next_tick, finish)
+        cluster.schedule_tick(next_tick)
+
+
+def _entry(now: float, decision: Decision) -> tuple[float, str, int, str]:
+    if isinstance(decision, ScaleUp):
+        return (now, "up", decision.n, decision.reason)
+    if isinstance(decision, ScaleDown):
+        return (now, "down", len(decision.names), decision.reason)
+    assert isinstance(decision, Hold)
+    return (now, "hold", 0, decision.reason)
+
+
+def make_policy(settings: SimulationSettings) -> Policy:
+    """Load a policy from the registry exactly as the sidecar does."""
+    from .policy import load_policy_factory
+
+    factory = load_policy_factory(settings.policy, key="--policy")
+    return factory(
+        PolicySettings(
+            minimum=settings.minimum,
+            maximum=settings.maximum,
+            startup_timeout=settings.startup_timeout,
+            options=settings.options,
+        )
+    )
+
+
+def simulate(trace: Trace, settings: SimulationSettings) -> SimulationResult:
+    """Run ``trace`` under the policy on the model; return the record and its metrics."""
+    started = time.perf_counter()
+    cluster = SimCluster(trace, settings.model)
+    driver: PolicyDriver | AdaptiveDriver
+    if settings.policy == DISTRIBUTED_ADAPTIVE:
+        driver = AdaptiveDriver(settings)
+    else:
+        driver = PolicyDriver(make_policy(settings), settings, cluster)
+    if settings.warm_start:
+        cluster.warm_start(_idle_count(settings, driver, cluster))
+    cluster.schedule_tick(0.0)
+    record = cluster.run(driver)
+    record.scheduler_seconds_per_poll = math.nan
+    metrics = compute_metrics(
+        record,
+        trace,
+        boot_delay=settings.model.boot_delay,
+        maximum=settings.maximum,
+        threads=settings.model.threads,
+    )
+    return SimulationResult(record, metrics, time.perf_counter() - started, driver.ticks)
+
+
+def _idle_count(
+    settings: SimulationSettings, driver: PolicyDriver | AdaptiveDriver, cluster: SimCluster
+) -> int:
+    """How many workers the policy keeps on an idle cluster (its steady state)."""
+    if isinstance(driver, AdaptiveDriver):
+        return settings.minimum
+    observation = Observation(workers=(), instances=(), adaptive_target=0, tasks_processing=0)
+    probe = make_policy(settings)
+    decision = probe.decide(observation, 0.0)
+    if isinstance(decision, ScaleUp):
+        return decision.n
+    return settings.minimum

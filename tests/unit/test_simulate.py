@@ -1,0 +1,138 @@
+"""The simulator: model behaviour, metrics, the CLI's bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dask_deploy._sim_engine import ModelSettings, SimCluster
+from dask_deploy._sim_trace import TaskGroup, Trace, load_trace, parse_trace
+from dask_deploy.cli import main
+from dask_deploy.simulate import DISTRIBUTED_ADAPTIVE, SimulationSettings, simulate
+
+TRACES = Path(__file__).resolve().parents[2] / "bench" / "traces"
+
+
+def _group(name: str, at: float, count: int, duration: float, **extra: object) -> TaskGroup:
+    fields: dict[str, object] = {
+        "burst": name,
+        "jitter": 0.0,
+        "output_bytes": 8,
+        "depends_on": None,
+        "hold": False,
+    }
+    fields.update(extra)
+    return TaskGroup(name=name, submit_at=at, count=count, duration=duration, **fields)  # type: ignore[arg-type]
+
+
+def test_fixed_workers_run_tasks_in_waves() -> None:
+    trace = Trace("t", "", 0, (_group("a", 0, 8, 1.0),))
+    result = simulate(trace, SimulationSettings(policy="fixed", minimum=2, maximum=4))
+    assert result.record.completed
+    assert result.metrics.makespan == pytest.approx(4.0)
+    assert result.metrics.worker_seconds == pytest.approx(8.0)
+    assert result.metrics.keys_lost == 0
+
+
+def test_adaptive_scales_up_for_a_long_burst_and_beats_the_minimum() -> None:
+    trace = Trace("t", "", 0, (_group("a", 0, 60, 1.0),))
+    fixed = simulate(trace, SimulationSettings(policy="fixed", minimum=1, maximum=6))
+    adaptive = simulate(trace, SimulationSettings(policy="adaptive", minimum=1, maximum=6))
+    assert any(kind == "up" for _, kind, _, _ in adaptive.record.decisions)
+    assert adaptive.metrics.makespan < fixed.metrics.makespan
+    assert adaptive.metrics.time_to_first_worker >= 5.0 * 0.9  # not before the boot delay
+
+
+def test_dependent_group_waits_for_its_parent() -> None:
+    trace = Trace(
+        "t",
+        "",
+        0,
+        (_group("map", 0, 2, 3.0, hold=True), _group("reduce", 1, 2, 1.0, depends_on="map")),
+    )
+    result = simulate(trace, SimulationSettings(policy="fixed", minimum=2, maximum=2))
+    assert result.metrics.makespan == pytest.approx(4.0)
+
+
+def test_killing_a_worker_that_holds_keys_loses_and_recomputes_them() -> None:
+    trace = Trace("t", "", 0, (_group("held", 0, 4, 1.0, hold=True, output_bytes=1000),))
+    cluster = SimCluster(trace, ModelSettings(threads=1))
+    cluster.warm_start(1)
+    name = next(iter(cluster.live))
+
+    def tick(sim: SimCluster) -> None:
+        if sim.now == 2.5:
+            sim.scale_up(2)
+            sim.remove([name])
+        if sim.now < 3:
+            sim.schedule_tick(sim.now + 0.5)
+
+    cluster.schedule_tick(0.0)
+    record = cluster.run(tick)
+    assert record.completed
+    assert record.keys_lost == 2
+    assert record.tasks_recomputed == 3  # the two lost keys and the task running there
+
+
+def test_retire_refuses_the_last_worker_holding_data() -> None:
+    trace = Trace("t", "", 0, (_group("held", 0, 1, 0.1, hold=True, output_bytes=10),))
+    cluster = SimCluster(trace, ModelSettings())
+    cluster.warm_start(1)
+    cluster.run(lambda sim: None)
+    name = next(iter(cluster.live))
+    retired, _ = cluster.retire([name])
+    assert retired == []
+
+
+def test_distributed_adaptive_model_runs_every_bench_trace() -> None:
+    for path in sorted(TRACES.glob("*.json")):
+        trace = load_trace(path)
+        if trace.task_count > 10_000:
+            continue
+        result = simulate(trace, SimulationSettings(policy=DISTRIBUTED_ADAPTIVE))
+        assert result.record.completed, trace.name
+
+
+def test_trace_errors_name_the_key() -> None:
+    with pytest.raises(Exception, match=r"groups\[0\]\.depends_on"):
+        parse_trace(
+            {
+                "groups": [
+                    {"name": "a", "submit_at": 0, "count": 1, "duration": 1, "depends_on": "x"}
+                ]
+            }
+        )
+
+
+def test_cli_prints_json_metrics(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["simulate", "--trace", str(TRACES / "dependent.json"), "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["completed"] is True
+    assert out["metrics"]["makespan"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--maximum", "0"], "--maximum"),
+        (["--policy", "nope"], "--policy"),
+        (["--option", "workers=99"], "policy.options.workers"),
+        (["--boot-delay", "-1"], "--boot-delay"),
+    ],
+)
+def test_cli_bad_input_exits_2_naming_it(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["simulate", "--trace", str(TRACES / "tiny.json"), "--policy", "fixed", *argv])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert named in err
+    assert "Traceback" not in err
+
+
+def test_cli_missing_trace_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--trace", "/nonexistent.json"]) == 2
+    assert "--trace" in capsys.readouterr().err
