@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import UserInputError
-from .render import render
+from .render import render_files, write_atomically
 from .values import resolve_values, templates_root
 
 SCENARIO_SUFFIX = "-values.yaml"
@@ -50,13 +50,24 @@ def golden_folders(golden_root: Path) -> list[Path]:
 def regenerate(
     scenarios_root: Path, golden_root: Path, templates: Path | None = None
 ) -> list[Path]:
-    """Render every scenario into its golden folder and drop folders of vanished scenarios."""
+    """Render every scenario into its golden folder and drop folders of vanished scenarios.
+
+    Every scenario is rendered in memory first, so one that fails changes no golden file.
+    """
     root = templates if templates is not None else templates_root()
     scenarios = find_scenarios(scenarios_root)
+    rendered = {
+        scenario: render_files(
+            resolve_values(scenario.backend, values_files=[scenario.values_file], root=root)
+        )
+        for scenario in scenarios
+    }
     written: list[Path] = []
-    for scenario in scenarios:
-        resolved = resolve_values(scenario.backend, values_files=[scenario.values_file], root=root)
-        written.extend(render(resolved, scenario.golden_folder(golden_root)).files)
+    for scenario, files in rendered.items():
+        folder = scenario.golden_folder(golden_root)
+        # Golden folders are generated: a file a template no longer renders must go too.
+        shutil.rmtree(folder, ignore_errors=True)
+        written.extend(write_atomically(folder, files))
     wanted = {scenario.golden_folder(golden_root) for scenario in scenarios}
     for folder in golden_folders(golden_root):
         if folder not in wanted:

@@ -146,6 +146,10 @@ def render_files(resolved: ResolvedValues, version: str | None = None) -> dict[s
         except jinja2.TemplateError as error:
             location = _template_location(error, root, template_path)
             raise RenderError(f"{location}: {error}") from None
+        except Exception as error:
+            # e.g. a TypeError from `values.x + 1` on a string: still a template's line to fix.
+            location = _template_location(error, root, template_path)
+            raise RenderError(f"{location}: {type(error).__name__}: {error}") from None
     if not rendered:
         raise RenderError(f"{resolved.folder} holds no template (*{TEMPLATE_SUFFIX}) to render")
     return rendered

@@ -151,7 +151,26 @@ def load_values_file(path: str | os.PathLike[str], *, what: str = "--values") ->
             f"{what} {file}: got a {_type_name(data)} at the top level, "
             "expected a mapping of keys to values (e.g. `scaler: {maximum: 20}`)"
         )
+    _check_string_keys(data, (), f"{what} {file}")
     return data
+
+
+def _check_string_keys(node: object, path: tuple[PathSegment, ...], source: str) -> None:
+    """YAML reads ``on``, ``no`` or ``8786`` as a boolean or number: a key must be a string."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                where = f" in {_format_path(path)}" if path else ""
+                raise SettingsError(
+                    f"{source}: key{where}",
+                    key,
+                    f'a string key; quote it ("{key}") because YAML reads on/off/yes/no and '
+                    "numbers as other types",
+                )
+            _check_string_keys(value, (*path, key), source)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            _check_string_keys(item, (*path, index), source)
 
 
 def _describe_mark(error: yaml.MarkedYAMLError) -> str:

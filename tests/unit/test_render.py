@@ -267,3 +267,52 @@ def test_write_creates_missing_parents(tmp_path: Path) -> None:
     written = write_atomically(out, {"a.yaml": "x\n"})
     assert written == [out / "a.yaml"]
     assert (out / "a.yaml").read_text() == "x\n"
+
+
+def test_python_error_in_a_template_names_its_line(tmp_path: Path) -> None:
+    root = make_backend(
+        tmp_path / "templates", {"a-config.yaml.j2": "a: 1\nb: {{ values.deployment + 1 }}\n"}
+    )
+    with pytest.raises(RenderError, match=r"templates/toy/a-config\.yaml\.j2, line 2: TypeError"):
+        render(resolve_values("toy", root=root), tmp_path / "out")
+
+
+def test_golden_regenerate_renders_scenarios_and_prunes(root: Path, tmp_path: Path) -> None:
+    from dask_deploy.golden import regenerate
+
+    scenarios, golden = tmp_path / "scenarios", tmp_path / "golden"
+    (scenarios / "toy").mkdir(parents=True)
+    (scenarios / "toy" / "defaults-values.yaml").write_text("{}\n")
+    (scenarios / "toy" / "named-values.yaml").write_text("deployment: other\n")
+    (golden / "toy" / "vanished").mkdir(parents=True)
+    (golden / "toy" / "named").mkdir(parents=True)
+    (golden / "toy" / "named" / "renamed-long-ago.yaml").write_text("stale\n")
+
+    written = regenerate(scenarios, golden, templates=root)
+
+    assert sorted(p.relative_to(golden).as_posix() for p in golden.rglob("*") if p.is_file()) == [
+        "toy/defaults/app-config.yaml",
+        "toy/defaults/sub/extra-pod.json",
+        "toy/defaults/worker-job.sh",
+        "toy/named/app-config.yaml",
+        "toy/named/sub/extra-pod.json",
+        "toy/named/worker-job.sh",
+    ]
+    assert len(written) == 6
+    assert "other-scheduler" in (golden / "toy/named/app-config.yaml").read_text()
+
+
+def test_golden_regenerate_changes_nothing_when_a_scenario_fails(
+    root: Path, tmp_path: Path
+) -> None:
+    from dask_deploy.golden import regenerate
+
+    scenarios, golden = tmp_path / "scenarios", tmp_path / "golden"
+    (scenarios / "toy").mkdir(parents=True)
+    (scenarios / "toy" / "a-values.yaml").write_text("{}\n")
+    (scenarios / "toy" / "b-values.yaml").write_text("nope: 1\n")
+    (golden / "toy" / "a").mkdir(parents=True)
+    (golden / "toy" / "a" / "app-config.yaml").write_text("old\n")
+    with pytest.raises(SettingsError, match="nope"):
+        regenerate(scenarios, golden, templates=root)
+    assert (golden / "toy" / "a" / "app-config.yaml").read_text() == "old\n"

@@ -343,3 +343,15 @@ def test_package_ships_the_templates_for_non_editable_installs() -> None:
 
     shipped = Path(dask_deploy.__file__).resolve().parent / "templates"
     assert shipped.resolve() == (Path(__file__).resolve().parents[2] / "templates").resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "where"), [("on: 1\n", "key"), ("worker:\n  env:\n    8786: x\n", "key in worker.env")]
+)
+def test_non_string_keys_are_refused(tmp_path: Path, text: str, where: str) -> None:
+    file = tmp_path / "v.yaml"
+    file.write_text(text)
+    with pytest.raises(SettingsError) as error:
+        load_values_file(file)
+    assert error.value.key == f"--values {file}: {where}"
+    assert "a string key; quote it" in error.value.allowed
