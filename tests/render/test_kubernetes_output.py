@@ -1,0 +1,258 @@
+"""Rendered Kubernetes manifests: valid for Kubernetes, apply with -k, one test per behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from dask_deploy.backends import BackendContext
+from dask_deploy.backends import kubernetes as k8s
+from dask_deploy.testing.kubernetes import KUBERNETES_VERSION, KubernetesStandIn
+
+pytestmark = pytest.mark.kubernetes
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = sorted((REPO / "tests" / "scenarios" / "kubernetes").glob("*-values.yaml"))
+
+RenderScenario = Callable[[str, "Path | dict[str, object]", Path], Path]
+
+
+def scenario(name: str) -> Path:
+    return REPO / "tests" / "scenarios" / "kubernetes" / f"{name}-values.yaml"
+
+
+class Rendered:
+    """The objects of one rendered folder, by file name, with the embedded documents parsed."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.files = {p.name: yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))}
+
+    @property
+    def objects(self) -> dict[str, dict[str, Any]]:
+        return {n: o for n, o in self.files.items() if n != "kustomization.yaml"}
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return self.files["scheduler-deployment.yaml"]
+
+    def container(self, name: str) -> dict[str, Any]:
+        containers = self.deployment["spec"]["template"]["spec"]["containers"]
+        return next(c for c in containers if c["name"] == name)
+
+    @property
+    def worker_pod(self) -> dict[str, Any]:
+        return yaml.safe_load(self.files["worker-configmap.yaml"]["data"]["worker-pod.yaml"])
+
+    @property
+    def worker(self) -> dict[str, Any]:
+        return self.worker_pod["spec"]["containers"][0]
+
+    @property
+    def scaler_config(self) -> dict[str, Any]:
+        return yaml.safe_load(self.files["scaler-configmap.yaml"]["data"]["scaler-config.yaml"])
+
+    def pod_specs(self) -> Iterator[dict[str, Any]]:
+        yield self.deployment["spec"]["template"]["spec"]
+        yield self.worker_pod["spec"]
+
+
+def render(render_scenario: RenderScenario, name: str, tmp_path: Path) -> Rendered:
+    return Rendered(render_scenario("kubernetes", scenario(name), tmp_path))
+
+
+def option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_every_object_validates_against_kubernetes(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    rendered = Rendered(render_scenario("kubernetes", values, tmp_path))
+    documents = {
+        **rendered.objects,
+        "worker-pod.yaml (in worker-configmap.yaml)": rendered.worker_pod,
+    }
+    for name, document in documents.items():
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{values.name}: {name}: {'.'.join(map(str, error.path))}: {error.message}")
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_kustomization_lists_exactly_the_rendered_files(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    rendered = Rendered(render_scenario("kubernetes", values, tmp_path))
+    kustomization = rendered.files["kustomization.yaml"]
+    assert kustomization["kind"] == "Kustomization"
+    assert sorted(kustomization["resources"]) == sorted(rendered.objects)
+    assert (
+        kustomization["namespace"]
+        == rendered.files["scaler-rolebinding.yaml"]["subjects"][0]["namespace"]
+    )
+
+
+def test_worker_name_is_the_pod_name_from_the_downward_api(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    worker = render(render_scenario, "defaults", tmp_path).worker
+    assert option(worker["args"], "--name") == "$(DASK_WORKER_NAME)"
+    variable = next(e for e in worker["env"] if e["name"] == "DASK_WORKER_NAME")
+    assert variable["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_tls_mounts_the_secret_and_uses_tls_addresses(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    rendered = render(render_scenario, "tls", tmp_path)
+    for spec in rendered.pod_specs():
+        assert {
+            "name": "tls",
+            "secret": {"secretName": "dask-certs", "defaultMode": 0o440},
+        } in spec["volumes"]
+    for container in (
+        rendered.container("scheduler"),
+        rendered.container("scaler"),
+        rendered.worker,
+    ):
+        assert {"name": "tls", "mountPath": "/etc/dask/certs", "readOnly": True} in container[
+            "volumeMounts"
+        ]
+    for container in (rendered.container("scheduler"), rendered.worker):
+        assert option(container["args"], "--tls-cert") == "/etc/dask/certs/tls.crt"
+    assert option(rendered.container("scheduler")["args"], "--protocol") == "tls"
+    worker_env = {e["name"]: e.get("value") for e in rendered.worker["env"]}
+    assert worker_env["DASK_SCHEDULER_ADDRESS"] == "tls://secure-scheduler:8786"
+    config = rendered.scaler_config["scheduler"]
+    assert config["address"] == "tls://127.0.0.1:8786"
+    assert config["security"]["key_file"] == "/etc/dask/certs/tls.key"
+    text = "".join(p.read_text() for p in rendered.out.iterdir())
+    assert "BEGIN" not in text  # no inlined certificate or key
+
+
+def test_service_is_cluster_internal_with_comm_and_dashboard(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    rendered = render(render_scenario, "defaults", tmp_path)
+    service = rendered.files["scheduler-service.yaml"]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [
+        ("comm", 8786),
+        ("dashboard", 8787),
+    ]
+    pod_labels = rendered.deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert (
+        not service["spec"]["selector"].items() <= rendered.worker_pod["metadata"]["labels"].items()
+    )
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_containers_are_non_root_read_only_and_bounded(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    rendered = Rendered(render_scenario("kubernetes", values, tmp_path))
+    for spec in rendered.pod_specs():
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] > 0
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["capabilities"] == {"drop": ["ALL"]}
+            assert set(container["resources"]["requests"]) == {"cpu", "memory"}
+            assert container["resources"]["limits"] == container["resources"]["requests"]
+
+
+def test_custom_resources_and_extra_args(render_scenario: RenderScenario, tmp_path: Path) -> None:
+    rendered = render(render_scenario, "custom", tmp_path)
+    assert rendered.worker["resources"]["limits"] == {"cpu": "8", "memory": "32Gi"}
+    assert option(rendered.worker["args"], "--memory-limit") == "32Gi"
+    assert option(rendered.worker["args"], "--nthreads") == "8"
+    assert rendered.worker["args"][-2:] == ["--resources", "GPU=1"]
+    assert rendered.container("scheduler")["args"][-2:] == ["--idle-timeout", "3600"]
+    assert {"name": "OMP_NUM_THREADS", "value": "1"} in rendered.worker["env"]
+    assert rendered.worker_pod["spec"]["terminationGracePeriodSeconds"] == 300
+    assert rendered.container("scaler").get("ports") is None  # metrics off
+
+
+def test_host_network_switch(render_scenario: RenderScenario, tmp_path: Path) -> None:
+    for spec in render(render_scenario, "hostnetwork", tmp_path).pod_specs():
+        assert (spec["hostNetwork"], spec["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    for spec in render(render_scenario, "defaults", tmp_path).pod_specs():
+        assert spec["hostNetwork"] is False
+        assert "dnsPolicy" not in spec
+
+
+def test_worker_pods_belong_to_no_controller(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    rendered = render(render_scenario, "defaults", tmp_path)
+    assert [o["kind"] for o in rendered.objects.values()].count("Deployment") == 1
+    assert rendered.worker_pod["spec"]["restartPolicy"] == "Never"
+    owner = rendered.scaler_config["backend"]["options"]["owner"]
+    assert owner == {
+        "api_version": "v1",
+        "kind": "Pod",
+        "name": "${DASK_DEPLOY_POD_NAME}",
+        "uid": "${DASK_DEPLOY_POD_UID}",
+    }
+    scaler_env = {e["name"]: e.get("valueFrom") for e in rendered.container("scaler")["env"]}
+    assert scaler_env["DASK_DEPLOY_POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    assert scaler_env["DASK_DEPLOY_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def role_rules(rendered: Rendered) -> set[tuple[str, str]]:
+    rules = rendered.files["scaler-role.yaml"]["rules"]
+    return {
+        (verb, resource)
+        for rule in rules
+        for verb in rule["verbs"]
+        for resource in rule["resources"]
+    }
+
+
+def test_role_grants_exactly_what_the_backend_calls(
+    render_scenario: RenderScenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run the backend, configured by the rendered scaler config, against a stand-in that enforces
+    the rendered Role: every call it makes is allowed, and every rule granted is used."""
+    rendered = render(render_scenario, "defaults", tmp_path)
+    granted = role_rules(rendered)
+    assert granted == set(k8s.RBAC_RULES)
+    template = tmp_path / "worker-pod.yaml"
+    template.write_text(rendered.files["worker-configmap.yaml"]["data"]["worker-pod.yaml"])
+    # Nothing to run: the pods fail to start, which is all this test needs of them.
+    with KubernetesStandIn(
+        tmp_path / "api", allowed=granted, host_env={"PATH": "/nonexistent"}
+    ) as api:
+        owner_uid = api.add_owner()
+        monkeypatch.setenv("DASK_DEPLOY_POD_NAME", "dask-scheduler-5d8f7-abcde")
+        monkeypatch.setenv("DASK_DEPLOY_POD_UID", owner_uid)
+        options = dict(rendered.scaler_config["backend"]["options"])
+        options |= {
+            "worker_template": str(template),
+            "kubeconfig": str(api.write_kubeconfig(tmp_path / "kc")),
+        }
+        backend = k8s.create(BackendContext("dask", "tcp://127.0.0.1:8786", options))
+
+        async def exercise() -> None:
+            try:
+                await backend.scale_up(2)
+                await backend.scale_down([i.name for i in await backend.instances()][:1])
+            finally:
+                await backend.close()
+
+        asyncio.run(exercise())
+        assert set(api.calls) == granted
+        pod = next(iter(api.pods().values()))
+        assert pod["metadata"]["ownerReferences"][0]["uid"] == owner_uid
