@@ -226,6 +226,9 @@ SET_EXAMPLES = (
 )
 SET_SYNTAX = f"key.path=value, {SET_EXAMPLES}"
 _INDEX = re.compile(r"\[(\d+)\]")
+#: A key name: anything but '.', '[', ']', '=' and spaces; a backslash escapes . [ ] or itself.
+_KEY_NAME = re.compile(r"(?:\\[.\[\]\\]|[^.\[\]\\\s=])+")
+_ESCAPE = re.compile(r"\\(.)")
 _INTEGER = re.compile(r"[-+]?(0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+")
 
@@ -247,56 +250,39 @@ def parse_set_path(expression: str, path_text: str) -> tuple[PathSegment, ...]:
     if not path_text:
         raise _bad_set(expression, "the key path before '=' is empty")
     segments: list[PathSegment] = []
-    name = ""
-    expect_name = True  # a name must follow the start and every '.'
     position = 0
-    while position < len(path_text):
-        char = path_text[position]
-        if char == "\\" and position + 1 < len(path_text) and path_text[position + 1] in ".[]\\":
-            name += path_text[position + 1]
-            position += 2
-            expect_name = False
-            continue
-        if char == ".":
-            if expect_name or not (name or segments):
-                raise _bad_set(expression, f"empty key name at character {position + 1}")
-            if name:
-                segments.append(name)
-            name = ""
-            expect_name = True
-            position += 1
-            continue
-        if char == "[":
-            match = _INDEX.match(path_text, position)
-            if not match:
-                raise _bad_set(
-                    expression, f"a list index must be [<number>], at character {position + 1}"
-                )
-            if name:
-                segments.append(name)
-            elif expect_name:
-                raise _bad_set(expression, f"a list index needs a key before it: {path_text!r}")
-            name = ""
-            segments.append(int(match.group(1)))
-            expect_name = False
-            position = match.end()
-            if position < len(path_text) and path_text[position] not in ".[":
-                raise _bad_set(expression, f"expected '.' or '[' after ']' at {position + 1}")
-            continue
-        if char in "]=":
-            raise _bad_set(expression, f"unexpected {char!r} at character {position + 1}")
-        if char.isspace():
-            raise _bad_set(expression, "key names contain no spaces")
-        name += char
-        expect_name = False
+    while True:
+        name = _KEY_NAME.match(path_text, position)
+        if not name:
+            raise _bad_set(expression, _why_unexpected(path_text, position))
+        segments.append(_ESCAPE.sub(r"\1", name.group()))
+        position = name.end()
+        while index := _INDEX.match(path_text, position):
+            segments.append(int(index.group(1)))
+            position = index.end()
+        if position == len(path_text):
+            return tuple(segments)
+        if path_text[position] != ".":
+            raise _bad_set(expression, _why_unexpected(path_text, position))
         position += 1
-    if expect_name:
-        raise _bad_set(expression, "the key path ends with '.'")
-    if name:
-        segments.append(name)
-    if not isinstance(segments[0], str):
-        raise _bad_set(expression, "the key path must start with a key name")
-    return tuple(segments)
+
+
+def _why_unexpected(path_text: str, position: int) -> str:
+    """Why a key path cannot go on at ``position``, for the error message."""
+    if position == len(path_text):
+        return "the key path ends with '.'"
+    char, where = path_text[position], f"at character {position + 1}"
+    if char == ".":
+        return f"empty key name {where}"
+    if char == "[":
+        if _INDEX.match(path_text, position):
+            return f"a list index needs a key before it {where}"
+        return f"a list index must be [<number>] {where}"
+    if path_text[position - 1] == "]":
+        return f"expected '.' or '[' after ']' {where}"
+    if char.isspace():
+        return f"key names contain no spaces {where}"
+    return f"unexpected {char!r} {where}"
 
 
 def parse_set_value(text: str, expression: str = "") -> Any:
