@@ -151,6 +151,9 @@ class KubernetesStandIn:
         self.version = version
         self.host_env = dict(host_env or {k: os.environ[k] for k in _PASS_ENV if k in os.environ})
         self.calls: list[tuple[str, str]] = []
+        #: Names of the pods created, and of those deleted through the API, in order.
+        self.created: list[str] = []
+        self.deleted: list[str] = []
         self._pods: dict[tuple[str, str], _Pod] = {}
         self._owners: set[str] = set()
         self._faults: list[dict[str, Any]] = []
@@ -322,6 +325,7 @@ class KubernetesStandIn:
         body["status"] = {"phase": "Pending", "qosClass": "Burstable"}
         pod = _Pod(body)
         self._pods[(namespace, name)] = pod
+        self.created.append(name)
         self._start(pod)
         return 201, body
 
@@ -353,8 +357,9 @@ class KubernetesStandIn:
                     f"{key} in object meta: {metadata[key]}"
                 )
                 raise ApiError(409, "Conflict", message, name=name, kind="pods")
-        grace = (body or {}).get("gracePeriodSeconds")
-        self._terminate(pod, grace)
+        if not metadata.get("deletionTimestamp"):
+            self.deleted.append(name)
+        self._terminate(pod, (body or {}).get("gracePeriodSeconds"))
         return 200, pod.manifest
 
     # -- the kubelet and the garbage collector ---------------------------------------------
