@@ -300,3 +300,24 @@ async def test_stand_in_rejects_invalid_pods_and_collects_orphans(
         await wait_for(lambda: not stand_in.pods())
     finally:
         await backend.close()
+
+
+async def test_a_retried_create_that_went_through_is_not_an_error(
+    stand_in: KubernetesStandIn, tmp_path: Path
+) -> None:
+    backend = backend_for(stand_in, tmp_path)
+    try:
+        stand_in.inject("create", 409, reason="AlreadyExists")
+        await backend.scale_up(1)  # the answer to a create the server had already done
+    finally:
+        await backend.close()
+
+
+async def test_no_answer_is_retried_then_reported(tmp_path: Path) -> None:
+    with KubernetesStandIn(tmp_path / "api") as api:
+        backend = backend_for(api, tmp_path, retry_for=0.5, request_timeout=1)
+    try:  # the server is gone now
+        with pytest.raises(k8s.KubernetesApiError, match="GET /api/v1/namespaces/default/pods: 0"):
+            await backend.instances()
+    finally:
+        await backend.close()
