@@ -260,6 +260,8 @@ class MarathonStandIn:
         #: Every task ever launched (task id -> process group id) and how each one ended.
         self.launched: dict[str, int] = {}
         self.ended: dict[str, str] = {}
+        #: Tasks of deleted apps, still being killed.
+        self.dying: list[Task] = []
         self.lock = threading.RLock()
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="marathon-standin-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
@@ -286,7 +288,7 @@ class MarathonStandIn:
         self.server.shutdown()
         self.server.server_close()
         with self.lock:
-            tasks = [t for app in self.apps.values() for t in app.tasks.values()]
+            tasks = [t for app in self.apps.values() for t in app.tasks.values()] + self.dying
             for task in tasks:
                 self._kill(task, grace=self._grace(task))
         deadline = time.monotonic() + max([self._grace(t) for t in tasks] + [0]) + 2
@@ -315,7 +317,7 @@ class MarathonStandIn:
     def pids(self) -> list[int]:
         """Process group ids of every task still running (for leak checks)."""
         with self.lock:
-            tasks = [t for a in self.apps.values() for t in a.tasks.values()]
+            tasks = [t for a in self.apps.values() for t in a.tasks.values()] + self.dying
             return [t.process.pid for t in tasks if t.process is not None and _alive(t)]
 
     # --- the scheduler: launch, observe, kill -------------------------------------------------
@@ -332,6 +334,11 @@ class MarathonStandIn:
         now = time.monotonic()
         for deployment_id in [d.id for d in self.deployments.values() if d.finishes_at <= now]:
             del self.deployments[deployment_id]
+        self._escalate(self.dying)
+        for task in [t for t in self.dying if not _alive(t)]:
+            self.dying.remove(task)
+            self.ended[task.id] = "TASK_KILLED"
+            log.info("task %s TASK_KILLED (app deleted)", task.id)
         for app in self.apps.values():
             for task in list(app.tasks.values()):
                 self._observe(app, task)
@@ -591,26 +598,15 @@ class MarathonStandIn:
         raise HttpError(404, {"message": f"The requested resource {method} {path} does not exist"})
 
     def _delete_apps(self, apps: list[App], force: bool) -> dict[str, str]:
+        """Remove the apps at once (GET answers 404) and kill their tasks in the background."""
         for app in apps:
             self._check_lock(app.id, force)
         for app in apps:
-            app.definition["instances"] = 0
-            for task in app.active():
+            for task in app.tasks.values():
                 self._kill(task, self._grace(task))
-        reaper = threading.Thread(target=self._forget, args=(apps,), daemon=True)
-        reaper.start()
+                self.dying.append(task)
+            del self.apps[app.id]
         return self._deploy([a.id for a in apps])
-
-    def _forget(self, apps: list[App]) -> None:
-        """Drop deleted apps once their tasks are gone (the reconcile loop reaps them)."""
-        while not self._stop.is_set():
-            with self.lock:
-                if all(not a.tasks for a in apps):
-                    for app in apps:
-                        if self.apps.get(app.id) is app:
-                            del self.apps[app.id]
-                    return
-            time.sleep(self.tick)
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:

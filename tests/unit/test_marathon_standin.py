@@ -1,0 +1,160 @@
+"""The Marathon stand-in behaves like Marathon for what the backend and a user rely on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from dask_deploy.testing.marathon import MarathonStandIn, Validator
+
+pytestmark = pytest.mark.marathon
+
+
+@pytest.fixture
+def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
+    with MarathonStandIn(workdir=tmp_path / "sandboxes", deployment_seconds=0.0) as standin:
+        yield standin
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def post(standin: MarathonStandIn, app: dict[str, Any]) -> requests.Response:
+    return requests.post(f"{standin.url}/v2/apps", json=app, timeout=5)
+
+
+def tasks(standin: MarathonStandIn, app_id: str) -> list[dict[str, Any]]:
+    body = requests.get(f"{standin.url}/v2/apps{app_id}/tasks", timeout=5).json()
+    return list(body["tasks"])
+
+
+def test_task_gets_marathons_environment(marathon: MarathonStandIn) -> None:
+    app = {
+        "id": "/t/env",
+        "cmd": 'echo "$MESOS_TASK_ID $MARATHON_APP_ID $HOST $PORT0 $PORT_HTTP $PORTS" > out; '
+        "sleep 30",
+        "instances": 1,
+        "portDefinitions": [{"port": 0, "name": "http"}, {"port": 0, "name": "comm"}],
+    }
+    assert post(marathon, app).status_code == 201
+    (task,) = wait_for(lambda: tasks(marathon, "/t/env"), "the task starts")
+    out = marathon.workdir / task["id"] / "out"
+    task_id, app_id, host, port0, port_http, ports = wait_for(
+        lambda: out.is_file() and out.read_text().split(), "the task writes its environment"
+    )
+    assert (task_id, app_id, host) == (task["id"], "/t/env", "127.0.0.1")
+    assert port0 == port_http == str(task["ports"][0])
+    assert ports == ",".join(map(str, task["ports"]))
+
+
+def test_sigterm_then_sigkill_after_the_grace_period(marathon: MarathonStandIn) -> None:
+    app = {
+        "id": "/t/stubborn",
+        "cmd": "trap '' TERM; while true; do sleep 0.1; done",
+        "instances": 1,
+        "taskKillGracePeriodSeconds": 1,
+    }
+    post(marathon, app)
+    (task,) = wait_for(lambda: tasks(marathon, "/t/stubborn"), "the task starts")
+    started = time.monotonic()
+    answer = requests.delete(
+        f"{marathon.url}/v2/apps/t/stubborn/tasks/{task['id']}",
+        params={"scale": "true"},
+        timeout=5,
+    )
+    assert answer.status_code == 200 and "deploymentId" in answer.json()
+    wait_for(lambda: marathon.ended.get(task["id"]) == "TASK_KILLED", "SIGKILL ends it")
+    assert time.monotonic() - started >= 1.0
+    assert not tasks(marathon, "/t/stubborn")
+
+
+def test_a_task_that_exits_is_replaced(marathon: MarathonStandIn) -> None:
+    app = {"id": "/t/flaky", "cmd": "sleep 0.2", "instances": 1, "backoffSeconds": 1}
+    assert post(marathon, app).status_code == 201
+    wait_for(lambda: len(marathon.launched) >= 2, "Marathon restarts the finished task")
+    assert "TASK_FINISHED" in marathon.ended.values()
+
+
+def test_kill_without_scale_restarts_and_with_scale_does_not(marathon: MarathonStandIn) -> None:
+    post(marathon, {"id": "/t/kill", "cmd": "sleep 30", "instances": 2})
+    first, second = wait_for(
+        lambda: len(tasks(marathon, "/t/kill")) == 2 and tasks(marathon, "/t/kill"), "2 tasks"
+    )
+    requests.post(f"{marathon.url}/v2/tasks/delete", json={"ids": [first["id"]]}, timeout=5)
+    wait_for(lambda: len(marathon.launched) == 3, "a replacement is launched")
+    answer = requests.post(
+        f"{marathon.url}/v2/tasks/delete?scale=True", json={"ids": [second["id"]]}, timeout=5
+    )
+    assert answer.status_code == 200
+    app = requests.get(f"{marathon.url}/v2/apps/t/kill", timeout=5).json()["app"]
+    assert app["instances"] == 1
+    time.sleep(0.5)
+    assert len(marathon.launched) == 3
+
+
+def test_deleting_an_app_kills_its_tasks(marathon: MarathonStandIn) -> None:
+    post(marathon, {"id": "/t/gone", "cmd": "sleep 30", "instances": 2})
+    wait_for(lambda: len(marathon.pids()) == 2, "2 processes")
+    assert requests.delete(f"{marathon.url}/v2/apps/t/gone", timeout=5).status_code == 200
+    wait_for(lambda: not marathon.pids(), "no process left")
+    assert requests.get(f"{marathon.url}/v2/apps/t/gone", timeout=5).status_code == 404
+
+
+def test_marathon_shaped_errors(marathon: MarathonStandIn) -> None:
+    assert post(marathon, {"id": "/t/both", "cmd": "true", "args": ["x"]}).status_code == 422
+    post(marathon, {"id": "/t/dup", "cmd": "sleep 30", "instances": 0})
+    duplicate = post(marathon, {"id": "/t/dup", "cmd": "sleep 30"})
+    assert duplicate.status_code == 409
+    assert "already exists" in duplicate.json()["message"]
+    missing = requests.get(f"{marathon.url}/v2/apps/t/missing", timeout=5)
+    assert missing.status_code == 404 and "does not exist" in missing.json()["message"]
+    scale = requests.put(f"{marathon.url}/v2/apps/t/dup", json={"instances": -1}, timeout=5)
+    assert scale.status_code == 422 and scale.json()["details"][0]["path"] == "/instances"
+    marathon.inject(409, method="PUT")
+    locked = requests.put(f"{marathon.url}/v2/apps/t/dup", json={"instances": 1}, timeout=5)
+    assert locked.status_code == 409 and locked.json()["deployments"][0]["id"]
+    assert requests.get(f"{marathon.url}/ping", timeout=5).text == "pong"
+    assert requests.get(f"{marathon.url}/v2/info", timeout=5).json()["name"] == "marathon"
+
+
+def test_without_schemas_it_says_so_and_still_applies_prose_rules(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    validator = Validator(None)
+    assert "NOT validated" in caplog.text
+    validator.check("App", {"id": "/UPPER", "cmd": "true"})  # only the schemas know ids
+    with pytest.raises(Exception, match="not valid"):
+        validator.check("App", {"id": "/x", "cmd": "true", "args": ["y"]})
+
+
+def test_module_entry_point_serves_and_stops(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dask_deploy.testing.marathon", "--port", "0",
+         "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        url = line.rsplit(" ", 1)[-1].strip()
+        assert requests.get(f"{url}/ping", timeout=5).text == "pong"
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+        assert process.stdout is not None
+        process.stdout.close()
