@@ -195,4 +195,15 @@ def test_without_an_image_commands_run_on_the_agent(
     rendered = apps(render_scenario("marathon", scenario("custom"), tmp_path))
     for app in rendered.values():
         assert "container" not in app
-        assert words(app)[0] == "exec" and words(app)[1] == "/opt/dask/bin/python"
+        assert "/opt/dask/bin/python" in words(app)
+
+
+def test_a_retired_worker_keeps_its_task_until_the_scaler_kills_it(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    worker = apps(render_scenario("marathon", scenario("defaults"), tmp_path))["worker"]
+    lines = worker["cmd"].splitlines()
+    assert lines[0].endswith(" &")  # the worker runs in the background of the task's shell
+    assert 'trap \'kill -TERM "$worker"' in worker["cmd"]  # SIGTERM reaches the worker
+    assert 'wait "$worker" || exit' in lines  # a crash ends the task; Marathon restarts it
+    assert lines[-1] == "exec sleep infinity"  # a clean exit (retired) waits to be killed
