@@ -1,0 +1,146 @@
+"""``dask-deploy scale``: run the scaler sidecar next to a scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from .backends import BackendContext, load_backend_factory
+from .config import ScalerConfig, load_config
+from .metrics import ScalerMetrics
+from .observe import connect, resolve_address
+from .policy import PolicySettings, load_policy_factory
+from .scaler import Scaler
+
+HELP = "Run the scaler: keep the worker count right for the scheduler's load."
+
+#: flag destination -> dotted configuration key it overrides
+_OVERRIDES = {
+    "deployment": "deployment",
+    "scheduler": "scheduler.address",
+    "scheduler_file": "scheduler.scheduler_file",
+    "backend": "backend.name",
+    "policy": "policy.name",
+    "minimum": "policy.minimum",
+    "maximum": "policy.maximum",
+    "interval": "loop.interval",
+    "startup_timeout": "loop.startup_timeout",
+    "metrics_port": "metrics.port",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``scale`` flags."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="scaler.yaml (docs/scaler-config.md); default: $DASK_DEPLOY_SCALER_CONFIG",
+    )
+    parser.add_argument("--deployment", help="overrides deployment")
+    parser.add_argument("--scheduler", help="overrides scheduler.address (tcp:// or tls://)")
+    parser.add_argument("--scheduler-file", help="overrides scheduler.scheduler_file")
+    parser.add_argument("--backend", help="overrides backend.name")
+    parser.add_argument("--policy", help="overrides policy.name")
+    parser.add_argument("--minimum", type=int, help="overrides policy.minimum")
+    parser.add_argument("--maximum", type=int, help="overrides policy.maximum")
+    parser.add_argument("--interval", type=float, help="overrides loop.interval (seconds)")
+    parser.add_argument(
+        "--startup-timeout", type=float, help="overrides loop.startup_timeout (seconds)"
+    )
+    parser.add_argument("--metrics-port", type=int, help="overrides metrics.port")
+    parser.add_argument(
+        "--cleanup-on-exit",
+        action="store_true",
+        default=None,
+        help="remove every instance of the deployment when the scaler stops",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="use the in-memory fake backend and print decisions without acting",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+
+def settings_from_args(args: argparse.Namespace) -> ScalerConfig:
+    """The configuration file (or environment) with the flags applied."""
+    overrides: dict[str, object] = {
+        key: getattr(args, dest)
+        for dest, key in _OVERRIDES.items()
+        if getattr(args, dest) is not None
+    }
+    if args.scheduler is not None:
+        overrides["scheduler.scheduler_file"] = None
+    if args.scheduler_file is not None:
+        overrides["scheduler.address"] = None
+    if args.cleanup_on_exit:
+        overrides["loop.cleanup_on_exit"] = True
+    if args.dry_run:
+        overrides["backend.name"] = "fake"
+        overrides["backend.options"] = {}
+    return load_config(args.config, overrides)
+
+
+def build_scaler(config: ScalerConfig, *, dry_run: bool = False) -> Scaler:
+    """Policy, backend and scheduler link for ``config``; ``SettingsError`` on bad options."""
+    policy = load_policy_factory(config.policy.name)(
+        PolicySettings(
+            minimum=config.policy.minimum,
+            maximum=config.policy.maximum,
+            startup_timeout=config.loop.startup_timeout,
+            options=config.policy.options,
+        )
+    )
+    backend = load_backend_factory(config.backend.name)(
+        BackendContext(
+            deployment=config.deployment,
+            scheduler_address=resolve_address(config.scheduler),
+            options=config.backend.options,
+        )
+    )
+    return Scaler(
+        scheduler=connect(config.scheduler),
+        backend=backend,
+        policy=policy,
+        settings=config.loop,
+        metrics=ScalerMetrics(),
+        dry_run=dry_run,
+    )
+
+
+async def serve(config: ScalerConfig, *, dry_run: bool = False) -> None:
+    """Run the scaler until SIGTERM or SIGINT, then close everything cleanly."""
+    scaler = build_scaler(config, dry_run=dry_run)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if config.metrics is not None:
+        port = scaler.metrics.serve(config.metrics.host, config.metrics.port)
+        logging.getLogger("dask_deploy.scaler").info(
+            "metrics on http://%s:%d/metrics", config.metrics.host, port
+        )
+    try:
+        await scaler.run(stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        scaler.metrics.stop()
+        await scaler.backend.close()
+        await scaler.scheduler.close()
+        logging.getLogger("dask_deploy.scaler").info("scaler stopped")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``dask-deploy scale``."""
+    config = settings_from_args(args)
+    logging.basicConfig(
+        level=str(args.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Validate the policy and backend options before starting anything.
+    asyncio.run(serve(config, dry_run=bool(args.dry_run)))
+    return 0

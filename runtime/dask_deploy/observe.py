@@ -1,0 +1,183 @@
+"""The scheduler as the scaler sees it: a snapshot per tick, and retirement.
+
+Talks distributed's own RPC (``distributed.core.rpc``) over ``tcp://`` or
+``tls://`` with dask's :class:`~distributed.security.Security`; it runs no
+pickled code on the scheduler and does not need the scheduler's HTTP API.
+
+Task counts: queued and unrunnable counts are not exposed by any stock handler
+of distributed, so the optional preload :mod:`dask_deploy.scheduler_preload`
+adds one read-only handler. Without it the snapshot uses the stock ``identity``
+and ``processing`` handlers, reports the counts as unknown (``None``) and takes
+stored bytes from the workers' heartbeats; the scheduler's ``adaptive_target``
+still accounts for queued work, so the policies keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .config import SchedulerSettings
+from .policy import WorkerSnapshot
+from .scheduler_preload import HANDLER
+
+
+@dataclass(frozen=True)
+class SchedulerState:
+    """The scheduler's half of an :class:`~dask_deploy.policy.Observation`."""
+
+    workers: tuple[WorkerSnapshot, ...]
+    adaptive_target: int
+    tasks_processing: int
+    tasks_queued: int | None
+    tasks_unrunnable: int | None
+    workers_to_close: tuple[str, ...]
+
+
+class SchedulerLink(Protocol):
+    """What the control loop needs from the scheduler (a fake serves the unit tests)."""
+
+    async def observe(self, target_duration: float | None) -> SchedulerState:
+        """One snapshot; raises ``OSError`` (or a subclass) when the scheduler is unreachable."""
+        ...
+
+    async def worker_names(self) -> frozenset[str]:
+        """Names of the workers connected right now."""
+        ...
+
+    async def retire(self, names: Collection[str]) -> frozenset[str]:
+        """Retire these workers gracefully; the names the scheduler reports retired."""
+        ...
+
+    async def close(self) -> None:
+        """Close connections."""
+        ...
+
+
+def parse_workers(
+    identity: Mapping[str, Any],
+    processing: Mapping[str, Collection[object]],
+    counts: Mapping[str, Any] | None,
+) -> tuple[WorkerSnapshot, ...]:
+    """Worker snapshots from the ``identity`` reply plus load figures.
+
+    ``counts`` is the preload handler's reply, or ``None`` when it is absent.
+    """
+    live = counts["workers"] if counts is not None else {}
+    result = []
+    for address, info in sorted(identity.get("workers", {}).items()):
+        metrics = info.get("metrics") or {}
+        if address in live:
+            stored = int(live[address]["nbytes"])
+            busy = int(live[address]["processing"])
+        else:
+            stored = int(metrics.get("managed_bytes", 0))
+            busy = len(processing.get(address, ()))
+        result.append(
+            WorkerSnapshot(
+                name=str(info.get("name", address)),
+                address=address,
+                status=str(info.get("status", "running")),
+                threads=int(info.get("nthreads", 1)),
+                memory_limit=int(info.get("memory_limit") or 0),
+                stored_bytes=stored,
+                processing=busy,
+            )
+        )
+    return tuple(result)
+
+
+def retired_names(reply: Mapping[str, Any]) -> frozenset[str]:
+    """Names in a ``retire_workers`` reply (address -> worker identity)."""
+    return frozenset(str(info.get("name", address)) for address, info in reply.items())
+
+
+class RpcScheduler:
+    """:class:`SchedulerLink` over distributed's RPC."""
+
+    def __init__(
+        self, address: str, *, connection_args: Mapping[str, Any], retire_timeout: float = 300.0
+    ) -> None:
+        from distributed.core import rpc
+
+        self.address = address
+        self.retire_timeout = retire_timeout
+        self._rpc = rpc(address, connection_args=dict(connection_args), timeout=10)  # type: ignore[no-untyped-call]
+        self._has_counts: bool | None = None
+
+    async def _counts(self) -> Mapping[str, Any] | None:
+        if self._has_counts is False:
+            return None
+        try:
+            reply: Mapping[str, Any] = await getattr(self._rpc, HANDLER)()
+        except (ValueError, KeyError) as error:
+            if HANDLER not in str(error):
+                raise
+            self._has_counts = False  # the scheduler runs without our preload
+            return None
+        self._has_counts = True
+        return reply
+
+    async def observe(self, target_duration: float | None) -> SchedulerState:
+        identity = await self._rpc.identity()
+        counts = await self._counts()
+        processing: Mapping[str, Collection[object]] = (
+            {} if counts is not None else await self._rpc.processing()
+        )
+        workers = parse_workers(identity, processing, counts)
+        target = await self._rpc.adaptive_target(target_duration=target_duration)
+        ranking = await self._rpc.workers_to_close(n=len(workers), attribute="name")
+        return SchedulerState(
+            workers=workers,
+            adaptive_target=int(target),
+            tasks_processing=sum(w.processing for w in workers),
+            tasks_queued=None if counts is None else int(counts["queued"]),
+            tasks_unrunnable=None if counts is None else int(counts["unrunnable"]),
+            workers_to_close=tuple(str(name) for name in ranking),
+        )
+
+    async def worker_names(self) -> frozenset[str]:
+        identity = await self._rpc.identity()
+        return frozenset(str(info.get("name", a)) for a, info in identity["workers"].items())
+
+    async def retire(self, names: Collection[str]) -> frozenset[str]:
+        if not names:
+            return frozenset()
+        reply = await asyncio.wait_for(
+            self._rpc.retire_workers(names=list(names), close_workers=True, remove=True),
+            self.retire_timeout,
+        )
+        return retired_names(reply)
+
+    async def close(self) -> None:
+        await self._rpc.close_rpc()  # type: ignore[no-untyped-call]
+
+
+def resolve_address(settings: SchedulerSettings) -> str:
+    """The scheduler address, read from the scheduler file when one is configured."""
+    if settings.address is not None:
+        return settings.address
+    import json
+    from pathlib import Path
+
+    assert settings.scheduler_file is not None
+    return str(json.loads(Path(settings.scheduler_file).read_text())["address"])
+
+
+def connect(settings: SchedulerSettings) -> RpcScheduler:
+    """An RPC link to the configured scheduler, with TLS when security is configured."""
+    from distributed.security import Security
+
+    if settings.security is not None:
+        security = Security(  # type: ignore[no-untyped-call]
+            tls_ca_file=settings.security.ca_file,
+            tls_client_cert=settings.security.cert_file,
+            tls_client_key=settings.security.key_file,
+            require_encryption=True,
+        )
+    else:
+        security = Security()  # type: ignore[no-untyped-call]
+    connection_args = security.get_connection_args("client")  # type: ignore[no-untyped-call]
+    return RpcScheduler(resolve_address(settings), connection_args=connection_args)

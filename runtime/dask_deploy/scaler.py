@@ -1,0 +1,260 @@
+"""The control loop: observe the scheduler and the backend, ask the policy, act.
+
+Level-triggered: every tick starts from what the scheduler and the resource
+manager report *now*, so a scaler killed and restarted at any moment converges
+to the right count without duplicating or orphaning an instance.
+
+Safe scale-down: instances whose worker never connected are cancelled first;
+connected workers are retired through the scheduler (``retire_workers`` by name,
+closing and removing them), and only the names the scheduler reports retired
+are removed from the backend. While the scheduler is unreachable the loop holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .backends import Backend, Instance
+from .config import LoopSettings
+from .metrics import ScalerMetrics
+from .observe import SchedulerLink
+from .policy import Decision, Hold, Observation, Policy, ScaleDown, ScaleUp, describe
+
+logger = logging.getLogger("dask_deploy.scaler")
+
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class TickResult:
+    """What one tick saw and did (``observation`` is ``None`` when observing failed)."""
+
+    decision: Decision
+    observation: Observation | None
+    ok: bool
+
+
+class Scaler:
+    """Joins a :class:`~dask_deploy.observe.SchedulerLink`, a policy and a backend.
+
+    >>> # scaler = Scaler(scheduler=link, backend=backend, policy=policy, settings=LoopSettings())
+    >>> # await scaler.run(stop_event)
+    """
+
+    def __init__(
+        self,
+        *,
+        scheduler: SchedulerLink,
+        backend: Backend,
+        policy: Policy,
+        settings: LoopSettings,
+        metrics: ScalerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        dry_run: bool = False,
+    ) -> None:
+        self.scheduler = scheduler
+        self.backend = backend
+        self.policy = policy
+        self.settings = settings
+        self.metrics = metrics or ScalerMetrics()
+        self.clock = clock
+        self.dry_run = dry_run
+        self.failures = 0
+        self._last_hold = ""
+        self._unknown_logged: set[str] = set()
+
+    async def observe(self) -> Observation | Hold:
+        """This tick's observation, or a hold explaining what could not be observed."""
+        try:
+            instances = tuple(await self.backend.instances())
+        except Exception as error:
+            self.metrics.backend_errors.inc()
+            return Hold(f"backend unavailable: {error!r}")
+        try:
+            state = await self.scheduler.observe(self.policy.target_duration)
+        except Exception as error:
+            self.metrics.scheduler_errors.inc()
+            return Hold(f"scheduler unreachable, not scaling: {error!r}")
+        return Observation(
+            workers=state.workers,
+            instances=instances,
+            adaptive_target=state.adaptive_target,
+            tasks_processing=state.tasks_processing,
+            tasks_queued=state.tasks_queued,
+            tasks_unrunnable=state.tasks_unrunnable,
+            workers_to_close=state.workers_to_close,
+        )
+
+    async def _replace_stale(self, observation: Observation, now: float) -> Observation:
+        """Remove instances that stayed unconnected past the startup timeout."""
+        stale = [
+            i for i in observation.pending if now - i.requested_at > self.settings.startup_timeout
+        ]
+        if not stale or self.dry_run:
+            return observation
+        names = sorted(i.name for i in stale)
+        logger.warning(
+            "removing %s: not connected %.0fs after being requested (startup_timeout=%gs); "
+            "they will be replaced",
+            ", ".join(names),
+            now - min(i.requested_at for i in stale),
+            self.settings.startup_timeout,
+        )
+        await self.backend.scale_down(names)
+        kept: tuple[Instance, ...] = tuple(i for i in observation.instances if i.name not in names)
+        return Observation(
+            workers=observation.workers,
+            instances=kept,
+            adaptive_target=observation.adaptive_target,
+            tasks_processing=observation.tasks_processing,
+            tasks_queued=observation.tasks_queued,
+            tasks_unrunnable=observation.tasks_unrunnable,
+            workers_to_close=observation.workers_to_close,
+        )
+
+    def _log_unknown(self, observation: Observation) -> None:
+        for worker in observation.unknown_workers:
+            if worker.name not in self._unknown_logged:
+                self._unknown_logged.add(worker.name)
+                logger.info(
+                    "worker %s (%s) was not launched by the backend: left alone",
+                    worker.name,
+                    worker.address,
+                )
+
+    def _log_decision(self, decision: Decision) -> None:
+        line = describe(decision)
+        if isinstance(decision, Hold):
+            if decision.reason == self._last_hold:
+                logger.debug("%s", line)
+                return
+            self._last_hold = decision.reason
+        else:
+            self._last_hold = ""
+        logger.info("%s%s", "[dry-run] " if self.dry_run else "", line)
+
+    async def act(self, decision: Decision, observation: Observation) -> None:
+        """Carry out a decision against the backend and the scheduler."""
+        if self.dry_run or isinstance(decision, Hold):
+            return
+        if isinstance(decision, ScaleUp):
+            await self.backend.scale_up(decision.n)
+            return
+        await self._scale_down(decision, observation)
+
+    async def _scale_down(self, decision: ScaleDown, observation: Observation) -> None:
+        registered = observation.registered_names
+        to_cancel = [name for name in decision.names if name not in registered]
+        to_retire = [name for name in decision.names if name in registered]
+        if to_cancel:
+            # A pending worker may have connected since the observation: retire those instead.
+            connected_now = await self.scheduler.worker_names()
+            to_retire += [name for name in to_cancel if name in connected_now]
+            to_cancel = [name for name in to_cancel if name not in connected_now]
+        if to_cancel:
+            logger.info("cancelling pending %s", ", ".join(to_cancel))
+            await self.backend.scale_down(to_cancel)
+        if not to_retire:
+            return
+        retired = await self.scheduler.retire(to_retire)
+        kept = [name for name in to_retire if name not in retired]
+        if kept:
+            self.metrics.retire_failures.inc(len(kept))
+            logger.warning(
+                "scheduler did not retire %s (their data has nowhere to go or they are busy): "
+                "left running",
+                ", ".join(kept),
+            )
+        done = [name for name in to_retire if name in retired]
+        if done:
+            logger.info("retired %s; removing them from the backend", ", ".join(done))
+            await self.backend.scale_down(done)
+
+    async def tick(self) -> TickResult:
+        """One observe-decide-act round; never raises for scheduler or backend errors."""
+        now = self.clock()
+        seen = await self.observe()
+        if isinstance(seen, Hold):
+            self._log_decision(seen)
+            self.metrics.decisions.labels(kind=seen.kind).inc()
+            return TickResult(seen, None, ok=False)
+        try:
+            observation = await self._replace_stale(seen, now)
+        except Exception as error:
+            self.metrics.backend_errors.inc()
+            hold = Hold(f"backend error while replacing stale instances: {error!r}")
+            self._log_decision(hold)
+            return TickResult(hold, seen, ok=False)
+        self._log_unknown(observation)
+        decision = self.policy.decide(observation, now)
+        self._log_decision(decision)
+        self.metrics.record(
+            decision,
+            requested=len(observation.requested),
+            observed=len(observation.observed),
+            pending=len(observation.pending),
+        )
+        try:
+            await self.act(decision, observation)
+        except Exception as error:
+            if isinstance(decision, ScaleUp) or not isinstance(error, OSError | TimeoutError):
+                self.metrics.backend_errors.inc()
+            else:
+                self.metrics.scheduler_errors.inc()
+            logger.warning("acting on %r failed, will retry: %r", describe(decision), error)
+            return TickResult(decision, observation, ok=False)
+        return TickResult(decision, observation, ok=True)
+
+    def next_delay(self, ok: bool) -> float:
+        """Seconds until the next tick: the interval, doubled per consecutive failure."""
+        self.failures = 0 if ok else self.failures + 1
+        if not self.failures:
+            return self.settings.interval
+        backoff: float = self.settings.interval * 2.0**self.failures
+        return min(backoff, max(MAX_BACKOFF, self.settings.interval))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until ``stop`` is set; then, with ``cleanup_on_exit``, remove every instance."""
+        logger.info(
+            "scaler started: policy=%s interval=%gs startup_timeout=%gs%s",
+            type(self.policy).__name__,
+            self.settings.interval,
+            self.settings.startup_timeout,
+            " (dry run: no action is taken)" if self.dry_run else "",
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    result = await self.tick()
+                    delay = self.next_delay(result.ok)
+                except Exception:  # a bug must not take the sidecar down; say so loudly
+                    logger.exception("unexpected error in the scaler loop")
+                    delay = self.next_delay(False)
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    pass
+        finally:
+            if self.settings.cleanup_on_exit and not self.dry_run:
+                await self.cleanup()
+
+    async def cleanup(self) -> None:
+        """Retire every worker of ours, then remove all our instances (``cleanup_on_exit``)."""
+        try:
+            instances = await self.backend.instances()
+            names = sorted(i.name for i in instances)
+            if not names:
+                return
+            logger.info("cleanup on exit: removing %s", ", ".join(names))
+            try:
+                retired = await self.scheduler.retire(names)
+                logger.info("cleanup on exit: scheduler retired %d workers", len(retired))
+            except Exception as error:
+                logger.warning("cleanup on exit: could not retire through the scheduler: %r", error)
+            await self.backend.scale_down(names)
+        except Exception as error:
+            logger.warning("cleanup on exit failed: %r", error)
