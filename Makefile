@@ -12,8 +12,9 @@ VALUES ?=
 SET ?=
 OUT ?= rendered/$(BACKEND)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help venv render golden lint test demo clean docker-up docker-down base-images images bench-images
+.PHONY: help venv render golden lint test demo clean docker-up docker-down base-images images bench-images bench bench-quick
 
 help: ## List the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +58,12 @@ bench-images: images ## Print each image's size and the median cold start of a w
 
 demo: $(STAMP) ## Start a scheduler and the scaler, run a bursty workload, plot workers over time
 	$(BIN)/python -m dask_deploy.demo
+
+bench: $(STAMP) ## Real workers, every trace x policy (ours, Adaptive, static max/min), 3 interleaved reps; table + PNGs in bench/results/
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP) ## One repetition of two short traces (development check of the bench harness)
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 clean: ## Remove the venv, rendered output and caches
 	rm -rf $(VENV) rendered .mypy_cache .ruff_cache .pytest_cache

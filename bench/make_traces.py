@@ -42,30 +42,30 @@ def group(
 TRACES = [
     Trace(
         "bursty",
-        "On/off bursts 10, 8 and 12 s apart: idle gaps shorter than, near and longer "
+        "On/off bursts 7, 7 and 10 s apart: idle gaps shorter than, near and longer "
         "than the boot delay",
         seed=1,
         groups=(
-            group("b0", 0, 8, 1.0),
-            group("b1", 10, 8, 1.0),
-            group("b2", 18, 8, 1.0),
-            group("b3", 30, 8, 1.0),
+            group("b0", 0, 7, 1.0),
+            group("b1", 7, 7, 1.0),
+            group("b2", 14, 7, 1.0),
+            group("b3", 24, 7, 1.0),
         ),
     ),
     Trace(
         "dependent",
-        "A burst whose held results feed a small dependent burst 10 s later",
+        "A burst whose held results feed a small dependent burst 8 s later",
         seed=2,
         groups=(
-            group("map", 0, 12, 1.0, hold=True, output_bytes=100_000),
-            group("reduce", 10, 4, 1.0, depends_on="map"),
+            group("map", 0, 10, 1.0, hold=True, output_bytes=100_000),
+            group("reduce", 8, 4, 1.0, depends_on="map"),
         ),
     ),
     Trace(
         "long-unknown",
         "A few long tasks whose duration the scheduler cannot know in advance",
         seed=3,
-        groups=(group("long", 0, 3, 5.0, jitter=0.3),),
+        groups=(group("long", 0, 3, 4.0, jitter=0.3),),
     ),
     Trace(
         "tiny",
@@ -79,7 +79,7 @@ TRACES = [
         seed=5,
         groups=(
             group("persist", 0, 8, 0.2, hold=True, output_bytes=8_000_000, jitter=0.0),
-            group("use", 8, 8, 1.0, depends_on="persist"),
+            group("use", 6, 6, 1.0, depends_on="persist"),
         ),
     ),
     Trace(
@@ -88,7 +88,7 @@ TRACES = [
         seed=6,
         groups=tuple(
             group(f"r{i}", float(i), count, 1.0, burst="ramp")
-            for i, count in enumerate([1, 2, 3, 3, 2, 1])
+            for i, count in enumerate([1, 2, 3, 2, 1])
         ),
     ),
 ]

@@ -96,7 +96,13 @@ class RunRecord:
 class SimCluster:
     """The simulated scheduler, workers and resource manager."""
 
-    def __init__(self, trace: Trace, settings: ModelSettings, deployment: str = "sim") -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        settings: ModelSettings,
+        deployment: str = "sim",
+        first_tick: float | None = None,
+    ) -> None:
         self.trace = trace
         self.settings = settings
         self.deployment = deployment
@@ -133,6 +139,9 @@ class SimCluster:
         self.registered_count = 0
         self.threads_total = 0
         self.bytes_total = 0
+        if first_tick is not None:
+            # before any submission at the same instant, as the real loop ticks on start
+            self._push(first_tick, _TICK, None)
         for i, g in enumerate(groups):
             self._push(g.submit_at, _SUBMIT, i)
 

@@ -228,15 +228,17 @@ def make_policy(settings: SimulationSettings) -> Policy:
 def simulate(trace: Trace, settings: SimulationSettings) -> SimulationResult:
     """Run ``trace`` under the policy on the model; return the record and its metrics."""
     started = time.perf_counter()
-    cluster = SimCluster(trace, settings.model)
+    # Our loop ticks as it starts; Adaptive's PeriodicCallback first fires one interval later.
+    adaptive = settings.policy == DISTRIBUTED_ADAPTIVE
+    first_tick = settings.interval if adaptive else 0.0
+    cluster = SimCluster(trace, settings.model, first_tick=first_tick)
     driver: PolicyDriver | AdaptiveDriver
-    if settings.policy == DISTRIBUTED_ADAPTIVE:
+    if adaptive:
         driver = AdaptiveDriver(settings)
     else:
         driver = PolicyDriver(make_policy(settings), settings, cluster)
     if settings.warm_start:
         cluster.warm_start(_idle_count(settings, driver, cluster))
-    cluster.schedule_tick(0.0)
     record = cluster.run(driver)
     record.scheduler_seconds_per_poll = math.nan
     metrics = compute_metrics(

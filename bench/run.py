@@ -1,0 +1,279 @@
+"""`make bench`: every trace under every policy, interleaved, with real workers.
+
+    python bench/run.py [--reps 3] [--traces bursty,dependent,...] [--boot-delay 5]
+
+Writes bench/results/results.json, one PNG per trace and bench/results/summary.md,
+and prints the table (medians; ratios against distributed's Adaptive and against
+static-max from the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from dask_deploy._sim_engine import RunRecord
+from dask_deploy._sim_metrics import compute_metrics
+from dask_deploy._sim_trace import Trace, load_trace
+from harness import DISTRIBUTED_ADAPTIVE, HarnessSettings, PolicySpec, run_once
+
+HERE = Path(__file__).parent
+DEFAULT_TRACES = ["bursty", "dependent", "long-unknown", "tiny", "memory", "ramp"]
+QUICK_TRACES = ["dependent", "tiny"]
+OURS, ADAPTIVE, STATIC_MAX, STATIC_MIN = "ours", "Adaptive", "static-max", "static-min"
+COLUMNS = [
+    ("makespan", "makespan s"),
+    ("worker_seconds", "worker-s"),
+    ("idle_worker_seconds", "idle w-s"),
+    ("burst_makespan_median", "burst s"),
+    ("time_to_scale_up_decision", "->decide s"),
+    ("time_to_first_worker", "->worker s"),
+    ("scale_events", "events"),
+    ("reversals", "revers."),
+    ("keys_lost", "lost"),
+    ("tasks_recomputed", "recomp."),
+    ("scheduler_ms_per_poll", "sched ms/poll"),
+]
+
+
+def policies(maximum: int) -> list[PolicySpec]:
+    return [
+        PolicySpec(OURS, "adaptive"),
+        PolicySpec(ADAPTIVE, DISTRIBUTED_ADAPTIVE),
+        PolicySpec(STATIC_MAX, "fixed", {"workers": maximum}),
+        PolicySpec(STATIC_MIN, "fixed"),
+    ]
+
+
+def schedule(
+    traces: list[Trace], specs: list[PolicySpec], reps: int
+) -> list[tuple[int, Trace, PolicySpec]]:
+    """Interleaved: the policy order rotates every repetition (ABCD, BCDA, CDAB, ...)."""
+    runs = []
+    for rep in range(reps):
+        order = specs[rep % len(specs) :] + specs[: rep % len(specs)]
+        for trace in traces:
+            runs.extend((rep, trace, spec) for spec in order)
+    return runs
+
+
+def median(values: list[float]) -> float:
+    clean = [v for v in values if not math.isnan(v)]
+    return statistics.median(clean) if clean else math.nan
+
+
+def fmt(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    if float(value).is_integer() and abs(value) < 1000:
+        return str(int(value))
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def ratio(a: float, b: float) -> str:
+    if math.isnan(a) or math.isnan(b) or b == 0:
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def summarize(
+    results: dict[str, dict[str, list[dict[str, float]]]],
+) -> dict[str, dict[str, dict[str, float]]]:
+    return {
+        trace: {
+            label: {key: median([run[key] for run in runs]) for key in runs[0]}
+            for label, runs in by_policy.items()
+            if runs
+        }
+        for trace, by_policy in results.items()
+    }
+
+
+def table(summary: dict[str, dict[str, dict[str, float]]], title: str) -> Table:
+    out = Table(title=title)
+    out.add_column("trace")
+    out.add_column("policy")
+    for _, header in COLUMNS[:2]:
+        out.add_column(header, justify="right")
+        out.add_column("/Adaptive", justify="right")
+        out.add_column("/max", justify="right")
+    for _, header in COLUMNS[2:]:
+        out.add_column(header, justify="right")
+    for trace, by_policy in summary.items():
+        adaptive = by_policy.get(ADAPTIVE, {})
+        static_max = by_policy.get(STATIC_MAX, {})
+        for label, m in by_policy.items():
+            cells = [trace, label]
+            for key, _ in COLUMNS[:2]:
+                cells += [
+                    fmt(m[key]),
+                    ratio(m[key], adaptive.get(key, math.nan)),
+                    ratio(m[key], static_max.get(key, math.nan)),
+                ]
+            cells += [fmt(m[key]) for key, _ in COLUMNS[2:]]
+            out.add_row(*cells)
+        any_run = next(iter(by_policy.values()))
+        ideal = [
+            trace,
+            "ideal bound",
+            fmt(any_run["ideal_makespan"]),
+            "",
+            "",
+            fmt(any_run["ideal_worker_seconds"]),
+            "",
+            "",
+            "0",
+            fmt(any_run["ideal_burst_makespan_median"]),
+            "0",
+            fmt(any_run["ideal_time_to_first_worker"]),
+            "",
+            "0",
+            "0",
+            "0",
+            "",
+        ]
+        out.add_row(*ideal, end_section=True)
+    return out
+
+
+def markdown(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    head = ["trace", "policy", "makespan s", "/Adaptive", "/max", "worker-s", "/Adaptive", "/max"]
+    head += [h for _, h in COLUMNS[2:]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for trace, by_policy in summary.items():
+        adaptive = by_policy.get(ADAPTIVE, {})
+        static_max = by_policy.get(STATIC_MAX, {})
+        for label, m in by_policy.items():
+            cells = [trace, label]
+            for key, _ in COLUMNS[:2]:
+                cells += [
+                    fmt(m[key]),
+                    ratio(m[key], adaptive.get(key, math.nan)),
+                    ratio(m[key], static_max.get(key, math.nan)),
+                ]
+            cells += [fmt(m[key]) for key, _ in COLUMNS[2:]]
+            lines.append("| " + " | ".join(cells) + " |")
+        any_run = next(iter(by_policy.values()))
+        lines.append(
+            f"| {trace} | ideal bound | {fmt(any_run['ideal_makespan'])} | | | "
+            f"{fmt(any_run['ideal_worker_seconds'])} | | | 0 | "
+            f"{fmt(any_run['ideal_burst_makespan_median'])} | 0 | "
+            f"{fmt(any_run['ideal_time_to_first_worker'])} | | 0 | 0 | 0 | |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(trace: Trace, records: dict[str, RunRecord], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    load_ax = ax.twinx()
+    for label, record in records.items():
+        times = [s[0] for s in record.samples]
+        ax.step(times, [s[2] for s in record.samples], where="post", label=f"{label} workers")
+        load_ax.plot(times, [s[4] for s in record.samples], linestyle=":", alpha=0.6)
+    ax.set_xlabel("seconds since the trace started")
+    ax.set_ylabel("registered workers")
+    load_ax.set_ylabel("tasks not finished (dotted)")
+    ax.set_title(f"{trace.name}: {trace.description}", fontsize=9)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--traces", default=",".join(DEFAULT_TRACES))
+    parser.add_argument("--quick", action="store_true", help="1 repetition of 2 short traces")
+    parser.add_argument("--boot-delay", type=float, default=5.0)
+    parser.add_argument("--minimum", type=int, default=1)
+    parser.add_argument("--maximum", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.reps, args.traces = 1, ",".join(QUICK_TRACES)
+    if args.reps < 1 or args.boot_delay < 0 or not 0 <= args.minimum <= args.maximum:
+        parser.error("need --reps >= 1, --boot-delay >= 0 and 0 <= --minimum <= --maximum")
+    if args.minimum < 1:
+        parser.error("--minimum must be >= 1: static-min runs the trace on the minimum")
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    traces = [load_trace(HERE / "traces" / f"{name}.json") for name in args.traces.split(",")]
+    settings = HarnessSettings(
+        minimum=args.minimum, maximum=args.maximum, boot_delay=args.boot_delay
+    )
+    specs = policies(args.maximum)
+    runs = schedule(traces, specs, args.reps)
+    console = Console(width=200)
+    results: dict[str, dict[str, list[dict[str, float]]]] = {
+        t.name: {s.label: [] for s in specs} for t in traces
+    }
+    first: dict[str, dict[str, RunRecord]] = {t.name: {} for t in traces}
+    started = time.time()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task("bench", total=len(runs))
+        for index, (rep, trace, spec) in enumerate(runs):
+            progress.update(bar, description=f"rep {rep + 1} {trace.name:12s} {spec.label:10s}")
+            record = asyncio.run(run_once(trace, spec, settings, run_id=str(index)))
+            metrics = compute_metrics(
+                record, trace, boot_delay=args.boot_delay, maximum=args.maximum, threads=1
+            )
+            results[trace.name][spec.label].append(metrics.as_dict())
+            first[trace.name].setdefault(spec.label, record)
+            progress.advance(bar)
+    elapsed = time.time() - started
+    summary = summarize(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "command": "make bench" if not args.quick else "make bench-quick",
+                "reps": args.reps,
+                "boot_delay": args.boot_delay,
+                "minimum": args.minimum,
+                "maximum": args.maximum,
+                "threads": 1,
+                "elapsed_seconds": elapsed,
+                "runs": results,
+                "medians": summary,
+            },
+            indent=2,
+        )
+    )
+    for trace in traces:
+        plot(trace, first[trace.name], args.out / f"{trace.name}.png")
+    title = (
+        f"medians of {args.reps} runs; boot delay {args.boot_delay:g} s; "
+        f"minimum {args.minimum}, maximum {args.maximum}, 1 thread per worker"
+    )
+    console.print(table(summary, title))
+    (args.out / "summary.md").write_text(f"{title}; {elapsed / 60:.1f} min\n\n" + markdown(summary))
+    console.print(f"{len(runs)} runs in {elapsed / 60:.1f} min; results in {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
