@@ -1,0 +1,197 @@
+"""The control loop with the fake backend and an in-memory scheduler link."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+
+import pytest
+
+from dask_deploy import InstanceState
+from dask_deploy.backends.fake import FakeBackend
+from dask_deploy.config import LoopSettings
+from dask_deploy.observe import SchedulerState
+from dask_deploy.policy import Hold, PolicySettings, ScaleDown, ScaleUp, WorkerSnapshot
+from dask_deploy.policy import load_policy_factory as policy_factory
+from dask_deploy.scaler import Scaler
+
+
+class FakeScheduler:
+    """Workers connect when a test says so; retirement can refuse chosen names."""
+
+    def __init__(self) -> None:
+        self.connected: dict[str, WorkerSnapshot] = {}
+        self.target = 0
+        self.reachable = True
+        self.refuse: set[str] = set()
+        self.retire_calls: list[list[str]] = []
+
+    def connect(self, name: str, *, processing: int = 0) -> None:
+        self.connected[name] = WorkerSnapshot(name, f"tcp://{name}", "running", 1, 0, 0, processing)
+
+    async def observe(self, target_duration: float | None) -> SchedulerState:
+        if not self.reachable:
+            raise ConnectionRefusedError("scheduler down")
+        workers = tuple(self.connected.values())
+        return SchedulerState(workers, self.target, 0, 0, 0, tuple(w.name for w in workers))
+
+    async def worker_names(self) -> frozenset[str]:
+        return frozenset(self.connected)
+
+    async def retire(self, names: Collection[str]) -> frozenset[str]:
+        self.retire_calls.append(sorted(names))
+        retired = frozenset(n for n in names if n not in self.refuse and n in self.connected)
+        for name in retired:
+            del self.connected[name]
+        return retired
+
+    async def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(
+    *, window: float = 0, startup_timeout: float = 60, maximum: int = 10, dry_run: bool = False
+) -> tuple[Scaler, FakeScheduler, FakeBackend, Clock]:
+    clock = Clock()
+    scheduler = FakeScheduler()
+    backend = FakeBackend("d", clock=clock)
+    policy = policy_factory("adaptive")(
+        PolicySettings(
+            minimum=0,
+            maximum=maximum,
+            startup_timeout=startup_timeout,
+            options={"scale_down_window": window},
+        )
+    )
+    settings = LoopSettings(interval=1, startup_timeout=startup_timeout)
+    scaler = Scaler(
+        scheduler=scheduler,
+        backend=backend,
+        policy=policy,
+        settings=settings,
+        clock=clock,
+        dry_run=dry_run,
+    )
+    return scaler, scheduler, backend, clock
+
+
+async def test_scale_up_asks_the_backend_for_the_total() -> None:
+    scaler, scheduler, backend, _ = make()
+    scheduler.target = 3
+    result = await scaler.tick()
+    assert isinstance(result.decision, ScaleUp)
+    assert ("scale_up", 3) in backend.calls
+    assert len(await backend.instances()) == 3
+
+
+async def test_scale_down_cancels_pending_then_retires_and_removes_only_retired() -> None:
+    scaler, scheduler, backend, clock = make(startup_timeout=1000)
+    scheduler.target = 3
+    await scaler.tick()
+    for name in ("d-0", "d-1"):
+        backend.set_state(name, InstanceState.RUNNING)
+        scheduler.connect(name)
+    scheduler.refuse = {"d-1"}  # holds data that has nowhere to go
+    clock.now += 2000  # past pending protection
+    scheduler.target = 0
+    backend.calls.clear()
+    result = await scaler.tick()
+    assert isinstance(result.decision, ScaleDown)
+    assert backend.calls[1] == ("scale_down", ["d-2"])  # pending first, before any retirement
+    assert scheduler.retire_calls == [["d-0", "d-1"]]
+    assert backend.calls[2] == ("scale_down", ["d-0"])  # only what the scheduler retired
+    assert {i.name for i in await backend.instances()} == {"d-1"}
+    assert scaler.metrics.registry.get_sample_value("dask_deploy_retire_failures_total") == 1
+
+
+async def test_nothing_is_scaled_down_while_the_scheduler_is_unreachable() -> None:
+    scaler, scheduler, backend, _ = make()
+    backend.add("d-0", InstanceState.RUNNING, 1000)
+    scheduler.reachable = False
+    result = await scaler.tick()
+    assert isinstance(result.decision, Hold) and "unreachable" in result.decision.reason
+    assert not result.ok
+    assert [c for c in backend.calls if c[0] != "instances"] == []
+    assert scaler.next_delay(result.ok) == 2  # backoff: interval doubled
+
+
+async def test_backend_errors_are_retried_with_backoff_and_the_loop_survives() -> None:
+    scaler, scheduler, backend, _ = make()
+    backend.fail = {"scale_up"}
+    scheduler.target = 2
+    delays = []
+    for _ in range(3):
+        result = await scaler.tick()
+        delays.append(scaler.next_delay(result.ok))
+    assert delays == [2, 4, 8]
+    backend.fail = set()
+    result = await scaler.tick()
+    assert result.ok and scaler.next_delay(result.ok) == 1
+    assert scaler.metrics.registry.get_sample_value("dask_deploy_backend_errors_total") == 3
+
+
+async def test_instances_that_never_connect_are_replaced() -> None:
+    scaler, scheduler, backend, clock = make(startup_timeout=60)
+    scheduler.target = 1
+    await scaler.tick()
+    clock.now += 61
+    await scaler.tick()
+    names = [i.name for i in await backend.instances()]
+    assert names == ["d-1"]  # d-0 removed, a fresh one requested
+    assert ("scale_down", ["d-0"]) in backend.calls
+
+
+async def test_unknown_workers_are_left_alone_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    scaler, scheduler, _backend, _ = make()
+    scheduler.connect("someone-elses")
+    with caplog.at_level(logging.INFO, logger="dask_deploy.scaler"):
+        await scaler.tick()
+        await scaler.tick()
+    assert sum("someone-elses" in r.message for r in caplog.records) == 1
+    assert scheduler.retire_calls == []
+
+
+async def test_restarted_scaler_converges_without_duplicates() -> None:
+    scaler, scheduler, backend, _ = make()
+    scheduler.target = 4
+    await scaler.tick()
+    # A new scaler process with fresh policy memory, same backend state.
+    again, *_ = make()
+    again.backend = backend
+    again.scheduler = scheduler
+    for _ in range(3):
+        await again.tick()
+    assert len(await backend.instances()) == 4
+
+
+async def test_dry_run_logs_decisions_without_acting(caplog: pytest.LogCaptureFixture) -> None:
+    scaler, scheduler, backend, _ = make(dry_run=True)
+    scheduler.target = 2
+    with caplog.at_level(logging.INFO, logger="dask_deploy.scaler"):
+        await scaler.tick()
+    assert await backend.instances() == []
+    assert any("[dry-run] scale up to 2" in r.message for r in caplog.records)
+
+
+async def test_run_stops_on_the_event_and_cleans_up() -> None:
+    scaler, scheduler, backend, _ = make()
+    scaler.settings = LoopSettings(interval=0.01, startup_timeout=60, cleanup_on_exit=True)
+    scheduler.target = 2
+    stop = asyncio.Event()
+    task = asyncio.create_task(scaler.run(stop))
+    for _ in range(100):
+        if len(await backend.instances()) == 2:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert await backend.instances() == []
