@@ -18,9 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
@@ -33,21 +30,35 @@ from distributed.core import Status, rpc
 from distributed.deploy.adaptive import Adaptive
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from dask_deploy import scheduler_preload
 from dask_deploy._sim_engine import RunRecord
 from dask_deploy._sim_trace import Trace
 from dask_deploy._sim_workload import BOOT_DELAY_FILE, sleep_task
-from dask_deploy.backends import Instance, InstanceState
+from dask_deploy.backends import BackendContext, Instance, InstanceState, local
+from dask_deploy.config import LoopSettings
+from dask_deploy.metrics import ScalerMetrics
+from dask_deploy.observe import RpcScheduler
 from dask_deploy.policy import (
-    Hold,
+    Decision,
     Observation,
+    Policy,
     PolicySettings,
     ScaleDown,
     ScaleUp,
-    WorkerSnapshot,
     load_policy_factory,
 )
+from dask_deploy.scaler import Scaler
 
 DISTRIBUTED_ADAPTIVE = "distributed-adaptive"
+SCALER_HANDLERS = (
+    "identity",
+    "processing",
+    scheduler_preload.HANDLER,
+    "adaptive_target",
+    "workers_to_close",
+    "retire_workers",
+)
+"""Scheduler RPC handlers a scaler calls; the time spent in them is the scaler's cost."""
 MEMORY_LIMIT = 2 * 1024**3
 
 
@@ -71,108 +82,78 @@ class HarnessSettings:
     warmup_timeout: float = 60.0
 
 
-# -- the backend: local `dask worker` processes with an injected boot delay -----------------
-class LocalWorkers:
-    """Starts ``dask worker`` processes named ``<deployment>-<n>``; removes exactly those named."""
+# -- the backend: the local backend, with an injected boot delay and a record of exits -------
+class RecordedLocalWorkers:
+    """``dask_deploy.backends.local`` (real ``dask worker`` processes), recording lifetimes.
+
+    Workers start with ``--preload dask_deploy._sim_workload``, which sleeps for the
+    seconds written in :attr:`delay_file` before registering: the injected boot delay.
+    """
 
     def __init__(self, scheduler: Scheduler, deployment: str, settings: HarnessSettings) -> None:
-        self.scheduler = scheduler
-        self.deployment = deployment
-        self.settings = settings
-        self.procs: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
-        self.exited: dict[str, float] = {}
-        self._counter = 0
-        self._delay_dir = tempfile.TemporaryDirectory(prefix="dask-deploy-bench-")
-        self.delay_file = Path(self._delay_dir.name) / "boot-delay"
+        self._dir = tempfile.TemporaryDirectory(prefix="dask-deploy-bench-")
+        self.delay_file = Path(self._dir.name) / "boot-delay"
         self.set_boot_delay(0.0)
+        os.environ[BOOT_DELAY_FILE] = str(self.delay_file)
+        self.inner = local.create(
+            BackendContext(
+                deployment=deployment,
+                scheduler_address=scheduler.address,
+                options={
+                    "state_dir": str(Path(self._dir.name) / "state"),
+                    "threads": settings.threads,
+                    "memory_limit": str(MEMORY_LIMIT),
+                    "worker_args": ["--preload", "dask_deploy._sim_workload"],
+                },
+            )
+        )
+        self.requested: dict[str, float] = {}
+        self.exited: dict[str, float] = {}
+        self._live: set[str] = set()
 
     def set_boot_delay(self, seconds: float) -> None:
         self.delay_file.write_text(str(seconds))
 
-    def _spawn(self) -> str:
-        self._counter += 1
-        name = f"{self.deployment}-{self._counter}"
-        env = dict(os.environ, **{BOOT_DELAY_FILE: str(self.delay_file)})
-        env.pop("DASK_DISTRIBUTED__WORKER__PRELOAD", None)
-        cmd = [
-            sys.executable,
-            "-m",
-            "distributed.cli.dask_worker",
-            self.scheduler.address,
-            "--name",
-            name,
-            "--nthreads",
-            str(self.settings.threads),
-            "--nworkers",
-            "1",
-            "--no-nanny",
-            "--memory-limit",
-            str(MEMORY_LIMIT),
-            "--host",
-            "127.0.0.1",
-            "--no-dashboard",
-            "--death-timeout",
-            "30",
-            "--preload",
-            "dask_deploy._sim_workload",
-        ]
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.procs[name] = (proc, time.time())
-        return name
+    def live(self) -> set[str]:
+        """Names requested and not seen exited, as of the last call into the backend."""
+        return set(self._live)
 
-    def live(self) -> list[str]:
-        self.reap()
-        return [name for name in self.procs if name not in self.exited]
-
-    def reap(self) -> None:
-        for name, (proc, _) in self.procs.items():
-            if name not in self.exited and proc.poll() is not None:
-                self.exited[name] = time.time()
+    def _note(self, instances: list[Instance]) -> None:
+        now = time.time()
+        seen = set()
+        for instance in instances:
+            self.requested.setdefault(instance.name, instance.requested_at)
+            if instance.state is InstanceState.EXITED:
+                self.exited.setdefault(instance.name, now)
+            else:
+                seen.add(instance.name)
+        for name in self._live - seen:
+            self.exited.setdefault(name, now)
+        self._live = {n for n in seen if n not in self.exited}
 
     async def scale_up(self, n: int) -> None:
-        while len(self.live()) < n:
-            self._spawn()
+        await self.inner.scale_up(n)
+        await self.instances()
 
     async def scale_down(self, names: Collection[str]) -> None:
+        await self.inner.scale_down(names)
+        now = time.time()
         for name in names:
-            entry = self.procs.get(name)
-            if entry is None or name in self.exited:
-                continue
-            proc = entry[0]
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            await asyncio.to_thread(_wait_or_kill, proc)
-            self.exited[name] = time.time()
+            if name in self.requested:
+                self.exited.setdefault(name, now)
+        await self.instances()
 
     async def instances(self) -> list[Instance]:
-        self.reap()
-        return [
-            Instance(
-                name,
-                InstanceState.EXITED if name in self.exited else InstanceState.RUNNING,
-                requested,
-            )
-            for name, (_, requested) in self.procs.items()
-        ]
+        instances = await self.inner.instances()
+        self._note(instances)
+        return instances
 
     async def close(self) -> None:
-        await self.scale_down(list(self.procs))
-        self._delay_dir.cleanup()
-
-
-def _wait_or_kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        names = [i.name for i in await self.inner.instances()]
+        await self.inner.scale_down(names)
+        await self.inner.close()
+        os.environ.pop(BOOT_DELAY_FILE, None)
+        self._dir.cleanup()
 
 
 # -- scheduler instrumentation -------------------------------------------------------------
@@ -226,99 +207,46 @@ def _time_handlers(scheduler: Scheduler, names: Collection[str]) -> list[float]:
 
 
 # -- drivers ---------------------------------------------------------------------------------
-class OurDriver:
-    """What the sidecar does each tick, on a real scheduler: observe, decide, act."""
+class RecordingPolicy:
+    """Our policy, unchanged, with every decision noted for the metrics."""
 
-    def __init__(
-        self,
-        spec: PolicySpec,
-        settings: HarnessSettings,
-        scheduler: Scheduler,
-        backend: LocalWorkers,
-    ) -> None:
-        factory = load_policy_factory(spec.policy)
-        self.policy = factory(
-            PolicySettings(minimum=settings.minimum, maximum=settings.maximum, options=spec.options)
-        )
-        self.settings = settings
-        self.scheduler = scheduler
-        self.backend = backend
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
         self.decisions: list[tuple[float, str, int, str]] = []
-        self.polls = 0
-        self.scheduler_seconds = 0.0
 
-    def observe(self, instances: list[Instance]) -> Observation:
-        """The snapshot the sidecar reads over RPC, read here inside the scheduler."""
-        started = time.perf_counter()
-        s = self.scheduler
-        workers = tuple(
-            WorkerSnapshot(
-                name=str(ws.name),
-                address=ws.address,
-                status=ws.status.name,
-                threads=ws.nthreads,
-                memory_limit=ws.memory_limit,
-                stored_bytes=ws.nbytes,
-                processing=len(ws.processing),
-            )
-            for ws in s.workers.values()
-        )
-        target = s.adaptive_target(self.policy.target_duration)
-        to_close = tuple(s.workers_to_close(attribute="name", n=len(s.workers)))
-        observation = Observation(
-            workers=workers,
-            instances=tuple(instances),
-            adaptive_target=target,
-            tasks_processing=sum(len(ws.processing) for ws in s.workers.values()),
-            tasks_queued=len(s.queued),
-            tasks_unrunnable=len(s.unrunnable),
-            workers_to_close=tuple(str(n) for n in to_close),
-        )
-        self.scheduler_seconds += time.perf_counter() - started
-        return observation
+    @property
+    def target_duration(self) -> float | None:
+        return self.policy.target_duration
 
-    async def tick(self) -> None:
-        self.polls += 1
-        observation = self.observe(await self.backend.instances())
-        decision = self.policy.decide(observation, time.time())
+    def decide(self, observation: Observation, now: float) -> Decision:
+        decision = self.policy.decide(observation, now)
         if isinstance(decision, ScaleUp):
-            self.decisions.append((time.time(), "up", decision.n, decision.reason))
-            await self.backend.scale_up(decision.n)
+            self.decisions.append((now, "up", decision.n, decision.reason))
         elif isinstance(decision, ScaleDown):
-            self.decisions.append((time.time(), "down", len(decision.names), decision.reason))
-            pending = {i.name for i in observation.pending}
-            cancel = [n for n in decision.names if n in pending]
-            await self.backend.scale_down(cancel)
-            others = [n for n in decision.names if n not in pending]
-            if others:
-                started = time.perf_counter()
-                retired = await self.scheduler.retire_workers(
-                    names=others, close_workers=True, remove=True
-                )
-                self.scheduler_seconds += time.perf_counter() - started
-                names = {str(info.get("name")) for info in retired.values()}
-                await self.backend.scale_down([n for n in others if n in names])
+            self.decisions.append((now, "down", len(decision.names), decision.reason))
         else:
-            assert isinstance(decision, Hold)
+            self.decisions.append((now, "hold", 0, decision.reason))
+        return decision
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            await self.tick()
-            delay = self.settings.interval - (time.monotonic() - started)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, delay))
 
-    def idle_size(self) -> int:
-        probe = Observation(workers=(), instances=(), adaptive_target=0, tasks_processing=0)
-        decision = self.policy.decide(probe, 0.0)
-        return decision.n if isinstance(decision, ScaleUp) else self.settings.minimum
+def make_policy(spec: PolicySpec, settings: HarnessSettings) -> Policy:
+    factory = load_policy_factory(spec.policy)
+    return factory(
+        PolicySettings(minimum=settings.minimum, maximum=settings.maximum, options=spec.options)
+    )
+
+
+def idle_size(policy: Policy, minimum: int) -> int:
+    """How many workers the policy keeps on an idle cluster (the warm-up size)."""
+    probe = Observation(workers=(), instances=(), adaptive_target=0, tasks_processing=0)
+    decision = policy.decide(probe, 0.0)
+    return decision.n if isinstance(decision, ScaleUp) else minimum
 
 
 class ClusterShim:
     """The part of ``distributed.deploy.Cluster`` that ``Adaptive`` uses, over our backend."""
 
-    def __init__(self, scheduler: Scheduler, backend: LocalWorkers) -> None:
+    def __init__(self, scheduler: Scheduler, backend: RecordedLocalWorkers) -> None:
         self.scheduler = scheduler
         self.backend = backend
         self.scheduler_comm = rpc(scheduler.address)
@@ -329,11 +257,11 @@ class ClusterShim:
 
     @property
     def plan(self) -> set[str]:
-        return set(self.backend.live())
+        return self.backend.live()
 
     @property
     def requested(self) -> set[str]:
-        return set(self.backend.live())
+        return self.backend.live()
 
     @property
     def observed(self) -> set[str]:
@@ -346,10 +274,11 @@ class ClusterShim:
         return self.backend.scale_down(list(workers))
 
     def __await__(self) -> Iterator[Any]:
-        async def _noop() -> ClusterShim:
+        async def _refresh() -> ClusterShim:
+            await self.backend.instances()
             return self
 
-        return _noop().__await__()
+        return _refresh().__await__()
 
 
 # -- one run ---------------------------------------------------------------------------------
@@ -363,23 +292,24 @@ async def run_once(
     recorder = _Recorder(held)
     scheduler = await Scheduler(host="127.0.0.1", port=0, dashboard_address=":0", dashboard=False)
     scheduler.add_plugin(recorder)
-    handler_seconds = _time_handlers(
-        scheduler, ["adaptive_target", "workers_to_close", "retire_workers", "identity"]
-    )
-    backend = LocalWorkers(scheduler, f"bench-{run_id}", settings)
+    scheduler_preload.dask_setup(scheduler)  # what `make demo` and the templates run
+    handler_seconds = _time_handlers(scheduler, SCALER_HANDLERS)
+    backend = RecordedLocalWorkers(scheduler, f"bench-{run_id}", settings)
     stop = asyncio.Event()
     record = RunRecord()
     driver_task: asyncio.Task[None] | None = None
     adaptive: Adaptive | None = None
     shim: ClusterShim | None = None
+    policy: RecordingPolicy | None = None
+    link: RpcScheduler | None = None
     samples: list[tuple[float, int, int, int, int]] = []
     tasks_left = [trace.task_count]
     try:
         if spec.policy == DISTRIBUTED_ADAPTIVE:
             warm = settings.minimum
         else:
-            driver = OurDriver(spec, settings, scheduler, backend)
-            warm = driver.idle_size()
+            policy = RecordingPolicy(make_policy(spec, settings))
+            warm = idle_size(make_policy(spec, settings), settings.minimum)
         await backend.scale_up(warm)
         deadline = time.time() + settings.warmup_timeout
         while len(scheduler.workers) < warm:
@@ -392,10 +322,24 @@ async def run_once(
             shim = ClusterShim(scheduler, backend)
             adaptive = Adaptive(shim, minimum=settings.minimum, maximum=settings.maximum)
         else:
-            driver_task = asyncio.create_task(driver.run(stop))
+            assert policy is not None
+            link = RpcScheduler(scheduler.address, connection_args={})
+            scaler = Scaler(
+                scheduler=link,
+                backend=backend,
+                policy=policy,
+                settings=LoopSettings(interval=settings.interval),
+                metrics=ScalerMetrics(),
+            )
+            driver_task = asyncio.create_task(scaler.run(stop))
+        handler_seconds.clear()  # warm-up calls are not part of the run
 
         async def sample() -> None:
+            count = 0
             while not stop.is_set():
+                count += 1
+                if count % 4 == 0:
+                    await backend.instances()  # notes exits (and keeps the shim's view fresh)
                 workers = list(scheduler.workers.values())
                 samples.append(
                     (
@@ -469,7 +413,8 @@ async def run_once(
         # metrics
         record.samples = samples
         end = record.makespan
-        for name, (_, requested) in backend.procs.items():
+        await backend.instances()
+        for name, requested in backend.requested.items():
             exited = backend.exited.get(name)
             registered = recorder.registered.get(name)
             record.instances.append(
@@ -488,8 +433,10 @@ async def run_once(
             polls = max(1, int(end / settings.interval))
             record.scheduler_seconds_per_poll = sum(handler_seconds) / polls
         else:
-            record.decisions = [(t - t0, k, n, r) for t, k, n, r in driver.decisions]
-            record.scheduler_seconds_per_poll = driver.scheduler_seconds / max(1, driver.polls)
+            assert policy is not None
+            ticks = [d for d in policy.decisions if d[0] >= t0]
+            record.decisions = [(t - t0, k, n, r) for t, k, n, r in ticks]
+            record.scheduler_seconds_per_poll = sum(handler_seconds) / max(1, len(ticks))
         record.tasks_recomputed = sum(c - 1 for c in recorder.executions.values() if c > 1)
         record.keys_lost = recorder.keys_lost
         return record
@@ -502,6 +449,8 @@ async def run_once(
             with contextlib.suppress(BaseException):
                 await driver_task
         await backend.close()
+        if link is not None:
+            await link.close()
         if shim is not None:
             await shim.scheduler_comm.close_rpc()
         await scheduler.close()
