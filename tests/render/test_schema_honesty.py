@@ -197,8 +197,15 @@ def test_backend_folder_has_a_readme(backend: str) -> None:
     )
 
 
+#: Built-in backends whose templates are planned but not written yet, with the reason. The
+#: registry test lets them lack a folder; once the folder exists, remove the entry (a test says so).
+TEMPLATES_NOT_YET_WRITTEN = {
+    "docker": "issue 2 renders marathon, kubernetes and slurm; docker templates come later",
+}
+
+
 def test_registry_matches_template_folders() -> None:
-    expected = sorted(set(BUILTIN) - BACKENDS_WITHOUT_TEMPLATES)
+    expected = sorted(set(BUILTIN) - BACKENDS_WITHOUT_TEMPLATES - set(TEMPLATES_NOT_YET_WRITTEN))
     without_folder = [name for name in expected if name not in BACKENDS]
     without_registry = [name for name in BACKENDS if name not in BUILTIN]
     assert not without_folder, (
@@ -215,3 +222,11 @@ def test_registry_matches_template_folders() -> None:
 def test_backends_without_templates_have_no_folder() -> None:
     assert BACKENDS_WITHOUT_TEMPLATES <= set(BUILTIN)
     assert not BACKENDS_WITHOUT_TEMPLATES & set(BACKENDS)
+
+
+def test_pending_templates_list_is_current() -> None:
+    written = sorted(set(TEMPLATES_NOT_YET_WRITTEN) & set(BACKENDS))
+    assert not written, (
+        f"templates/{written} exist now: remove them from TEMPLATES_NOT_YET_WRITTEN in {__file__}"
+    )
+    assert set(TEMPLATES_NOT_YET_WRITTEN) <= set(BUILTIN) - BACKENDS_WITHOUT_TEMPLATES
