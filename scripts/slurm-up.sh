@@ -72,6 +72,7 @@ if healthy; then
 fi
 
 # Something is missing or the configuration changed: stop what we started, start afresh.
+# The daemons must not inherit the lock (fd 8), or the next slurm-down would wait forever.
 DASK_DEPLOY_SLURM_LOCKED=1 "$here/slurm-down.sh" >/dev/null 2>&1 || true
 mv "$state/slurm.conf.new" "$conf"
 mkdir -p "$state/ctld" "$state/run" "$state/log" "$state/munge"
@@ -92,12 +93,14 @@ touch "$state/log/munged.log" && chown munge:munge "$state/log/munged.log"
 touch "$state/run/munged.pid" && chown munge:munge "$state/run/munged.pid"
 runuser -u munge -- munged --socket="$state/munge-socket/munge.socket" \
   --key-file="$state/munge/munge.key" --pid-file="$state/run/munged.pid" \
-  --log-file="$state/log/munged.log" --seed-file="$state/munge/munged.seed" ||
-  fail "munged did not start"
+  --log-file="$state/log/munged.log" --seed-file="$state/munge/munged.seed" \
+  </dev/null >>"$state/log/daemons.log" 2>&1 8>&- || fail "munged did not start"
 
-slurmctld -f "$conf" || fail "slurmctld did not start"
+slurmctld -f "$conf" </dev/null >>"$state/log/daemons.log" 2>&1 8>&- ||
+  fail "slurmctld did not start"
 for k in $(seq 1 "$nodes"); do
-  slurmd -f "$conf" -N "node$k" || fail "slurmd -N node$k did not start"
+  slurmd -f "$conf" -N "node$k" </dev/null >>"$state/log/daemons.log" 2>&1 8>&- ||
+    fail "slurmd -N node$k did not start"
 done
 
 log "waiting for $nodes nodes to be idle"
