@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -93,6 +94,7 @@ class RecordedLocalWorkers:
     def __init__(self, scheduler: Scheduler, deployment: str, settings: HarnessSettings) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="dask-deploy-bench-")
         self.delay_file = Path(self._dir.name) / "boot-delay"
+        self.state_dir = Path(self._dir.name) / "state"
         self.set_boot_delay(0.0)
         os.environ[BOOT_DELAY_FILE] = str(self.delay_file)
         self.inner = local.create(
@@ -100,7 +102,7 @@ class RecordedLocalWorkers:
                 deployment=deployment,
                 scheduler_address=scheduler.address,
                 options={
-                    "state_dir": str(Path(self._dir.name) / "state"),
+                    "state_dir": str(self.state_dir),
                     "threads": settings.threads,
                     "memory_limit": str(MEMORY_LIMIT),
                     "worker_args": ["--preload", "dask_deploy._sim_workload"],
@@ -132,8 +134,14 @@ class RecordedLocalWorkers:
         self._live = {n for n in seen if n not in self.exited}
 
     async def scale_up(self, n: int) -> None:
+        # Not followed by instances(): the local backend finds workers by their command line,
+        # which a process only has once it has exec'd; asked at once it would report them gone.
+        # The backend's own records (one JSON file per requested instance) name them at once.
         await self.inner.scale_up(n)
-        await self.instances()
+        for record in self.state_dir.glob("*.json"):
+            if record.stem not in self.requested:
+                self.requested[record.stem] = json.loads(record.read_text())["requested_at"]
+                self._live.add(record.stem)
 
     async def scale_down(self, names: Collection[str]) -> None:
         await self.inner.scale_down(names)

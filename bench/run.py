@@ -25,9 +25,10 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dask_deploy._sim_engine import RunRecord
+from dask_deploy._sim_engine import ModelSettings, RunRecord
 from dask_deploy._sim_metrics import compute_metrics
 from dask_deploy._sim_trace import Trace, load_trace
+from dask_deploy.simulate import SimulationSettings, simulate
 from harness import DISTRIBUTED_ADAPTIVE, HarnessSettings, PolicySpec, run_once
 
 HERE = Path(__file__).parent
@@ -198,6 +199,54 @@ def plot(trace: Trace, records: dict[str, RunRecord], path: Path) -> None:
     plt.close(fig)
 
 
+def simulator_agreement(
+    traces: list[Trace],
+    specs: list[PolicySpec],
+    summary: dict[str, dict[str, dict[str, float]]],
+    settings: HarnessSettings,
+    boot: float,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Simulate every trace x policy; relative error against the measured medians."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for trace in traces:
+        for spec in specs:
+            sim = simulate(
+                trace,
+                SimulationSettings(
+                    policy=spec.policy,
+                    minimum=settings.minimum,
+                    maximum=settings.maximum,
+                    options=dict(spec.options),
+                    model=ModelSettings(threads=settings.threads, boot_delay=boot),
+                ),
+            ).metrics
+            real = summary[trace.name][spec.label]
+            out.setdefault(trace.name, {})[spec.label] = {
+                "makespan": sim.makespan,
+                "worker_seconds": sim.worker_seconds,
+                "makespan_error": sim.makespan / real["makespan"] - 1,
+                "worker_seconds_error": sim.worker_seconds / real["worker_seconds"] - 1,
+            }
+    return out
+
+
+def agreement_table(agreement: dict[str, dict[str, dict[str, float]]], boot: float) -> Table:
+    out = Table(title=f"simulator vs measured medians (model boot delay {boot:.2f} s)")
+    for header in ("trace", "policy", "sim makespan", "error", "sim worker-s", "error"):
+        out.add_column(header, justify="left" if header in ("trace", "policy") else "right")
+    for trace, by_policy in agreement.items():
+        for label, a in by_policy.items():
+            out.add_row(
+                trace,
+                label,
+                fmt(a["makespan"]),
+                f"{a['makespan_error']:+.0%}",
+                fmt(a["worker_seconds"]),
+                f"{a['worker_seconds_error']:+.0%}",
+            )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -226,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         t.name: {s.label: [] for s in specs} for t in traces
     }
     first: dict[str, dict[str, RunRecord]] = {t.name: {} for t in traces}
+    startup: list[float] = []
     started = time.time()
     with Progress(
         TextColumn("{task.description}"),
@@ -242,10 +292,14 @@ def main(argv: list[str] | None = None) -> int:
                 record, trace, boot_delay=args.boot_delay, maximum=args.maximum, threads=1
             )
             results[trace.name][spec.label].append(metrics.as_dict())
+            if spec.label != STATIC_MAX:  # one worker warming up alone: its process start-up
+                startup += [r - q for _, q, r, _ in record.instances if q < 0 and r is not None]
             first[trace.name].setdefault(spec.label, record)
             progress.advance(bar)
     elapsed = time.time() - started
     summary = summarize(results)
+    boot = args.boot_delay + (statistics.median(startup) if startup else 0.0)
+    agreement = simulator_agreement(traces, specs, summary, settings, boot)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(
         json.dumps(
@@ -259,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 "elapsed_seconds": elapsed,
                 "runs": results,
                 "medians": summary,
+                "simulator": {"boot_delay": boot, "agreement": agreement},
             },
             indent=2,
         )
@@ -270,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         f"minimum {args.minimum}, maximum {args.maximum}, 1 thread per worker"
     )
     console.print(table(summary, title))
+    console.print(agreement_table(agreement, boot))
     (args.out / "summary.md").write_text(f"{title}; {elapsed / 60:.1f} min\n\n" + markdown(summary))
     console.print(f"{len(runs)} runs in {elapsed / 60:.1f} min; results in {args.out}/")
     return 0
