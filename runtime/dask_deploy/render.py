@@ -138,6 +138,11 @@ def render_files(resolved: ResolvedValues, version: str | None = None) -> dict[s
             raise RenderError(
                 f"templates/{where}, line {error.lineno}: template syntax error: {error.message}"
             ) from None
+        except jinja2.TemplateNotFound as error:
+            raise RenderError(
+                f"{_template_location(error, root, template_path)}: it imports or includes "
+                f"{error.name}, which is not under {root}"
+            ) from None
         except jinja2.UndefinedError as error:
             raise RenderError(
                 f"{_template_location(error, root, template_path)}: {error.message} "

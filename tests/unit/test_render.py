@@ -316,3 +316,14 @@ def test_golden_regenerate_changes_nothing_when_a_scenario_fails(
     with pytest.raises(SettingsError, match="nope"):
         regenerate(scenarios, golden, templates=root)
     assert (golden / "toy" / "a" / "app-config.yaml").read_text() == "old\n"
+
+
+def test_missing_import_names_the_importing_template(tmp_path: Path) -> None:
+    root = make_backend(
+        tmp_path / "templates", {"a-config.yaml.j2": 'x\n{% import "toy/_gone.j2" as g %}\n'}
+    )
+    with pytest.raises(
+        RenderError,
+        match=r"templates/toy/a-config\.yaml\.j2, line 2: .*toy/_gone\.j2, which is not",
+    ):
+        render(resolve_values("toy", root=root), tmp_path / "out")
