@@ -327,3 +327,21 @@ def test_missing_import_names_the_importing_template(tmp_path: Path) -> None:
         match=r"templates/toy/a-config\.yaml\.j2, line 2: .*toy/_gone\.j2, which is not",
     ):
         render(resolve_values("toy", root=root), tmp_path / "out")
+
+
+def test_common_helpers() -> None:
+    environment = make_environment(Path(__file__).resolve().parents[2] / "templates")
+    template = environment.from_string(
+        '{% import "_common/_helpers.j2" as h %}'
+        "{{ h.header('slurm', '1.2') }}|{{ h.origin('k', '1') }}|{{ h.name(values, 'worker') }}|"
+        "{{ h.scheduler_address(values, 'sched') }}"
+    )
+    plain = {"deployment": "d" * 60, "tls": {"enabled": False}, "scheduler": {"port": 8786}}
+    assert template.render(values=plain).split("|") == [
+        "# Rendered by dask-deploy 1.2 from templates/slurm; edit freely.",
+        "Rendered by dask-deploy 1 from templates/k; edit freely.",
+        "d" * 60 + "-w",
+        "tcp://sched:8786",
+    ]
+    with_tls = {**plain, "tls": {"enabled": True}}
+    assert template.render(values=with_tls).endswith("|tls://sched:8786")
