@@ -340,7 +340,7 @@ def test_common_helpers() -> None:
     assert template.render(values=plain).split("|") == [
         "# Rendered by dask-deploy 1.2 from templates/slurm; edit freely.",
         "Rendered by dask-deploy 1 from templates/k; edit freely.",
-        "d" * 60 + "-w",
+        "d" * 60 + "-wo",
         "tcp://sched:8786",
     ]
     with_tls = {**plain, "tls": {"enabled": True}}
