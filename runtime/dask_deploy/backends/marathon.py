@@ -231,6 +231,9 @@ class MarathonBackend:
     ) -> None:
         from marathon import MarathonClient
 
+        # The client logs every response at INFO and every 409 at ERROR; errors reach us as
+        # exceptions, and _call logs each retry with its reason.
+        logging.getLogger("marathon").setLevel(logging.CRITICAL)
         self.settings = settings
         self._sleep = sleep
         credentials = settings.credentials
