@@ -125,6 +125,15 @@ def test_scale_up_only_raises() -> None:
     assert request is not None and (request.app_id, request.instances) == (APP, 4)
 
 
+def test_scale_body_is_flat_so_the_client_can_encode_it_on_python_3_11() -> None:
+    # The client's JSON encoders use collections.Iterable (gone since Python 3.10) for nested
+    # model objects; a flat {"instances": n} never reaches them.
+    from marathon.models import MarathonApp
+
+    assert MarathonApp(instances=0).to_json() == '{"instances": 0}'
+    assert MarathonApp(instances=4).to_json() == '{"instances": 4}'
+
+
 def test_kill_request_kills_exactly_live_named_tasks() -> None:
     live = [
         Instance("a", InstanceState.RUNNING, 0),

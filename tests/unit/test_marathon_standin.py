@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from dask_deploy.testing.marathon import MarathonStandIn, Validator
+from dask_deploy.testing.marathon import MarathonStandIn, Validator, find_schemas
 
 pytestmark = pytest.mark.marathon
 
@@ -122,8 +122,9 @@ def test_marathon_shaped_errors(marathon: MarathonStandIn) -> None:
     assert "already exists" in duplicate.json()["message"]
     missing = requests.get(f"{marathon.url}/v2/apps/t/missing", timeout=5)
     assert missing.status_code == 404 and "does not exist" in missing.json()["message"]
-    scale = requests.put(f"{marathon.url}/v2/apps/t/dup", json={"instances": -1}, timeout=5)
-    assert scale.status_code == 422 and scale.json()["details"][0]["path"] == "/instances"
+    if find_schemas() is not None:  # without Marathon's schemas only the prose rules apply
+        scale = requests.put(f"{marathon.url}/v2/apps/t/dup", json={"instances": -1}, timeout=5)
+        assert scale.status_code == 422 and scale.json()["details"][0]["path"] == "/instances"
     marathon.inject(409, method="PUT")
     locked = requests.put(f"{marathon.url}/v2/apps/t/dup", json={"instances": 1}, timeout=5)
     assert locked.status_code == 409 and locked.json()["deployments"][0]["id"]

@@ -18,6 +18,13 @@ The worker app starts ``dask worker --name $MESOS_TASK_ID``, so ``Instance.name`
 (``POST /v2/tasks/delete?scale=true``), so Marathon neither restarts them nor picks other victims.
 Requests are built by pure functions; :meth:`MarathonBackend._call` is the one place that sends,
 in a thread because the ``marathon`` client is synchronous.
+
+Two limits of ``marathon`` 0.13 (the last release) shape how it is used here: its models reject
+any response field they do not know (``TypeError: unexpected keyword argument``; Marathon added
+``role``, ``check``, ``tasksStats``... after it), so responses are read as plain JSON through the
+client's transport; and its JSON encoders call ``collections.Iterable``, removed in Python 3.10,
+for nested model objects, so the only body we encode with it is the flat ``{"instances": n}``
+(the kill body is plain JSON built by the client itself).
 """
 
 from __future__ import annotations
