@@ -138,6 +138,17 @@ def test_burst_scales_up_idle_retires_exactly_those_tasks_and_delete_leaves_noth
         )
         assert answer.status_code == 201, answer.text
 
+    def running_apps() -> set[str]:
+        body = requests.get(f"{marathon.url}/v2/tasks", timeout=5).json()
+        return {t["appId"] for t in body["tasks"] if t["state"] == "TASK_RUNNING"}
+
+    def scheduler_listens() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for("the scheduler listens", scheduler_listens, 60, logs)
+    assert {"/e2e/scheduler", "/e2e/scaler"} <= running_apps()
+
     def worker_tasks() -> set[str]:
         body = requests.get(f"{marathon.url}/v2/apps{WORKER_APP}/tasks", timeout=5).json()
         return {t["id"] for t in body["tasks"] if t["state"] == "TASK_RUNNING"}
