@@ -159,3 +159,27 @@ def test_module_entry_point_serves_and_stops(tmp_path: Path) -> None:
         assert process.wait(timeout=10) == 0
         assert process.stdout is not None
         process.stdout.close()
+
+
+def test_answers_validate_against_marathons_response_schemas(marathon: MarathonStandIn) -> None:
+    folder = find_schemas()
+    if folder is None:
+        pytest.skip("Marathon JSON Schemas (../shared/reference/marathon) absent: not validating")
+    import json
+
+    import jsonschema
+
+    def check(schema: str, body: Any) -> None:
+        document = json.loads((folder / f"{schema}.schema.json").read_text())
+        errors = [e.message for e in jsonschema.Draft7Validator(document).iter_errors(body)]
+        assert not errors, f"{schema}: {errors}"
+
+    post(marathon, {"id": "/t/shape", "cmd": "sleep 30", "instances": 1})
+    wait_for(lambda: tasks(marathon, "/t/shape"), "the task starts")
+    check("TaskList", requests.get(f"{marathon.url}/v2/tasks", timeout=5).json())
+    check("AppList", requests.get(f"{marathon.url}/v2/apps", timeout=5).json())
+    check("MarathonInfo", requests.get(f"{marathon.url}/v2/info", timeout=5).json())
+    scaled = requests.put(f"{marathon.url}/v2/apps/t/shape", json={"instances": 2}, timeout=5)
+    check("DeploymentResult", scaled.json())
+    invalid = post(marathon, {"id": "/t/Bad", "cmd": "true"}).json()
+    check("Error", invalid)
