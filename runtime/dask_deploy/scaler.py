@@ -27,6 +27,8 @@ from .policy import Decision, Hold, Observation, Policy, ScaleDown, ScaleUp, des
 logger = logging.getLogger("dask_deploy.scaler")
 
 MAX_BACKOFF = 30.0
+#: Seconds a tick in progress may still take once the scaler is asked to stop.
+STOP_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,9 @@ class Scaler:
         try:
             while not stop.is_set():
                 try:
-                    result = await self.tick()
+                    result = await self._tick_until(stop)
+                    if result is None:
+                        break
                     delay = self.next_delay(result.ok)
                 except Exception:  # a bug must not take the sidecar down; say so loudly
                     logger.exception("unexpected error in the scaler loop")
@@ -241,6 +245,26 @@ class Scaler:
         finally:
             if self.settings.cleanup_on_exit and not self.dry_run:
                 await self.cleanup()
+
+    async def _tick_until(self, stop: asyncio.Event) -> TickResult | None:
+        """One tick; when ``stop`` is set meanwhile, it gets a short grace, then is cancelled.
+
+        Cancelling mid-tick is safe: the next scaler to run starts from what it observes.
+        """
+        tick = asyncio.create_task(self.tick())
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({tick, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not tick.done():
+                await asyncio.wait({tick}, timeout=STOP_GRACE)
+            if not tick.done():
+                logger.info("stopping: abandoning the current tick")
+                tick.cancel()
+                await asyncio.gather(tick, return_exceptions=True)
+                return None
+            return tick.result()
+        finally:
+            stopped.cancel()
 
     async def cleanup(self) -> None:
         """Retire every worker of ours, then remove all our instances (``cleanup_on_exit``)."""
