@@ -311,7 +311,7 @@ async def run_once(
     policy: RecordingPolicy | None = None
     link: RpcScheduler | None = None
     samples: list[tuple[float, int, int, int, int]] = []
-    tasks_left = [trace.task_count]
+    tasks_left = [0]
     try:
         if spec.policy == DISTRIBUTED_ADAPTIVE:
             warm = settings.minimum
@@ -398,8 +398,8 @@ async def run_once(
 
             async def count_done() -> None:
                 while not stop.is_set():
-                    done = sum(f.done() for batch in futures.values() for f in batch)
-                    tasks_left[0] = trace.task_count - done
+                    submitted = [f for batch in futures.values() for f in batch]
+                    tasks_left[0] = sum(not f.done() for f in submitted)
                     await asyncio.sleep(0.1)
 
             counter = asyncio.create_task(count_done())

@@ -187,11 +187,13 @@ def plot(trace: Trace, records: dict[str, RunRecord], path: Path) -> None:
     load_ax = ax.twinx()
     for label, record in records.items():
         times = [s[0] for s in record.samples]
-        ax.step(times, [s[2] for s in record.samples], where="post", label=f"{label} workers")
-        load_ax.plot(times, [s[4] for s in record.samples], linestyle=":", alpha=0.6)
+        (line,) = ax.step(times, [s[2] for s in record.samples], where="post", label=label)
+        load_ax.plot(
+            times, [s[4] for s in record.samples], linestyle=":", alpha=0.6, color=line.get_color()
+        )
     ax.set_xlabel("seconds since the trace started")
     ax.set_ylabel("registered workers")
-    load_ax.set_ylabel("tasks not finished (dotted)")
+    load_ax.set_ylabel("tasks submitted, not finished (dotted)")
     ax.set_title(f"{trace.name}: {trace.description}", fontsize=9)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()

@@ -84,7 +84,7 @@ class RunRecord:
     decisions: list[tuple[float, str, int, str]] = field(default_factory=list)
     """(time, kind up/down/hold, target count, reason)."""
     samples: list[tuple[float, int, int, int, int]] = field(default_factory=list)
-    """(time, requested, registered, idle registered, tasks not finished)."""
+    """(time, requested, registered, idle registered, tasks submitted and not finished)."""
     burst_end: dict[str, float] = field(default_factory=dict)
     makespan: float = math.nan
     keys_lost: int = 0
@@ -135,6 +135,8 @@ class SimCluster:
         for g in groups:
             self._burst_left[g.burst] = self._burst_left.get(g.burst, 0) + g.count
         self._tasks_left = trace.task_count
+        self._outstanding = 0
+        """Tasks submitted and not finished: the load."""
         self.idle_registered = 0
         self.registered_count = 0
         self.threads_total = 0
@@ -194,7 +196,7 @@ class SimCluster:
                 len(self.live),
                 self.registered_count,
                 self.idle_registered,
-                self._tasks_left,
+                self._outstanding,
             )
         )
 
@@ -210,6 +212,7 @@ class SimCluster:
             return
         self._submitted[group] = True
         durations = self._durations[group]
+        self._outstanding += len(durations)
         self._ready.append(_Chunk(group, durations))
         self._ready_count[group] += len(durations)
         self._dispatch()
@@ -261,6 +264,7 @@ class SimCluster:
             self.bytes_total += spec.output_bytes
         self._remaining[group] -= 1
         self._tasks_left -= 1
+        self._outstanding -= 1
         left = self._burst_left[spec.burst] - 1
         self._burst_left[spec.burst] = left
         if left == 0:
@@ -342,6 +346,7 @@ class SimCluster:
             self._ready_count[group] += count
             self._remaining[group] += count
             self._tasks_left += count
+            self._outstanding += count
             self._burst_left[self.trace.groups[group].burst] += count
         self.bytes_total -= worker.stored_bytes
         worker.stored.clear()
