@@ -20,6 +20,7 @@ rm -f "$scheduler_file"
 
 apptainer exec --bind /scratch --cleanenv /shared/images/dask-deploy_0.1.0.sif python3 -m dask scheduler \
   --port 0 \
+  --preload dask_deploy.scheduler_preload \
   --dashboard-address :8787 \
   --scheduler-file "$scheduler_file" &
 scheduler=$!

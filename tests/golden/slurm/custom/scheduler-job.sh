@@ -30,6 +30,7 @@ rm -f "$scheduler_file"
 
 python3.11 -m dask scheduler \
   --port 8786 \
+  --preload dask_deploy.scheduler_preload \
   --no-dashboard \
   --idle-timeout 3600 \
   --scheduler-file "$scheduler_file" &

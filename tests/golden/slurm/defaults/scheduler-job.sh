@@ -20,6 +20,7 @@ rm -f "$scheduler_file"
 
 python3 -m dask scheduler \
   --port 0 \
+  --preload dask_deploy.scheduler_preload \
   --dashboard-address :8787 \
   --scheduler-file "$scheduler_file" &
 scheduler=$!

@@ -20,6 +20,7 @@ rm -f "$scheduler_file"
 
 python3 -m dask scheduler \
   --port 0 \
+  --preload dask_deploy.scheduler_preload \
   --protocol tls \
   --dashboard-address :8787 \
   --tls-ca-file /shared/dask/tls/ca.pem \
