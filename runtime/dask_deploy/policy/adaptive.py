@@ -145,9 +145,11 @@ class AdaptivePolicy:
         if not names:
             return Hold("scale-down held: no idle worker to release", numbers)
         numbers["keep"] = keep
-        return ScaleDown(
-            names, f"target {keep} below {requested} requested for the whole window", numbers
+        why = (
+            f"highest target in the last {options.scale_down_window:g}s is {keep}, "
+            f"below the {requested} requested"
         )
+        return ScaleDown(names, why, numbers)
 
 
 def create(settings: PolicySettings) -> AdaptivePolicy:
