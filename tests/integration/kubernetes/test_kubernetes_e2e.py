@@ -1,0 +1,226 @@
+"""End to end against the Kubernetes API stand-in: burst up, go idle, exactly the retired pods go.
+
+A real scheduler runs locally from the project's .venv; the real scaler (`dask-deploy scale`)
+runs with the rendered scaler configuration, its kubernetes backend reaching the stand-in through
+a kubeconfig. The stand-in enforces the rendered Role and validates every pod, then runs each
+pod's `dask worker` command with the pod name from the downward API. Two substitutions stand in
+for the cluster: the scheduler Service's DNS name becomes 127.0.0.1:<port> in the worker pod's
+env, and the mounted ConfigMap files become local files.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from distributed import Client
+
+from dask_deploy.render import render
+from dask_deploy.testing.kubernetes import KubernetesStandIn
+from dask_deploy.values import resolve_values
+
+pytestmark = [pytest.mark.kubernetes, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    if not path.is_file():
+        return f"--- {path.name}: (no log)"
+    return f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_for(
+    what: str, condition: Callable[[], Any], timeout: float, logs: Callable[[], str]
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting until {what}\n{logs()}")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Local processes (scheduler, scaler) that are stopped, whatever happens."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in reversed(started):
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+
+def test_burst_scales_up_idle_deletes_exactly_the_retired_pods(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    if not (REPO / "runtime" / "dask_deploy" / "_cli_scale.py").is_file():
+        pytest.fail("dask-deploy scale (runtime/dask_deploy/_cli_scale.py) is missing")
+    port, dashboard = free_port(), free_port()
+    values = {
+        "deployment": "e2e",
+        "scheduler": {"port": port},
+        "worker": {
+            "threads": 1,
+            "memory": "1Gi",
+            "death_timeout": 20,
+            "termination_grace_period": 10,
+            "extra_args": ["--no-nanny"],
+        },
+        "scaler": {
+            "minimum": 1,
+            "maximum": 3,
+            "interval": 0.5,
+            "startup_timeout": 60,
+            "scale_down_window": 2,
+            "metrics_port": None,
+        },
+    }
+    out = tmp_path / "rendered"
+    render(resolve_values("kubernetes", overrides=[values], root=REPO / "templates"), out)
+    role = yaml.safe_load((out / "scaler-role.yaml").read_text())
+    granted = {(v, r) for rule in role["rules"] for v in rule["verbs"] for r in rule["resources"]}
+    host_env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(tmp_path)}
+
+    with KubernetesStandIn(tmp_path / "api", allowed=granted, host_env=host_env) as api:
+        logs_dir = tmp_path / "logs"
+        logs_dir.mkdir()
+
+        def logs() -> str:
+            parts = [tail(logs_dir / "scheduler.log"), tail(logs_dir / "scaler.log", 40)]
+            parts += [tail(api.log_path(name), 10) for name in api.created]
+            return "\n".join(parts)
+
+        # The ConfigMaps' files, as the scaler container would see them mounted.
+        worker_pod = yaml.safe_load(
+            yaml.safe_load((out / "worker-configmap.yaml").read_text())["data"]["worker-pod.yaml"]
+        )
+        for variable in worker_pod["spec"]["containers"][0]["env"]:
+            if variable["name"] == "DASK_SCHEDULER_ADDRESS":  # cluster DNS, here
+                assert variable["value"] == f"tcp://e2e-scheduler:{port}"
+                variable["value"] = f"tcp://127.0.0.1:{port}"
+        (tmp_path / "worker-pod.yaml").write_text(yaml.safe_dump(worker_pod))
+        config = yaml.safe_load(
+            yaml.safe_load((out / "scaler-configmap.yaml").read_text())["data"][
+                "scaler-config.yaml"
+            ]
+        )
+        assert config["scheduler"]["address"] == f"tcp://127.0.0.1:{port}"  # same pod: as is
+        config["backend"]["options"] |= {
+            "worker_template": str(tmp_path / "worker-pod.yaml"),
+            "kubeconfig": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+        }
+        (tmp_path / "scaler-config.yaml").write_text(yaml.safe_dump(config))
+
+        # The scheduler pod, as the downward API describes it to the scaler.
+        owner_uid = api.add_owner()
+        processes.append(
+            start(
+                [
+                    str(BIN / "dask"),
+                    "scheduler",
+                    *("--preload", "dask_deploy.scheduler_preload"),  # as rendered
+                    *("--host", "127.0.0.1", "--port", str(port)),
+                    *("--dashboard-address", f"127.0.0.1:{dashboard}"),
+                ],
+                logs_dir / "scheduler.log",
+            )
+        )
+        processes.append(
+            start(
+                [
+                    str(BIN / "dask-deploy"),
+                    "scale",
+                    "--config",
+                    str(tmp_path / "scaler-config.yaml"),
+                ],
+                logs_dir / "scaler.log",
+                {
+                    "DASK_DEPLOY_POD_NAME": "e2e-scheduler-7d9c5-x2k4q",
+                    "DASK_DEPLOY_POD_UID": owner_uid,
+                },
+            )
+        )
+
+        def running_pods() -> set[str]:
+            return {
+                name
+                for name, pod in api.pods().items()
+                if pod["status"]["phase"] == "Running"
+                and "deletionTimestamp" not in pod["metadata"]
+            }
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+
+            def worker_names() -> set[str]:
+                return {w["name"] for w in client.scheduler_info()["workers"].values()}
+
+            # The minimum: one worker pod, its Dask worker named after the pod.
+            wait_for("the minimum worker registers", worker_names, 90, logs)
+            assert worker_names() <= set(api.created)
+            first = next(iter(api.pods().values()))
+            assert first["metadata"]["ownerReferences"][0]["uid"] == owner_uid
+
+            # Functions the scheduler can import (this test module is not on its path).
+            held = client.submit(operator.pow, 7, 2)
+            burst = client.map(time.sleep, [0.5] * 40, pure=False)
+            wait_for("more worker pods are created", lambda: len(running_pods()) > 1, 90, logs)
+            wait_for(
+                "the new workers register under their pod names",
+                lambda: len(worker_names()) > 1 and worker_names() <= set(api.created),
+                60,
+                logs,
+            )
+            peak = worker_names()
+            assert client.gather(burst) == [None] * 40
+            del burst
+
+            # Idle: back to one; exactly the retired workers' pods were deleted.
+            wait_for("idle workers are retired", lambda: len(running_pods()) == 1, 90, logs)
+            wait_for("the scheduler agrees", lambda: worker_names() == running_pods(), 30, logs)
+            survivors = running_pods()
+            assert set(api.deleted) == set(api.created) - survivors
+            assert set(api.deleted) >= peak - survivors
+            assert len(api.created) == len(set(api.created))
+            assert held.result() == 49  # held results survive the scale-down
+
+        # Deleting the scheduler pod garbage-collects its workers.
+        processes[-1].send_signal(signal.SIGTERM)
+        processes[-1].wait(30)
+        api.remove_owner(owner_uid)
+        wait_for("the garbage collector deletes every worker pod", lambda: not api.pods(), 60, logs)
