@@ -181,10 +181,11 @@ def test_burst_scales_up_idle_retires_exactly_those_tasks_and_delete_leaves_noth
         survivors = worker_tasks()
         killed = {task for task in peak if task not in survivors}
         assert killed
-        assert {marathon.ended.get(task) for task in killed} == {"TASK_KILLED"}
+        wait_for("the killed tasks end", lambda: killed <= marathon.ended.keys(), 30, logs)
+        assert {marathon.ended[task] for task in killed} == {"TASK_KILLED"}
         assert held.result() == 49  # held results survive the scale-down
         worker_launches = [t for t in marathon.launched if t.startswith("e2e_worker.")]
-        assert len(worker_launches) == len(set(worker_launches))
+        assert len(worker_launches) <= 3  # never above maximum: nothing replaced or duplicated
         apps = requests.get(f"{marathon.url}/v2/apps{WORKER_APP}", timeout=5).json()
         assert apps["app"]["instances"] == 1
 
