@@ -13,6 +13,7 @@ import yaml
 
 from dask_deploy.backends import BackendContext
 from dask_deploy.backends import kubernetes as k8s
+from dask_deploy.config import parse_config
 from dask_deploy.testing.kubernetes import KUBERNETES_VERSION, KubernetesStandIn
 
 pytestmark = pytest.mark.kubernetes
@@ -209,6 +210,20 @@ def test_worker_pods_belong_to_no_controller(
     scaler_env = {e["name"]: e.get("valueFrom") for e in rendered.container("scaler")["env"]}
     assert scaler_env["DASK_DEPLOY_POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
     assert scaler_env["DASK_DEPLOY_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_scaler_config_is_accepted_by_the_scaler(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    rendered = Rendered(render_scenario("kubernetes", values, tmp_path))
+    config = parse_config(rendered.scaler_config)
+    assert config.backend.name == "kubernetes"
+    assert config.deployment == yaml.safe_load(values.read_text()).get("deployment", "dask")
+    scaler = rendered.container("scaler")
+    mounts = {m["mountPath"] for m in scaler["volumeMounts"]}
+    assert str(Path(config.backend.options["worker_template"]).parent) in mounts  # type: ignore[arg-type]
+    assert str(Path(scaler["command"][-1]).parent) in mounts
 
 
 def role_rules(rendered: Rendered) -> set[tuple[str, str]]:
