@@ -14,7 +14,7 @@ from dask_deploy.scheduler_preload import dask_setup
 
 @pytest.fixture
 async def scheduler() -> AsyncIterator[Scheduler]:
-    async with Scheduler(host="127.0.0.1", port=0, dashboard_address=None) as s:
+    async with Scheduler(host="127.0.0.1", port=0, dashboard_address="127.0.0.1:0") as s:
         dask_setup(s)  # what `--preload dask_deploy.scheduler_preload` does
         s.add_plugin(TransitionCounter(), name="transition-counter")
         yield s

@@ -1,0 +1,88 @@
+"""Observation over distributed's RPC: tcp:// without the preload, tls:// with dask's Security."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from distributed import Scheduler, Worker
+from distributed.security import Security
+
+from dask_deploy.config import SchedulerSettings, SecuritySettings
+from dask_deploy.observe import connect
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def make_certificates(folder: Path) -> SecuritySettings:
+    """A CA and one certificate for 127.0.0.1, made with openssl (installed if missing)."""
+    if shutil.which("openssl") is None:
+        subprocess.run([str(REPO / "scripts" / "ensure-apt.sh"), "openssl"], check=True)
+    ca_key, ca, key, csr, cert = (
+        folder / n for n in ("ca.key", "ca.pem", "tls.key", "tls.csr", "tls.crt")
+    )
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", str(key), "-out", str(csr))  # fmt: skip
+    extensions = folder / "san.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-days", "1", "-extfile", str(extensions), "-out", str(cert))  # fmt: skip
+    return SecuritySettings(ca_file=str(ca), cert_file=str(cert), key_file=str(key))
+
+
+async def test_tls_snapshot_and_retirement(tmp_path: Path) -> None:
+    files = make_certificates(tmp_path)
+    security = Security(
+        tls_ca_file=files.ca_file,
+        tls_scheduler_cert=files.cert_file,
+        tls_scheduler_key=files.key_file,
+        tls_worker_cert=files.cert_file,
+        tls_worker_key=files.key_file,
+        tls_client_cert=files.cert_file,
+        tls_client_key=files.key_file,
+        require_encryption=True,
+    )
+    async with Scheduler(
+        host="127.0.0.1", port=0, protocol="tls", security=security, dashboard_address="127.0.0.1:0"
+    ) as scheduler:
+        assert scheduler.address.startswith("tls://")
+        async with Worker(
+            scheduler.address, name="tls-worker", security=security, nthreads=1, dashboard=False
+        ):
+            link = connect(SchedulerSettings(address=scheduler.address, security=files))
+            try:
+                state = await link.observe(target_duration=None)
+                assert [w.name for w in state.workers] == ["tls-worker"]
+                assert state.workers[0].threads == 1 and state.workers[0].idle
+                assert state.tasks_queued is None  # no preload on this scheduler: counts unknown
+                assert state.workers_to_close == ("tls-worker",)
+                assert await link.retire(["tls-worker"]) == {"tls-worker"}
+                assert await link.worker_names() == frozenset()
+            finally:
+                await link.close()
+
+
+async def test_tcp_without_tls_settings_cannot_reach_a_tls_scheduler(tmp_path: Path) -> None:
+    files = make_certificates(tmp_path)
+    security = Security(
+        tls_ca_file=files.ca_file,
+        tls_scheduler_cert=files.cert_file,
+        tls_scheduler_key=files.key_file,
+        require_encryption=True,
+    )
+    async with Scheduler(
+        host="127.0.0.1", port=0, protocol="tls", security=security, dashboard_address="127.0.0.1:0"
+    ) as scheduler:
+        link = connect(SchedulerSettings(address=scheduler.address))
+        try:
+            with pytest.raises((OSError, TypeError)):
+                await link.observe(target_duration=None)
+        finally:
+            await link.close()
