@@ -13,7 +13,7 @@ import yaml
 from dask_deploy import SettingsError
 from dask_deploy.backends import BackendContext, Instance, InstanceState
 from dask_deploy.backends import kubernetes as k8s
-from dask_deploy.testing.kubernetes import KubernetesStandIn, matches_selector
+from dask_deploy.testing.kubernetes import KubernetesStandIn, expand, matches_selector
 
 pytestmark = pytest.mark.kubernetes
 
@@ -321,3 +321,12 @@ async def test_no_answer_is_retried_then_reported(tmp_path: Path) -> None:
             await backend.instances()
     finally:
         await backend.close()
+
+
+def test_stand_in_selectors_and_variable_expansion_follow_kubernetes() -> None:
+    labels = {"app": "dask", "tier": "worker"}
+    assert matches_selector(labels, "app=dask,tier==worker")
+    assert matches_selector(labels, "app in (dask, other),tier notin (scheduler),!gpu,app")
+    assert not matches_selector(labels, "app!=dask")
+    assert not matches_selector(labels, "gpu")
+    assert expand("$(A)-$(B)-$$(A)", {"A": "x"}) == "x-$(B)-$(A)"
