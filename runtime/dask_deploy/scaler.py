@@ -29,6 +29,8 @@ logger = logging.getLogger("dask_deploy.scaler")
 MAX_BACKOFF = 30.0
 #: Seconds a tick in progress may still take once the scaler is asked to stop.
 STOP_GRACE = 5.0
+#: Seconds before a worker the scheduler refused to retire is asked again.
+RETRY_REFUSED_AFTER = 30.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Scaler:
         self.failures = 0
         self._last_hold = ""
         self._unknown_logged: set[str] = set()
+        self._refused: dict[str, float] = {}
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed."""
@@ -118,6 +121,19 @@ class Scaler:
             workers_to_close=observation.workers_to_close,
         )
 
+    def _hold_if_refused(self, decision: Decision, now: float) -> Decision:
+        """Do not ask the scheduler again and again to retire workers it just refused."""
+        self._refused = {
+            name: at for name, at in self._refused.items() if now - at < RETRY_REFUSED_AFTER
+        }
+        if isinstance(decision, ScaleDown) and all(n in self._refused for n in decision.names):
+            return Hold(
+                f"scale-down of {', '.join(decision.names)} held: the scheduler refused to "
+                f"retire them; asking again {RETRY_REFUSED_AFTER:g}s after the refusal",
+                decision.numbers,
+            )
+        return decision
+
     def _log_unknown(self, observation: Observation) -> None:
         for worker in observation.unknown_workers:
             if worker.name not in self._unknown_logged:
@@ -164,6 +180,8 @@ class Scaler:
             return
         retired = await self.scheduler.retire(to_retire)
         kept = [name for name in to_retire if name not in retired]
+        now = self.clock()
+        self._refused.update({name: now for name in kept})
         if kept:
             self.metrics.retire_failures.inc(len(kept))
             logger.warning(
@@ -192,7 +210,7 @@ class Scaler:
             self._log_decision(hold)
             return TickResult(hold, seen, ok=False)
         self._log_unknown(observation)
-        decision = self.policy.decide(observation, now)
+        decision = self._hold_if_refused(self.policy.decide(observation, now), now)
         self._log_decision(decision)
         self.metrics.record(
             decision,

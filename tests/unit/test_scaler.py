@@ -111,6 +111,15 @@ async def test_scale_down_cancels_pending_then_retires_and_removes_only_retired(
     assert backend.calls[2] == ("scale_down", ["d-0"])  # only what the scheduler retired
     assert {i.name for i in await backend.instances()} == {"d-1"}
     assert scaler.metrics.registry.get_sample_value("dask_deploy_retire_failures_total") == 1
+    # The refused worker is not asked again at every tick...
+    scheduler.retire_calls.clear()
+    held = await scaler.tick()
+    assert isinstance(held.decision, Hold) and "refused" in held.decision.reason
+    assert scheduler.retire_calls == []
+    # ...but again once the retry delay has passed (its data may have a place by then).
+    clock.now += 31
+    await scaler.tick()
+    assert scheduler.retire_calls == [["d-1"]]
 
 
 async def test_nothing_is_scaled_down_while_the_scheduler_is_unreachable() -> None:
