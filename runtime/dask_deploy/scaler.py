@@ -71,6 +71,8 @@ class Scaler:
         self._last_hold = ""
         self._unknown_logged: set[str] = set()
         self._refused: dict[str, float] = {}
+        self._started_at: float | None = None
+        self._last_connected: dict[str, float] = {}
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed."""
@@ -95,19 +97,34 @@ class Scaler:
         )
 
     async def _replace_stale(self, observation: Observation, now: float) -> Observation:
-        """Remove instances that stayed unconnected past the startup timeout."""
-        stale = [
-            i for i in observation.pending if now - i.requested_at > self.settings.startup_timeout
-        ]
+        """Remove instances that stayed unconnected for longer than the startup timeout.
+
+        The clock of an instance starts at the latest of: its request, the start of this
+        scaler (a restarted scaler gives every instance a full timeout) and the last time
+        its worker was seen connected (a scheduler restart is not a startup failure).
+        """
+        if self._started_at is None:
+            self._started_at = now
+        for name in observation.registered_names:
+            self._last_connected[name] = now
+        current = {i.name for i in observation.instances}
+        self._last_connected = {n: t for n, t in self._last_connected.items() if n in current}
+
+        def unconnected_since(instance: Instance) -> float:
+            assert self._started_at is not None
+            connected = self._last_connected.get(instance.name, instance.requested_at)
+            return max(instance.requested_at, self._started_at, connected)
+
+        timeout = self.settings.startup_timeout
+        stale = [i for i in observation.pending if now - unconnected_since(i) > timeout]
         if not stale or self.dry_run:
             return observation
         names = sorted(i.name for i in stale)
         logger.warning(
-            "removing %s: not connected %.0fs after being requested (startup_timeout=%gs); "
-            "they will be replaced",
+            "removing %s: not connected for %.0fs (startup_timeout=%gs); they will be replaced",
             ", ".join(names),
-            now - min(i.requested_at for i in stale),
-            self.settings.startup_timeout,
+            now - max(unconnected_since(i) for i in stale),
+            timeout,
         )
         await self.backend.scale_down(names)
         kept: tuple[Instance, ...] = tuple(i for i in observation.instances if i.name not in names)

@@ -204,3 +204,30 @@ async def test_run_stops_on_the_event_and_cleans_up() -> None:
     stop.set()
     await asyncio.wait_for(task, 5)
     assert await backend.instances() == []
+
+
+async def test_a_restarted_scaler_gives_old_unconnected_instances_a_full_timeout() -> None:
+    scaler, scheduler, backend, clock = make(startup_timeout=60)
+    scheduler.target = 1
+    backend.add("d-0", InstanceState.PENDING, requested_at=clock.now - 3600)
+    await scaler.tick()
+    assert ("scale_down", ["d-0"]) not in backend.calls
+    clock.now += 61
+    await scaler.tick()
+    assert ("scale_down", ["d-0"]) in backend.calls
+
+
+async def test_a_worker_that_disconnects_is_not_a_startup_failure_at_once() -> None:
+    scaler, scheduler, backend, clock = make(startup_timeout=60)
+    scheduler.target = 1
+    await scaler.tick()
+    scheduler.connect("d-0")
+    clock.now += 600
+    await scaler.tick()
+    del scheduler.connected["d-0"]  # e.g. the scheduler restarted
+    clock.now += 30
+    await scaler.tick()
+    assert ("scale_down", ["d-0"]) not in backend.calls
+    clock.now += 31
+    await scaler.tick()
+    assert ("scale_down", ["d-0"]) in backend.calls
