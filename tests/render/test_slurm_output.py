@@ -82,6 +82,22 @@ def test_worker_retires_before_its_walltime(
 
 
 @pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_replacement_is_requested_before_the_worker_retires_itself(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", values, tmp_path)
+    worker = (out / "worker-job.sh").read_text()
+    walltime = int(next(d for d in directives(worker) if d.startswith("--time=")).split("=")[1])
+    args = command_args(worker, "dask worker")
+    earliest_retirement = seconds(option(args, "--lifetime")) - seconds(
+        option(args, "--lifetime-stagger")
+    )
+    config = yaml.safe_load((out / "scaler-config.yaml").read_text())
+    replacement_requested = walltime * 60 - config["backend"]["options"]["replace_before_end"]
+    assert 0 <= replacement_requested < earliest_retirement
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
 def test_jobs_carry_the_deployment_name_and_comment_the_backend_filters_on(
     render_scenario: RenderScenario, values: Path, tmp_path: Path
 ) -> None:
@@ -104,10 +120,10 @@ def test_scheduler_job_runs_the_scaler_with_the_rendered_config(
     scaler = command_args(scheduler, "dask_deploy.cli scale")
     assert option(scaler, "--config") == "scaler-config.yaml"
     config = yaml.safe_load((out / "scaler-config.yaml").read_text())
-    assert config["backend"] == {
-        "name": "slurm",
-        "options": {"worker_script": "worker-job.sh", "job_name": f"{config['deployment']}-worker"},
-    }
+    assert config["backend"]["name"] == "slurm"
+    options = config["backend"]["options"]
+    assert options["worker_script"] == "worker-job.sh"
+    assert options["job_name"] == f"{config['deployment']}-worker"
     file = option(command_args(scheduler, "dask scheduler"), "--scheduler-file")
     assert file == "$scheduler_file"
     assert config["scheduler"]["scheduler_file"] in scheduler

@@ -236,3 +236,49 @@ async def test_instances_are_this_deployments_jobs(fake: FakeSlurm) -> None:
         Instance("2", InstanceState.RUNNING, 1795869283.0),
         Instance("3", InstanceState.EXITED, 1795869283.0),
     ]
+
+
+NOW = 1795870000.0
+
+
+def running_job(ends_at: float | None) -> slurm.SlurmJob:
+    return slurm.SlurmJob(Instance("7", InstanceState.RUNNING, NOW - 3000), ends_at)
+
+
+def test_a_job_near_its_walltime_is_reported_gone_so_its_replacement_starts_now() -> None:
+    seen = slurm.as_seen_by_the_loop(running_job(NOW + 100), NOW, replace_before_end=120)
+    assert seen == Instance("7", InstanceState.EXITED, NOW - 3000)
+
+
+def test_a_job_with_walltime_left_beyond_the_lead_is_running() -> None:
+    seen = slurm.as_seen_by_the_loop(running_job(NOW + 121), NOW, replace_before_end=120)
+    assert seen.state is InstanceState.RUNNING
+
+
+def test_a_pending_job_is_never_leaving() -> None:
+    job = slurm.SlurmJob(Instance("8", InstanceState.PENDING, NOW), None)
+    assert slurm.as_seen_by_the_loop(job, NOW, replace_before_end=10**6).state is (
+        InstanceState.PENDING
+    )
+
+
+async def test_scale_up_replaces_a_job_near_its_walltime_and_scale_down_still_cancels_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeSlurm(f"7|RUNNING|{NOW - 3000:.0f}|{NOW + 60:.0f}|dask-deploy/dask\n")
+    monkeypatch.setattr(slurm, "_run", fake.run)
+    settings = SlurmSettings("dask", Path("w.sh"), "dask-worker", (), replace_before_end=120)
+    backend = slurm.SlurmBackend(settings, clock=lambda: NOW)
+    await backend.scale_up(1)
+    assert [argv[0] for argv in fake.commands] == ["squeue", "sbatch"]
+    await backend.scale_down(["7"])
+    assert fake.commands[-1] == ("scancel", "--quiet", "--name=dask-worker", "7")
+
+
+def test_replace_before_end_must_be_seconds(tmp_path: Path) -> None:
+    script = tmp_path / "worker-job.sh"
+    script.write_text("#!/bin/bash\n")
+    options = {"worker_script": str(script), "replace_before_end": -1}
+    with pytest.raises(SettingsError) as error:
+        slurm.load_settings(BackendContext("dask", "tcp://127.0.0.1:8786", options))
+    assert error.value.key == "backend.options.replace_before_end"

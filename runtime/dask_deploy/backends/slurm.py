@@ -5,10 +5,17 @@ Options (``backend.options`` in the scaler configuration)::
     worker_script: /path/to/worker-job.sh   # required: the sbatch script that starts one worker
     job_name: dask-worker                   # optional, default "<deployment>-worker"
     submit_args: []                         # optional: extra sbatch arguments, e.g. ["--qos=high"]
+    replace_before_end: 0                   # optional: seconds; see "Walltime" below
 
 Every job gets ``--job-name`` and ``--comment dask-deploy/<deployment>``; listing and cancelling
 filter on both, so the backend never touches another deployment's jobs. The worker script starts
 ``dask worker --name $SLURM_JOB_ID``, so ``Instance.name`` is the job id the scheduler knows.
+
+Walltime: a worker job ends at its time limit, and its worker retires itself a little before
+(``--lifetime``). A running job within ``replace_before_end`` seconds of its end is reported as
+EXITED: its worker is on its way out, so the loop counts it as gone and requests its replacement
+now, while it still works, and never picks it for scale-down. ``scale_down`` and cleanup still
+cancel it, because they look at SLURM's own state.
 
 The commands are built by pure functions and their output parsed by pure functions; ``_run``
 is the one place that executes them. ``SLURM_CONF`` and the rest of the environment pass through.
@@ -19,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .._errors import SettingsError
@@ -74,6 +82,7 @@ class SlurmSettings:
     worker_script: Path
     job_name: str
     submit_args: tuple[str, ...]
+    replace_before_end: float = 0.0
 
     @property
     def comment(self) -> str:
@@ -87,7 +96,7 @@ class SlurmCommandError(RuntimeError):
 def load_settings(context: BackendContext) -> SlurmSettings:
     """Validate ``backend.options``; raise :class:`SettingsError` naming the bad key."""
     options = dict(context.options)
-    allowed = {"worker_script", "job_name", "submit_args"}
+    allowed = {"worker_script", "job_name", "submit_args", "replace_before_end"}
     for key in options.keys() - allowed:
         raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(allowed)}")
     script = options.get("worker_script")
@@ -99,7 +108,12 @@ def load_settings(context: BackendContext) -> SlurmSettings:
     submit_args = options.get("submit_args", [])
     if not isinstance(submit_args, list) or not all(isinstance(a, str) for a in submit_args):
         raise SettingsError("backend.options.submit_args", submit_args, "a list of strings")
-    return SlurmSettings(context.deployment, Path(script), job_name, tuple(submit_args))
+    lead = options.get("replace_before_end", 0)
+    if isinstance(lead, bool) or not isinstance(lead, int | float) or lead < 0:
+        raise SettingsError("backend.options.replace_before_end", lead, "a number of seconds >= 0")
+    return SlurmSettings(
+        context.deployment, Path(script), job_name, tuple(submit_args), float(lead)
+    )
 
 
 def submit_command(settings: SlurmSettings) -> Command:
@@ -178,6 +192,16 @@ def parse_jobs(stdout: str, comment: str) -> list[SlurmJob]:
     return jobs
 
 
+def as_seen_by_the_loop(job: SlurmJob, now: float, replace_before_end: float) -> Instance:
+    """The job's instance, reported EXITED when it runs out of walltime within the lead time."""
+    leaving = (
+        job.instance.state is InstanceState.RUNNING
+        and job.ends_at is not None
+        and job.ends_at - now <= replace_before_end
+    )
+    return replace(job.instance, state=InstanceState.EXITED) if leaving else job.instance
+
+
 async def _run(command: Command) -> str:
     """Execute one command; return its stdout or raise with its stderr."""
     process = await asyncio.create_subprocess_exec(
@@ -197,22 +221,25 @@ async def _run(command: Command) -> str:
 class SlurmBackend:
     """Submits, lists and cancels one deployment's worker jobs."""
 
-    def __init__(self, settings: SlurmSettings) -> None:
+    def __init__(self, settings: SlurmSettings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.clock = clock
 
     async def jobs(self) -> list[SlurmJob]:
         """This deployment's jobs as squeue reports them, with their expected end."""
         return parse_jobs(await _run(list_command(self.settings)), self.settings.comment)
 
     async def instances(self) -> list[Instance]:
-        return [job.instance for job in await self.jobs()]
+        now, lead = self.clock(), self.settings.replace_before_end
+        return [as_seen_by_the_loop(job, now, lead) for job in await self.jobs()]
 
     async def scale_up(self, n: int) -> None:
         for _ in range(n - count_requested(await self.instances())):
             parse_job_id(await _run(submit_command(self.settings)))
 
     async def scale_down(self, names: Collection[str]) -> None:
-        live = {i.name for i in await self.instances() if i.state is not InstanceState.EXITED}
+        jobs = await self.jobs()
+        live = {j.instance.name for j in jobs if j.instance.state is not InstanceState.EXITED}
         doomed = live & set(names)
         if doomed:
             await _run(cancel_command(self.settings, doomed))

@@ -74,3 +74,40 @@ async def test_backend_submits_lists_and_cancels_exactly_the_named_job(
     finally:
         ids = [i.name for i in await backend.instances()] + [stranger]
         subprocess.run(["scancel", *ids], check=False)
+
+
+async def test_job_near_its_walltime_gets_a_replacement_while_it_still_runs(
+    slurm: Any, tmp_path: Path
+) -> None:
+    # A one-minute time limit is always within a 120 s lead: the job is "leaving" once it runs.
+    script = tmp_path / "worker-job.sh"
+    script.write_text(
+        f"#!/bin/bash\n#SBATCH --time=1\n#SBATCH --output={tmp_path}/%j.out\nexec sleep 300\n"
+    )
+    deployment = f"wall-{uuid.uuid4().hex[:8]}"
+    options = {"worker_script": str(script), "replace_before_end": 120}
+    backend = SlurmBackend(
+        load_settings(BackendContext(deployment, "tcp://127.0.0.1:8786", options))
+    )
+    try:
+        await backend.scale_up(1)
+        [first] = [i.name for i in await backend.instances()]
+        await wait_for_states(backend, {first: InstanceState.EXITED})
+        assert [j.instance.state for j in await backend.jobs()] == [InstanceState.RUNNING]
+
+        await backend.scale_up(1)  # the loop's request: one worker, the leaving one counts as gone
+        jobs = {j.instance.name: j.instance.state for j in await backend.jobs()}
+        assert len(jobs) == 2 and jobs[first] is InstanceState.RUNNING
+
+        await backend.scale_down([first])  # cleanup still reaches the leaving job
+        for _ in range(60):
+            states = {j.instance.name: j.instance.state for j in await backend.jobs()}
+            if states[first] is InstanceState.EXITED:
+                break
+            await asyncio.sleep(0.5)
+        assert states[first] is InstanceState.EXITED
+        assert len(states) == 2 and InstanceState.EXITED not in {
+            state for name, state in states.items() if name != first
+        }
+    finally:
+        subprocess.run(["scancel", *[i.name for i in await backend.instances()]], check=False)
