@@ -71,6 +71,7 @@ class Scaler:
         self._last_hold = ""
         self._unknown_logged: set[str] = set()
         self._refused: dict[str, float] = {}
+        self._last_line = ""
         self._started_at: float | None = None
         self._last_connected: dict[str, float] = {}
 
@@ -163,6 +164,10 @@ class Scaler:
 
     def _log_decision(self, decision: Decision) -> None:
         line = describe(decision)
+        if self.dry_run and line == self._last_line:
+            logger.debug("%s", line)  # nothing acts in a dry run: say each decision once
+            return
+        self._last_line = line
         if isinstance(decision, Hold):
             if decision.reason == self._last_hold:
                 logger.debug("%s", line)
