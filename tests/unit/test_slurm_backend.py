@@ -20,6 +20,8 @@ from dask_deploy.backends.slurm import (
     submit_command,
 )
 
+pytestmark = pytest.mark.slurm  # `pytest -m slurm` runs every SLURM test; these need no SLURM
+
 SETTINGS = SlurmSettings("dask", Path("/opt/dask/worker-job.sh"), "dask-worker", ())
 COMMENT = "dask-deploy/dask"
 
