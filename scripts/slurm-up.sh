@@ -34,6 +34,8 @@ show_logs() {
 fail() {
   log "FAILED: $*"
   show_logs
+  # Leave nothing half-started behind (the logs stay).
+  DASK_DEPLOY_SLURM_LOCKED=1 "$here/slurm-down.sh" >/dev/null 2>&1 || true
   exit 1
 }
 
