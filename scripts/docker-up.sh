@@ -45,8 +45,9 @@ rm -f "$pid_file"
 log "starting dockerd --bridge=none (log: $log_file)"
 # --iptables/--ip-masq off: without a bridge there is nothing to route, and no rule of ours
 # should land in the host's firewall. containerd is started by dockerd itself.
+# fd 8 (our lock) is closed for dockerd, or it would hold the lock for its whole life.
 $SUDO setsid dockerd --bridge=none --iptables=false --ip-masq=false --ip6tables=false \
-  --pidfile="$state/dockerd.self.pid" >"$log_file" 2>&1 </dev/null &
+  --pidfile="$state/dockerd.self.pid" >"$log_file" 2>&1 </dev/null 8>&- &
 echo $! >"$pid_file"
 
 for _ in $(seq 1 120); do

@@ -21,7 +21,7 @@ from dask_deploy.backends.docker import (
 )
 
 SETTINGS = DockerSettings(
-    "dask", "tcp://127.0.0.1:8786", "w:1", ("--nthreads", "2"), {"A": "1"}, None, 5
+    "dask", "tcp://127.0.0.1:8786", "w:1", ("--nthreads", "2"), {"A": "1"}, ("/a:/a:ro",), None, 5
 )
 
 
@@ -50,6 +50,7 @@ def test_workers_run_on_the_host_network_with_labels() -> None:
         "dask-deploy.requested-at": "12.500",
     }
     assert spec["environment"] == {"A": "1"}
+    assert spec["volumes"] == ["/a:/a:ro"]
     assert spec["image"] == "w:1"
 
 
@@ -100,6 +101,7 @@ def test_settings_defaults() -> None:
         ({"worker_args": "--nthreads 2"}, "backend.options.worker_args"),
         ({"environment": {"A": 1}}, "backend.options.environment"),
         ({"stop_timeout": -1}, "backend.options.stop_timeout"),
+        ({"volumes": ["/no-colon"]}, "backend.options.volumes"),
         ({"imagee": "x"}, "backend.options.imagee"),
     ],
 )

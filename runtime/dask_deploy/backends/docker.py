@@ -5,6 +5,7 @@ Options (``backend.options`` in the scaler configuration)::
     image: ghcr.io/dask-deploy/dask-deploy-worker:0.1.0   # required: the worker image
     worker_args: []            # optional: extra `dask worker` arguments, e.g. ["--nthreads", "2"]
     environment: {}            # optional: environment variables of every worker container
+    volumes: []                # optional: bind mounts, "host:container[:ro]" (e.g. TLS files)
     base_url: null             # optional: the engine's address; default DOCKER_HOST or the socket
     stop_timeout: 30           # optional: seconds `docker stop` waits before SIGKILL
 
@@ -49,6 +50,7 @@ class DockerSettings:
     image: str
     worker_args: tuple[str, ...]
     environment: Mapping[str, str]
+    volumes: tuple[str, ...]
     base_url: str | None
     stop_timeout: int
 
@@ -56,7 +58,7 @@ class DockerSettings:
 def load_settings(context: BackendContext) -> DockerSettings:
     """Validate ``backend.options``; raise :class:`SettingsError` naming the bad key."""
     options = dict(context.options)
-    allowed = {"image", "worker_args", "environment", "base_url", "stop_timeout"}
+    allowed = {"image", "worker_args", "environment", "volumes", "base_url", "stop_timeout"}
     for key in sorted(options.keys() - allowed):
         raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(allowed)}")
     image = options.get("image")
@@ -70,6 +72,11 @@ def load_settings(context: BackendContext) -> DockerSettings:
         isinstance(k, str) and isinstance(v, str) for k, v in environment.items()
     ):
         raise SettingsError("backend.options.environment", environment, "a mapping of strings")
+    volumes = options.get("volumes", [])
+    if not isinstance(volumes, list) or not all(
+        isinstance(v, str) and v.count(":") in (1, 2) for v in volumes
+    ):
+        raise SettingsError("backend.options.volumes", volumes, 'a list of "host:container[:ro]"')
     base_url = options.get("base_url")
     if base_url is not None and not isinstance(base_url, str):
         raise SettingsError(
@@ -84,6 +91,7 @@ def load_settings(context: BackendContext) -> DockerSettings:
         image,
         tuple(worker_args),
         dict(environment),
+        tuple(volumes),
         base_url,
         stop_timeout,
     )
@@ -124,7 +132,7 @@ def worker_container_spec(settings: DockerSettings, index: int, now: float) -> d
     """Keyword arguments of ``containers.run`` for worker ``index``.
 
     >>> spec = worker_container_spec(
-    ...     DockerSettings("dask", "tcp://127.0.0.1:8786", "w:1", (), {}, None, 30), 0, 0.0
+    ...     DockerSettings("dask", "tcp://127.0.0.1:8786", "w:1", (), {}, (), None, 30), 0, 0.0
     ... )
     >>> spec["name"], spec["command"], spec["network_mode"]
     ('dask-worker-0', ['tcp://127.0.0.1:8786', '--name', 'dask-worker-0'], 'host')
@@ -140,6 +148,7 @@ def worker_container_spec(settings: DockerSettings, index: int, now: float) -> d
             REQUESTED_AT_LABEL: f"{now:.3f}",
         },
         "environment": dict(settings.environment),
+        "volumes": list(settings.volumes),
         "network_mode": "host",
         "detach": True,
         "stop_signal": "SIGTERM",
