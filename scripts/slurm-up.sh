@@ -97,6 +97,11 @@ runuser -u munge -- munged --socket="$state/munge-socket/munge.socket" \
   --key-file="$state/munge/munge.key" --pid-file="$state/run/munged.pid" \
   --log-file="$state/log/munged.log" --seed-file="$state/munge/munged.seed" \
   </dev/null >>"$state/log/daemons.log" 2>&1 8>&- || fail "munged did not start"
+for _ in $(seq 1 20); do
+  alive "$state/run/munged.pid" && [ -S "$state/munge-socket/munge.socket" ] && break
+  sleep 0.25
+done
+alive "$state/run/munged.pid" || fail "munged did not come up"
 
 slurmctld -f "$conf" </dev/null >>"$state/log/daemons.log" 2>&1 8>&- ||
   fail "slurmctld did not start"
