@@ -59,7 +59,7 @@ bench-images: images ## Print each image's size and the median cold start of a w
 demo: $(STAMP) ## Start a scheduler and the scaler, run a bursty workload, plot workers over time
 	$(BIN)/python -m dask_deploy.demo
 
-bench: $(STAMP) ## Real workers, every trace x policy (ours, Adaptive, static max/min), 3 interleaved reps; table + PNGs in bench/results/
+bench: $(STAMP) bench-images ## Real workers, every trace x policy (ours, Adaptive, static max/min), 3 interleaved reps; table + PNGs in bench/results/ (after the image bench)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 bench-quick: $(STAMP) ## One repetition of two short traces (development check of the bench harness)
