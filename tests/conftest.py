@@ -1,0 +1,3 @@
+"""Fixtures shared by several test folders."""
+
+from docker_support import docker_engine, docker_images  # noqa: F401  (session fixtures)

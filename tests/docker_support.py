@@ -1,0 +1,162 @@
+"""A Docker engine and the project's images for the tests marked ``docker``.
+
+``docker_engine`` (session) runs scripts/docker-up.sh, which installs docker.io when missing and
+starts ``dockerd --bridge=none`` when no engine answers; at the end it stops the engine only when
+this session started it. ``docker_images`` (session) provides the base stand-in and builds the
+three images unless each tag exists and is newer than every input (Dockerfile, requirements,
+constraints.txt, pyproject.toml, runtime/). When the engine or a build fails, the test fails
+with the script's output (which carries the tail of dockerd's or the build's log).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ROLES = ("scheduler", "worker", "scaler")
+REPOSITORY = os.environ.get("DASK_DEPLOY_IMAGE_REPOSITORY", "ghcr.io/dask-deploy/dask-deploy")
+LABEL_TEST = "dask-deploy.test"
+
+
+def package_version() -> str:
+    with (REPO / "pyproject.toml").open("rb") as file:
+        return str(tomllib.load(file)["project"]["version"])
+
+
+def pinned(name: str) -> str:
+    """The version constraints.txt pins for ``name``."""
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.lower().startswith(f"{name.lower()}=="):
+            return line.split("==", 1)[1].strip()
+    raise LookupError(f"{name} is not pinned in constraints.txt")
+
+
+def image_tag(role: str) -> str:
+    return f"{REPOSITORY}-{role}:{package_version()}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _script(name: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHON": str(REPO / ".venv" / "bin" / "python")}
+    return subprocess.run(
+        [str(REPO / "scripts" / name)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def _inputs_mtime() -> float:
+    context = REPO / "images" / "dask-deploy"
+    inputs = [
+        context / "Dockerfile",
+        *(context / "requirements").glob("*.txt"),
+        REPO / "constraints.txt",
+        REPO / "pyproject.toml",
+        *(REPO / "runtime").rglob("*.py"),
+    ]
+    return max(path.stat().st_mtime for path in inputs)
+
+
+def _image_created(tag: str) -> float | None:
+    inspected = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Created}}", tag],
+        capture_output=True,
+        text=True,
+    )
+    if inspected.returncode != 0:
+        return None
+    stamp = inspected.stdout.strip()  # 2026-11-28T12:44:50.123456789Z: cut to microseconds
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    parsed = datetime.datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]}+00:00")
+    return parsed.timestamp()
+
+
+def images_fresh() -> bool:
+    newest_input = _inputs_mtime()
+    created = [_image_created(image_tag(role)) for role in ROLES]
+    return all(stamp is not None and stamp > newest_input for stamp in created)
+
+
+def remove_test_containers() -> None:
+    listed = subprocess.run(
+        ["docker", "ps", "--all", "--quiet", "--filter", f"label={LABEL_TEST}"],
+        capture_output=True,
+        text=True,
+    )
+    ids = listed.stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "--force", *ids], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[None]:
+    """A Docker engine that answers; stopped at the end only if this session started it."""
+    started = _script("docker-up.sh", timeout=600)
+    if started.returncode != 0:
+        pytest.fail(
+            f"no Docker engine (scripts/docker-up.sh exit {started.returncode}):\n"
+            f"{started.stdout}{started.stderr}",
+            pytrace=False,
+        )
+    we_started = "starting dockerd" in started.stderr
+    try:
+        yield
+    finally:
+        remove_test_containers()
+        if we_started:
+            _script("docker-down.sh", timeout=120)
+
+
+@pytest.fixture(scope="session")
+def docker_images(docker_engine: None) -> dict[str, str]:
+    """Tag of each role's image, built (offline) unless already newer than its inputs."""
+    base = _script("base-images.sh", timeout=600)
+    if base.returncode != 0:
+        pytest.fail(f"base image stand-in failed:\n{base.stderr}", pytrace=False)
+    if not images_fresh():
+        built = _script("build-images.sh", timeout=900)
+        if built.returncode != 0:
+            pytest.fail(
+                f"scripts/build-images.sh exit {built.returncode}:\n{built.stderr[-4000:]}",
+                pytrace=False,
+            )
+    return {role: image_tag(role) for role in ROLES}
+
+
+def run_container(image: str, *args: str, name: str, **options: str) -> str:
+    """Start a detached, labelled container on the host network; return its id."""
+    extra = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
+    started = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--detach",
+            "--network=host",
+            f"--label={LABEL_TEST}=1",
+            f"--name={name}",
+            *extra,
+            image,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if started.returncode != 0:
+        pytest.fail(f"docker run {image} failed: {started.stderr}", pytrace=False)
+    return started.stdout.strip()
+
+
+def container_logs(name: str) -> str:
+    logs = subprocess.run(["docker", "logs", "--tail", "40", name], capture_output=True, text=True)
+    return logs.stdout + logs.stderr
