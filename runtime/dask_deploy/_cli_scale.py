@@ -11,7 +11,7 @@ from pathlib import Path
 from .backends import BackendContext, load_backend_factory
 from .config import ScalerConfig, load_config
 from .metrics import ScalerMetrics
-from .observe import connect, resolve_address
+from .observe import connect, resolve_address, wait_for_address
 from .policy import PolicySettings, load_policy_factory
 from .scaler import Scaler
 
@@ -84,7 +84,9 @@ def settings_from_args(args: argparse.Namespace) -> ScalerConfig:
     return load_config(args.config, overrides)
 
 
-def build_scaler(config: ScalerConfig, *, dry_run: bool = False) -> Scaler:
+def build_scaler(
+    config: ScalerConfig, *, dry_run: bool = False, address: str | None = None
+) -> Scaler:
     """Policy, backend and scheduler link for ``config``; ``SettingsError`` on bad options."""
     policy = load_policy_factory(config.policy.name)(
         PolicySettings(
@@ -97,12 +99,12 @@ def build_scaler(config: ScalerConfig, *, dry_run: bool = False) -> Scaler:
     backend = load_backend_factory(config.backend.name)(
         BackendContext(
             deployment=config.deployment,
-            scheduler_address=resolve_address(config.scheduler),
+            scheduler_address=address or resolve_address(config.scheduler),
             options=config.backend.options,
         )
     )
     return Scaler(
-        scheduler=connect(config.scheduler),
+        scheduler=connect(config.scheduler, address),
         backend=backend,
         policy=policy,
         settings=config.loop,
@@ -113,7 +115,8 @@ def build_scaler(config: ScalerConfig, *, dry_run: bool = False) -> Scaler:
 
 async def serve(config: ScalerConfig, *, dry_run: bool = False) -> None:
     """Run the scaler until SIGTERM or SIGINT, then close everything cleanly."""
-    scaler = build_scaler(config, dry_run=dry_run)
+    address = await wait_for_address(config.scheduler, timeout=config.loop.startup_timeout)
+    scaler = build_scaler(config, dry_run=dry_run, address=address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

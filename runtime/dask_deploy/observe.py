@@ -15,10 +15,14 @@ still accounts for queued work, so the policies keep working.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from ._errors import UserInputError
 from .config import SchedulerSettings
 from .policy import WorkerSnapshot
 from .scheduler_preload import HANDLER
@@ -159,14 +163,30 @@ def resolve_address(settings: SchedulerSettings) -> str:
     """The scheduler address, read from the scheduler file when one is configured."""
     if settings.address is not None:
         return settings.address
-    import json
-    from pathlib import Path
-
     assert settings.scheduler_file is not None
     return str(json.loads(Path(settings.scheduler_file).read_text())["address"])
 
 
-def connect(settings: SchedulerSettings) -> RpcScheduler:
+async def wait_for_address(settings: SchedulerSettings, timeout: float) -> str:
+    """Like :func:`resolve_address`, but waits for a scheduler file that is not written yet.
+
+    A scheduler started beside the scaler (one SLURM job, one pod) may write its file
+    a few seconds after the scaler starts.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return resolve_address(settings)
+        except (OSError, ValueError, KeyError) as error:
+            if time.monotonic() > deadline:
+                raise UserInputError(
+                    f"scheduler.scheduler_file: no scheduler address in "
+                    f"{settings.scheduler_file!r} after {timeout:g}s ({error})"
+                ) from None
+            await asyncio.sleep(0.5)
+
+
+def connect(settings: SchedulerSettings, address: str | None = None) -> RpcScheduler:
     """An RPC link to the configured scheduler, with TLS when security is configured."""
     from distributed.security import Security
 
@@ -180,4 +200,4 @@ def connect(settings: SchedulerSettings) -> RpcScheduler:
     else:
         security = Security()  # type: ignore[no-untyped-call]
     connection_args = security.get_connection_args("client")  # type: ignore[no-untyped-call]
-    return RpcScheduler(resolve_address(settings), connection_args=connection_args)
+    return RpcScheduler(address or resolve_address(settings), connection_args=connection_args)

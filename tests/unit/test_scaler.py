@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Collection
+from pathlib import Path
 
 import pytest
 
-from dask_deploy import InstanceState
+from dask_deploy import InstanceState, UserInputError
 from dask_deploy.backends.fake import FakeBackend
-from dask_deploy.config import LoopSettings
-from dask_deploy.observe import SchedulerState
+from dask_deploy.config import LoopSettings, SchedulerSettings
+from dask_deploy.observe import SchedulerState, wait_for_address
 from dask_deploy.policy import Hold, PolicySettings, ScaleDown, ScaleUp, WorkerSnapshot
 from dask_deploy.policy import load_policy_factory as policy_factory
 from dask_deploy.scaler import Scaler
@@ -231,3 +233,22 @@ async def test_a_worker_that_disconnects_is_not_a_startup_failure_at_once() -> N
     clock.now += 31
     await scaler.tick()
     assert ("scale_down", ["d-0"]) in backend.calls
+
+
+async def test_the_scheduler_file_is_awaited_until_written(tmp_path: Path) -> None:
+    path = tmp_path / "scheduler.json"
+    settings = SchedulerSettings(scheduler_file=str(path))
+
+    async def write_later() -> None:
+        await asyncio.sleep(0.3)
+        path.write_text(json.dumps({"address": "tcp://127.0.0.1:9999"}))
+
+    writer = asyncio.create_task(write_later())
+    assert await wait_for_address(settings, timeout=10) == "tcp://127.0.0.1:9999"
+    await writer
+
+
+async def test_a_scheduler_file_never_written_is_a_clear_error(tmp_path: Path) -> None:
+    settings = SchedulerSettings(scheduler_file=str(tmp_path / "missing.json"))
+    with pytest.raises(UserInputError, match=r"scheduler\.scheduler_file: no scheduler address"):
+        await wait_for_address(settings, timeout=0.2)
