@@ -45,8 +45,15 @@ class TickResult:
 class Scaler:
     """Joins a :class:`~dask_deploy.observe.SchedulerLink`, a policy and a backend.
 
-    >>> # scaler = Scaler(scheduler=link, backend=backend, policy=policy, settings=LoopSettings())
-    >>> # await scaler.run(stop_event)
+    Example (inside a running event loop)::
+
+        scaler = Scaler(
+            scheduler=connect(SchedulerSettings(address="tcp://127.0.0.1:8786")),
+            backend=FakeBackend("dask"),
+            policy=load_policy_factory("adaptive")(PolicySettings(maximum=4)),
+            settings=LoopSettings(interval=1.0),
+        )
+        await scaler.run(stop)  # until the asyncio.Event ``stop`` is set
     """
 
     def __init__(
