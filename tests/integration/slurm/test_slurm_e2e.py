@@ -107,8 +107,12 @@ def render(values: dict[str, Any], out: Path) -> None:
 
 
 @pytest.fixture
-def deployment(slurm: Any, tmp_path: Path) -> Iterator[Deployment]:
-    """Render the slurm templates, sbatch the scheduler job, cancel everything afterwards."""
+def deployment(slurm: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """Render the slurm templates, sbatch the scheduler job, cancel everything afterwards.
+
+    Indirect parametrization may override ``scaler`` values.
+    """
+    scaler_overrides: dict[str, Any] = getattr(request, "param", {})
     name = f"e2e-{uuid.uuid4().hex[:6]}"
     folder = tmp_path / "rendered"
     render(
@@ -133,6 +137,7 @@ def deployment(slurm: Any, tmp_path: Path) -> Iterator[Deployment]:
                 "startup_timeout": 120,
                 "metrics_port": None,
                 "cleanup_on_exit": True,
+                **scaler_overrides,
             },
         },
         folder,
@@ -247,3 +252,19 @@ def test_worker_job_cancelled_from_outside_is_replaced(deployment: Deployment) -
         assert client.gather(squares) == [x * x for x in range(60)]
 
     tear_down(deployment)
+
+
+@pytest.mark.parametrize("deployment", [{"cleanup_on_exit": False, "minimum": 2}], indirect=True)
+def test_workers_end_their_jobs_when_the_scheduler_dies(deployment: Deployment) -> None:
+    with connect(deployment) as client:
+        wait_for("two workers register", lambda: len(worker_names(client)) == 2)
+        workers = worker_names(client)
+    # Scheduler and scaler die together; the scaler cleans nothing up (cleanup_on_exit: false).
+    subprocess.run(["scancel", "--signal=KILL", deployment.scheduler_job], check=True)
+    wait_for(
+        "the workers exit on their own (lost scheduler, death timeout) and their jobs end",
+        lambda: not set(deployment.worker_jobs()) & workers,
+        timeout=120,
+    )
+    ended = deployment.worker_jobs("all")
+    assert all(ended[job] != "CANCELLED" for job in workers), ended  # nobody cancelled them
