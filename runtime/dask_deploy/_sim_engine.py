@@ -126,6 +126,7 @@ class SimCluster:
         self._running_count = [0] * len(groups)
         self._observed_total = [0.0] * len(groups)
         self._observed_n = [0] * len(groups)
+        self._first_start = [math.inf] * len(groups)
         self._submitted = [False] * len(groups)
         self._children: dict[int, list[int]] = {}
         for i, parent in enumerate(self._parent):
@@ -237,6 +238,8 @@ class SimCluster:
         if chunk.position >= len(chunk.durations):
             self._ready.popleft()
         group = chunk.group
+        if self._first_start[group] == math.inf:
+            self._first_start[group] = self.now
         self._ready_count[group] -= 1
         self._running_count[group] += 1
         if worker.running == 0:
@@ -398,8 +401,13 @@ class SimCluster:
                 self._lose(worker)
 
     def prefix_duration(self, group: int) -> float:
+        """The scheduler's estimate: the mean seen so far; before any task finished, twice
+        the longest time a task of the prefix has been executing, else 0.5 s."""
         n = self._observed_n[group]
-        return self._observed_total[group] / n if n else UNKNOWN_TASK_DURATION
+        if n:
+            return self._observed_total[group] / n
+        executing = self.now - self._first_start[group]
+        return 2 * executing if executing > 0 else UNKNOWN_TASK_DURATION
 
     @property
     def queued(self) -> int:
