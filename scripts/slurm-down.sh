@@ -25,7 +25,7 @@ if alive "$state/run/slurmctld.pid"; then
   done
 fi
 
-pid_files=("$state"/run/slurmd-*.pid "$state/run/slurmctld.pid" "$state/run/munged.pid")
+pid_files=("$state"/run/slurmd-*.pid "$state/run/slurmctld.pid" "$state/munge-socket/munged.pid")
 for pid_file in "${pid_files[@]}"; do
   alive "$pid_file" && kill "$(cat "$pid_file")" 2>/dev/null || true
 done

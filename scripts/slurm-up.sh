@@ -50,7 +50,7 @@ all_nodes_ready() {
 
 healthy() {
   [ -f "$conf" ] && cmp -s "$conf" "$state/slurm.conf.new" || return 1
-  alive "$state/run/munged.pid" && alive "$state/run/slurmctld.pid" || return 1
+  alive "$state/munge-socket/munged.pid" && alive "$state/run/slurmctld.pid" || return 1
   local k
   for k in $(seq 1 "$nodes"); do alive "$state/run/slurmd-node$k.pid" || return 1; done
   scontrol ping >/dev/null 2>&1 && all_nodes_ready
@@ -92,16 +92,15 @@ if [ ! -s "$state/munge/munge.key" ]; then
     fail "could not create a munge key"
 fi
 touch "$state/log/munged.log" && chown munge:munge "$state/log/munged.log"
-touch "$state/run/munged.pid" && chown munge:munge "$state/run/munged.pid"
 runuser -u munge -- munged --socket="$state/munge-socket/munge.socket" \
-  --key-file="$state/munge/munge.key" --pid-file="$state/run/munged.pid" \
+  --key-file="$state/munge/munge.key" --pid-file="$state/munge-socket/munged.pid" \
   --log-file="$state/log/munged.log" --seed-file="$state/munge/munged.seed" \
   </dev/null >>"$state/log/daemons.log" 2>&1 8>&- || fail "munged did not start"
 for _ in $(seq 1 20); do
-  alive "$state/run/munged.pid" && [ -S "$state/munge-socket/munge.socket" ] && break
+  alive "$state/munge-socket/munged.pid" && [ -S "$state/munge-socket/munge.socket" ] && break
   sleep 0.25
 done
-alive "$state/run/munged.pid" || fail "munged did not come up"
+alive "$state/munge-socket/munged.pid" || fail "munged did not come up"
 
 slurmctld -f "$conf" </dev/null >>"$state/log/daemons.log" 2>&1 8>&- ||
   fail "slurmctld did not start"
