@@ -40,6 +40,13 @@ for requirement in distributed numpy pandas docker; do
   ls "$wheels" | grep -qi "^${requirement}-" || { log "FAILED: no $requirement wheel downloaded"; exit 1; }
 done
 
+# Without the base tag present, `docker build` would try a registry; refuse instead.
+base="$(grep -m1 -oE '^FROM [^ ]+' "$context/Dockerfile" | cut -d' ' -f2)"
+docker image inspect "$base" >/dev/null 2>&1 || {
+  log "FAILED: base image $base is not present locally; run scripts/base-images.sh (make base-images) first"
+  exit 1
+}
+
 for role in "${roles[@]}"; do
   tag="$repository-$role:$version"
   log "building $tag"
