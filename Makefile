@@ -14,7 +14,7 @@ OUT ?= rendered/$(BACKEND)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help venv render golden lint test demo clean docker-up docker-down base-images images bench-images bench bench-quick
+.PHONY: help venv render golden lint test demo clean docker-up docker-down base-images images bench-images bench bench-all bench-quick
 
 help: ## List the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,8 +59,10 @@ bench-images: images ## Print each image's size and the median cold start of a w
 demo: $(STAMP) ## Start a scheduler and the scaler, run a bursty workload, plot workers over time
 	$(BIN)/python -m dask_deploy.demo
 
-bench: $(STAMP) bench-images ## Real workers, every trace x policy (ours, Adaptive, static max/min), 3 interleaved reps; table + PNGs in bench/results/ (after the image bench)
+bench: $(STAMP) ## Real workers, every trace x policy (ours, Adaptive, static max/min), 3 interleaved reps; table + PNGs in bench/results/ (< 20 min)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-all: bench-images bench ## Both benchmarks: the images (size, cold start), then the scaler comparison
 
 bench-quick: $(STAMP) ## One repetition of two short traces (development check of the bench harness)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
