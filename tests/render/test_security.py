@@ -1,0 +1,205 @@
+"""Secure defaults, checked on the committed golden output of every scenario of every backend.
+
+No secret material in any rendered file; the scheduler's comm, dashboard and HTTP API stay
+inside the cluster by default; containers run non-root, without privilege escalation, with a
+read-only root filesystem and resource limits where the backend has them; Marathon
+credentials come only from a file or the environment; checkov passes on the Kubernetes
+manifests with every skipped check justified in tests/render/checkov.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "golden"
+CHECKOV_CONFIG = Path(__file__).with_name("checkov.yaml")
+CHECKOV_VENV = REPO / ".venv-checkov"
+SCENARIO_FOLDERS = sorted(p for p in GOLDEN.glob("*/*") if p.is_dir())
+FILES = sorted(p for folder in SCENARIO_FOLDERS for p in folder.rglob("*") if p.is_file())
+
+PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+#: `password: x`, `"token": "x"`, `PASSWORD=x`, `--token x`: a secret-looking key with a value.
+SECRET_ASSIGNMENT = re.compile(
+    r"""["']?\b[\w.-]*(password|passwd|secret|token|api[_-]?key)\b["']?"""
+    r"""[ \t]*[:=][ \t]*["']?(?P<value>[^\s"',}]+)""",
+    re.IGNORECASE,
+)
+#: Values that name where a secret lives rather than holding it.
+REFERENCE_VALUE = re.compile(r"^(null|~|\$\{?\w+\}?|/[\w./-]+|[\w-]+-tls|[a-z0-9-]+)$")
+BASE64_BLOB = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
+
+
+def relative(path: Path) -> str:
+    return path.relative_to(GOLDEN).as_posix()
+
+
+@pytest.mark.parametrize("path", FILES, ids=relative)
+def test_no_private_key_or_inline_secret_in_rendered_files(path: Path) -> None:
+    text = path.read_text()
+    assert not PRIVATE_KEY.search(text), f"{relative(path)} holds a private key"
+    for match in SECRET_ASSIGNMENT.finditer(text):
+        assert REFERENCE_VALUE.match(match.group("value")), (
+            f"{relative(path)}: {match.group(0)!r} looks like an inline secret"
+        )
+    blobs = [b for b in BASE64_BLOB.findall(text) if not re.fullmatch(r"[a-z/._-]+", b)]
+    assert not blobs, f"{relative(path)}: base64-looking data {blobs[:2]}"
+
+
+def kubernetes_objects(folder: Path) -> list[dict[str, Any]]:
+    objects = [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
+    objects = [o for o in objects if o.get("kind") != "Kustomization"]
+    for config_map in [o for o in objects if o["kind"] == "ConfigMap"]:
+        if "worker-pod.yaml" in config_map.get("data", {}):
+            objects.append(yaml.safe_load(config_map["data"]["worker-pod.yaml"]))
+    return objects
+
+
+KUBERNETES = sorted((GOLDEN / "kubernetes").iterdir())
+
+
+@pytest.mark.parametrize("folder", KUBERNETES, ids=lambda p: p.name)
+def test_kubernetes_has_no_secret_objects_and_no_external_service(folder: Path) -> None:
+    objects = kubernetes_objects(folder)
+    assert not [o for o in objects if o["kind"] == "Secret"], "Secrets are referenced, not rendered"
+    for service in [o for o in objects if o["kind"] == "Service"]:
+        spec = service["spec"]
+        assert spec.get("type", "ClusterIP") == "ClusterIP"
+        assert "externalIPs" not in spec and "loadBalancerIP" not in spec
+        assert all("nodePort" not in port for port in spec["ports"])
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    specs = [o["spec"]["template"]["spec"] for o in objects if o["kind"] == "Deployment"]
+    return specs + [o["spec"] for o in objects if o["kind"] == "Pod"]
+
+
+@pytest.mark.parametrize("folder", KUBERNETES, ids=lambda p: p.name)
+def test_kubernetes_containers_are_non_root_read_only_bounded(folder: Path) -> None:
+    specs = pod_specs(kubernetes_objects(folder))
+    assert len(specs) == 2, "the scheduler Deployment and the worker pod template"
+    for spec in specs:
+        pod_context = spec.get("securityContext", {})
+        assert spec.get("hostPID") is not True and spec.get("hostIPC") is not True
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = {**pod_context, **container.get("securityContext", {})}
+            where = container["name"]
+            assert context.get("runAsNonRoot") is True, where
+            assert context.get("runAsUser", 1) != 0, where
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert context.get("privileged") is not True, where
+            assert context.get("readOnlyRootFilesystem") is True, where
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert {"cpu", "memory"} <= set(container["resources"].get("limits", {})), where
+            assert all("hostPort" not in port for port in container.get("ports", [])), where
+
+
+@pytest.mark.parametrize("folder", KUBERNETES, ids=lambda p: p.name)
+def test_kubernetes_scaler_token_is_mounted_only_where_used(folder: Path) -> None:
+    objects = kubernetes_objects(folder)
+    worker_pods = [o for o in objects if o["kind"] == "Pod"]
+    assert worker_pods and all(
+        p["spec"].get("automountServiceAccountToken") is False for p in worker_pods
+    ), "workers do not call the API, so they carry no token"
+
+
+MARATHON = sorted((GOLDEN / "marathon").iterdir())
+
+
+@pytest.mark.parametrize("folder", MARATHON, ids=lambda p: p.name)
+def test_marathon_apps_do_not_ask_for_public_agents_or_host_port_mappings(folder: Path) -> None:
+    for path in sorted(folder.glob("*-app.json")):
+        app = json.loads(path.read_text())
+        assert "slave_public" not in app.get("acceptedResourceRoles", []), path.name
+        assert "portMappings" not in json.dumps(app.get("container", {})), path.name
+        network_modes = {n.get("mode") for n in app.get("networks", [])}
+        assert "container/bridge" not in network_modes, path.name
+
+
+@pytest.mark.parametrize("folder", MARATHON, ids=lambda p: p.name)
+def test_marathon_credentials_come_only_from_a_file_or_the_environment(folder: Path) -> None:
+    config = yaml.safe_load((folder / "scaler-config.yaml").read_text())
+    options = config["backend"]["options"]
+    credentials = {k: v for k, v in options.items() if re.search("cred|auth|user|pass", k)}
+    assert set(credentials) <= {"credentials_file"}, credentials
+    path = credentials.get("credentials_file")
+    assert path is None or str(path).startswith("/"), path
+    scaler = json.loads((folder / "scaler-app.json").read_text())
+    assert set(scaler.get("secrets", {})) == set(), "no Marathon secrets inlined"
+
+
+DOCKER = sorted((GOLDEN / "docker").iterdir())
+
+
+@pytest.mark.parametrize("folder", DOCKER, ids=lambda p: p.name)
+def test_docker_publishes_nothing_and_binds_the_scheduler_to_loopback(folder: Path) -> None:
+    services = yaml.safe_load((folder / "compose.yaml").read_text())["services"]
+    for name, service in services.items():
+        assert "ports" not in service and service.get("privileged") is not True, name
+        assert service.get("user") not in ("0", "root", 0), name
+    command = services["scheduler"]["command"]
+    dashboard = command[command.index("--dashboard-address") + 1]
+    assert dashboard.startswith("127.0.0.1:"), dashboard
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+
+
+SLURM = sorted((GOLDEN / "slurm").iterdir())
+
+
+@pytest.mark.parametrize("folder", SLURM, ids=lambda p: p.name)
+def test_slurm_scripts_do_not_embed_certificates_or_keys(folder: Path) -> None:
+    for script in folder.glob("*.sh"):
+        text = script.read_text()
+        assert "-----BEGIN" not in text
+        assert "chmod 777" not in text and "--uid=0" not in text, script.name
+
+
+# --------------------------------------------------------------------------- checkov
+
+
+def checkov_binary() -> Path:
+    """checkov from its own venv (its dependency tree fights our pins), built on first use."""
+    checkov = CHECKOV_VENV / "bin" / "checkov"
+    if checkov.is_file():
+        return checkov
+    pin = next(
+        line.strip()
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if line.startswith("checkov==")
+    )
+    steps = [
+        [sys.executable, "-m", "venv", str(CHECKOV_VENV)],
+        [str(CHECKOV_VENV / "bin" / "pip"), "install", "--quiet", pin],
+    ]
+    for step in steps:
+        result = subprocess.run(step, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            pytest.fail(f"cannot build {CHECKOV_VENV}: {' '.join(step)}\n{result.stderr[-2000:]}")
+    return checkov
+
+
+@pytest.mark.parametrize("folder", KUBERNETES, ids=lambda p: p.name)
+def test_checkov_passes_on_the_kubernetes_manifests(folder: Path, tmp_path: Path) -> None:
+    checkov = checkov_binary()
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    for index, document in enumerate(kubernetes_objects(folder)):
+        (manifests / f"{index:02d}-{document['kind'].lower()}.yaml").write_text(
+            yaml.safe_dump(document)
+        )
+    result = subprocess.run(
+        [str(checkov), "--config-file", str(CHECKOV_CONFIG), "-d", str(manifests)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
