@@ -182,10 +182,8 @@ SET_KEY = st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True)
 #: Schema-valid values that still render broken output: found by this property, owned by the
 #: backends' templates and schemas, reported to the team. Each mark goes when its fix lands.
 KNOWN_RENDER_BUGS = {
-    "docker": "scheduler.host accepts any string, the scaler then refuses scheduler.address",
     "kubernetes": "image.repository allows characters (e.g. '`') that break the unquoted "
     "YAML image: line",
-    "slurm": "python.apptainer_args [''] renders a script bash -n rejects (unmatched quote)",
 }
 
 
