@@ -79,8 +79,13 @@ async def test_random_scaler_and_worker_kills_converge_and_lose_nothing(
                 scaler.kill()
                 scaler = deployment.start_scaler(**policy())
             else:
-                _name, pid = chooser.choice(sorted(deployment.processes().items()))
+                victim, pid = chooser.choice(sorted(deployment.processes().items()))
                 os.killpg(pid, signal.SIGKILL)
+                # Recovery counts only once the kill is visible to the scheduler.
+                await deployment.wait_for(
+                    f"{victim} leaves the scheduler",
+                    lambda: victim not in deployment.connected(),  # noqa: B023
+                )
             recovery, outside = await recover(deployment)
             assert await client.gather(held) == list(range(8)), "a held result is wrong"
             lost = sum(transitions.lost[f.key] for f in held) - lost_before
