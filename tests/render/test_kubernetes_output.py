@@ -174,6 +174,20 @@ def test_containers_are_non_root_read_only_and_bounded(
             assert container["resources"]["limits"] == container["resources"]["requests"]
 
 
+def test_each_container_runs_its_roles_image_as_the_images_user(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    # images/README.md: one image per role, user 10001; there is no role-less image.
+    rendered = render(render_scenario, "defaults", tmp_path)
+    repository = "ghcr.io/dask-deploy/dask-deploy"
+    assert rendered.container("scheduler")["image"] == f"{repository}-scheduler:0.1.0"
+    assert rendered.container("scaler")["image"] == f"{repository}-scaler:0.1.0"
+    assert rendered.worker["image"] == f"{repository}-worker:0.1.0"
+    for spec in rendered.pod_specs():
+        context = spec["securityContext"]
+        assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (10001,) * 3
+
+
 def test_custom_resources_and_extra_args(render_scenario: RenderScenario, tmp_path: Path) -> None:
     rendered = render(render_scenario, "custom", tmp_path)
     assert rendered.worker["resources"]["limits"] == {"cpu": "8", "memory": "32Gi"}

@@ -189,6 +189,14 @@ def test_no_credentials_are_rendered(render_scenario: RenderScenario, tmp_path: 
     assert not re.search(r"(password|token|MARATHON_AUTH)\W*[:=]", text, re.IGNORECASE)
 
 
+def test_each_app_runs_its_roles_image(render_scenario: RenderScenario, tmp_path: Path) -> None:
+    # images/README.md: one image per role; there is no role-less image.
+    rendered = apps(render_scenario("marathon", scenario("defaults"), tmp_path))
+    for name, app in rendered.items():
+        image = app["container"]["docker"]["image"]
+        assert image == f"ghcr.io/dask-deploy/dask-deploy-{name}:0.1.0"
+
+
 def test_without_an_image_commands_run_on_the_agent(
     render_scenario: RenderScenario, tmp_path: Path
 ) -> None:
