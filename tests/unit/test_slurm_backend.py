@@ -182,6 +182,12 @@ def test_bad_options_name_the_key(tmp_path: Path, options: dict[str, object], ke
     assert error.value.key == key
 
 
+#: The tests' clock: after every sample job was submitted, before any running one must end.
+#: Backends built here take it instead of the wall clock, which would eventually pass the
+#: samples' end times and turn running jobs into leaving ones.
+NOW = 1795870000.0
+
+
 class FakeSlurm:
     """Stands in for the runner: answers squeue from a list and records every command."""
 
@@ -212,35 +218,32 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSlurm:
 
 
 async def test_scale_up_counts_pending_jobs_as_requested(fake: FakeSlurm) -> None:
-    await slurm.SlurmBackend(SETTINGS).scale_up(4)
+    await slurm.SlurmBackend(SETTINGS, clock=lambda: NOW).scale_up(4)
     assert [argv[0] for argv in fake.commands] == ["squeue", "sbatch", "sbatch"]
 
 
 async def test_scale_up_never_lowers_the_count(fake: FakeSlurm) -> None:
-    await slurm.SlurmBackend(SETTINGS).scale_up(1)
+    await slurm.SlurmBackend(SETTINGS, clock=lambda: NOW).scale_up(1)
     assert [argv[0] for argv in fake.commands] == ["squeue"]
 
 
 async def test_scale_down_cancels_only_live_jobs_it_was_named(fake: FakeSlurm) -> None:
-    await slurm.SlurmBackend(SETTINGS).scale_down(["1", "3", "999"])
+    await slurm.SlurmBackend(SETTINGS, clock=lambda: NOW).scale_down(["1", "3", "999"])
     assert fake.commands[-1] == ("scancel", "--quiet", "--name=dask-worker", "1")
 
 
 async def test_scale_down_of_unknown_names_runs_no_scancel(fake: FakeSlurm) -> None:
-    await slurm.SlurmBackend(SETTINGS).scale_down(["999"])
+    await slurm.SlurmBackend(SETTINGS, clock=lambda: NOW).scale_down(["999"])
     assert [argv[0] for argv in fake.commands] == ["squeue"]
 
 
 async def test_instances_are_this_deployments_jobs(fake: FakeSlurm) -> None:
-    instances = await slurm.SlurmBackend(SETTINGS).instances()
+    instances = await slurm.SlurmBackend(SETTINGS, clock=lambda: NOW).instances()
     assert instances == [
         Instance("1", InstanceState.PENDING, 1795869283.0),
         Instance("2", InstanceState.RUNNING, 1795869283.0),
         Instance("3", InstanceState.EXITED, 1795869283.0),
     ]
-
-
-NOW = 1795870000.0
 
 
 def running_job(ends_at: float | None) -> slurm.SlurmJob:
