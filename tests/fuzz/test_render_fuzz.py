@@ -179,21 +179,8 @@ SET_KEY = st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True)
 
 # --------------------------------------------------------------------------- valid input
 
-#: Schema-valid values that still render broken output: found by this property, owned by the
-#: backends' templates and schemas, reported to the team. Each mark goes when its fix lands.
-KNOWN_RENDER_BUGS = {
-    "kubernetes": "image.repository allows characters (e.g. '`') that break the unquoted "
-    "YAML image: line",
-}
 
-
-def known_bug(backend: str) -> Any:
-    reason = KNOWN_RENDER_BUGS.get(backend)
-    marks = [pytest.mark.xfail(reason=f"template bug found by fuzz: {reason}")] if reason else []
-    return pytest.param(backend, marks=marks, id=backend)
-
-
-@pytest.mark.parametrize("backend", [known_bug(b) for b in BACKENDS])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_values_from_the_schema_render_valid_output_or_name_the_key(backend: str) -> None:
     if backend == "marathon" and not MARATHON_SCHEMAS.is_dir():
         pytest.skip(f"Marathon JSON Schemas not found at {MARATHON_SCHEMAS}; cannot validate")
@@ -312,7 +299,7 @@ def test_broken_input_exits_2_naming_the_key_and_writes_nothing(backend: str) ->
 # --------------------------------------------------------------------------- slow validators
 
 
-@pytest.mark.parametrize("backend", [known_bug(b) for b in BACKENDS if b == "slurm"])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "slurm"])
 def test_sampled_slurm_scripts_pass_shellcheck(backend: str) -> None:
     @settings(FUZZ, max_examples=25)
     @given(override=values_for(schema(backend)))
