@@ -24,6 +24,7 @@ def test_worker_command_names_the_worker_and_marks_its_directory() -> None:
     assert command[command.index("--nthreads") + 1] == "2"
     assert command[command.index("--local-directory") + 1] == "/state/dask-3"
     assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--death-timeout") + 1] == "60"
     assert command[-1] == "--x"
     assert parse_worker_cmdline(command, Path("/state")) == "dask-3"
 
@@ -47,6 +48,8 @@ def test_other_processes_are_not_ours(argv: list[str]) -> None:
         ({"threads": 0}, "backend.options.threads"),
         ({"worker_args": "--x"}, "backend.options.worker_args"),
         ({"state_dir": ""}, "backend.options.state_dir"),
+        ({"death_timeout": 0}, "backend.options.death_timeout"),
+        ({"death_timeout": "soon"}, "backend.options.death_timeout"),
         ({"colour": 1}, "backend.options.colour"),
     ],
 )

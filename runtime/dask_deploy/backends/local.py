@@ -14,6 +14,9 @@ Options (``backend.options``):
     ``--nthreads`` of each worker.
 ``memory_limit`` (default ``"1GiB"``)
     ``--memory-limit`` of each worker.
+``death_timeout`` (default 60)
+    Seconds a worker keeps trying to reach a lost scheduler before it exits, so workers
+    never outlive their scheduler (and its scaler) as orphans.
 ``worker_args`` (default ``[]``)
     Extra arguments for ``dask worker`` (for example ``--tls-ca-file ...``).
 ``python`` (default: the scaler's own interpreter)
@@ -38,7 +41,7 @@ from pathlib import Path
 from .._errors import SettingsError
 from ._protocol import BackendContext, Instance, InstanceState, count_requested
 
-_KNOWN = {"memory_limit", "python", "state_dir", "threads", "worker_args"}
+_KNOWN = {"death_timeout", "memory_limit", "python", "state_dir", "threads", "worker_args"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class LocalOptions:
     state_dir: Path
     threads: int = 1
     memory_limit: str = "1GiB"
+    death_timeout: float = 60.0
     worker_args: tuple[str, ...] = ()
     python: str = field(default_factory=lambda: sys.executable)
 
@@ -74,6 +78,8 @@ def worker_command(options: LocalOptions, scheduler_address: str, name: str) -> 
         "--host",
         "127.0.0.1",
         "--no-dashboard",
+        "--death-timeout",
+        f"{options.death_timeout:g}",
         *options.worker_args,
     ]
 
@@ -236,6 +242,7 @@ def parse_options(deployment: str, options: Mapping[str, object]) -> LocalOption
     state_dir = options.get("state_dir", str(default_dir))
     threads = options.get("threads", 1)
     memory_limit = options.get("memory_limit", "1GiB")
+    death_timeout = options.get("death_timeout", 60)
     worker_args = options.get("worker_args", [])
     python = options.get("python", sys.executable)
     if not isinstance(state_dir, str) or not state_dir:
@@ -244,6 +251,12 @@ def parse_options(deployment: str, options: Mapping[str, object]) -> LocalOption
         raise SettingsError("backend.options.threads", threads, "an integer >= 1")
     if not isinstance(memory_limit, str | int) or isinstance(memory_limit, bool):
         raise SettingsError("backend.options.memory_limit", memory_limit, "a size like '1GiB'")
+    if (
+        isinstance(death_timeout, bool)
+        or not isinstance(death_timeout, int | float)
+        or death_timeout <= 0
+    ):
+        raise SettingsError("backend.options.death_timeout", death_timeout, "seconds > 0")
     if not isinstance(worker_args, list) or not all(isinstance(a, str) for a in worker_args):
         raise SettingsError("backend.options.worker_args", worker_args, "a list of strings")
     if not isinstance(python, str) or not python:
@@ -252,6 +265,7 @@ def parse_options(deployment: str, options: Mapping[str, object]) -> LocalOption
         state_dir=Path(state_dir).absolute(),
         threads=threads,
         memory_limit=str(memory_limit),
+        death_timeout=float(death_timeout),
         worker_args=tuple(str(a) for a in worker_args),
         python=python,
     )
