@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import secrets
-import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +42,7 @@ import yaml
 
 from .._errors import SettingsError
 from ._protocol import Backend, BackendContext, Instance, InstanceState, count_requested
+from ._retry import retry_with_backoff
 
 log = logging.getLogger(__name__)
 
@@ -331,17 +331,16 @@ class KubernetesBackend:
 
     async def _send(self, request: Request) -> Any:
         """Send in a thread; back off and retry 409 Conflict / 5xx / no answer until retry_for."""
-        deadline = time.monotonic() + self.settings.retry_for
-        delay = 0.1
-        while True:
-            try:
-                return await asyncio.to_thread(self._send_once, request)
-            except KubernetesApiError as error:
-                if not is_retryable(error) or time.monotonic() + delay > deadline:
-                    raise
-                log.info("kubernetes: %s; retrying in %.2fs", error, delay)
-                await self._sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return await retry_with_backoff(
+            lambda: asyncio.to_thread(self._send_once, request),
+            is_retryable=lambda error: (
+                isinstance(error, KubernetesApiError) and is_retryable(error)
+            ),
+            retry_for=self.settings.retry_for,
+            sleep=self._sleep,
+            first_delay=0.1,
+            log=log,
+        )
 
     async def instances(self) -> list[Instance]:
         return parse_pods(await self._send(list_request(self.settings)))

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +42,7 @@ import yaml
 
 from .._errors import SettingsError
 from ._protocol import Backend, BackendContext, Instance, InstanceState
+from ._retry import retry_with_backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -255,17 +255,14 @@ class MarathonBackend:
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Send in a thread; back off and retry 409 / 5xx / no answer until retry_for."""
-        deadline = time.monotonic() + self.settings.retry_for
-        delay = 0.25
-        while True:
-            try:
-                return await asyncio.to_thread(function, *args, **kwargs)
-            except Exception as error:
-                if not is_retryable(error) or time.monotonic() + delay > deadline:
-                    raise
-                log.info("marathon: %s; retrying in %.2fs", error, delay)
-                await self._sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return await retry_with_backoff(
+            lambda: asyncio.to_thread(function, *args, **kwargs),
+            is_retryable=is_retryable,
+            retry_for=self.settings.retry_for,
+            sleep=self._sleep,
+            first_delay=0.25,
+            log=log,
+        )
 
     def _path_id(self) -> str:
         return self.settings.app_id.lstrip("/")  # the client prefixes /v2/apps/
