@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -41,12 +40,6 @@ def pinned(name: str) -> str:
 
 def image_tag(role: str) -> str:
     return f"{REPOSITORY}-{role}:{package_version()}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _script(name: str, timeout: float) -> subprocess.CompletedProcess[str]:

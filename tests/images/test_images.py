@@ -19,12 +19,12 @@ import testinfra
 
 from docker_support import (
     container_logs,
-    free_port,
     package_version,
     pinned,
     remove_test_containers,
     run_container,
 )
+from process_support import free_port
 
 pytestmark = pytest.mark.docker
 WORKER_IMAGE_LIMIT = 300 * 1000 * 1000

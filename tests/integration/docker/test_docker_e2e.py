@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-from docker_support import REPO, free_port
+from docker_support import REPO
+from process_support import free_port
 
 pytestmark = [
     pytest.mark.docker,

@@ -13,11 +13,10 @@ from __future__ import annotations
 import operator
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +27,12 @@ from distributed import Client
 from dask_deploy.render import render
 from dask_deploy.testing.kubernetes import KubernetesStandIn
 from dask_deploy.values import resolve_values
+from process_support import free_port, start, tail
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    if not path.is_file():
-        return f"--- {path.name}: (no log)"
-    return f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def wait_for(
@@ -57,33 +45,6 @@ def wait_for(
             return result
         time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout} s waiting until {what}\n{logs()}")
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Local processes (scheduler, scaler) that are stopped, whatever happens."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in reversed(started):
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
 
 
 def test_burst_scales_up_idle_deletes_exactly_the_retired_pods(
