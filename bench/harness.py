@@ -49,6 +49,7 @@ from dask_deploy.policy import (
     load_policy_factory,
 )
 from dask_deploy.scaler import Scaler
+from dask_deploy.simulate import SimulationSettings
 
 DISTRIBUTED_ADAPTIVE = "distributed-adaptive"
 SCALER_HANDLERS = (
@@ -61,6 +62,8 @@ SCALER_HANDLERS = (
 )
 """Scheduler RPC handlers a scaler calls; the time spent in them is the scaler's cost."""
 MEMORY_LIMIT = 2 * 1024**3
+TICK_PHASE = SimulationSettings().tick_phase
+"""The trace starts this fraction of an interval after the policy loop, as in the model."""
 
 
 @dataclass(frozen=True)
@@ -325,7 +328,12 @@ async def run_once(
                 raise RuntimeError(f"warm-up: {len(scheduler.workers)}/{warm} workers registered")
             await asyncio.sleep(0.05)
         backend.set_boot_delay(settings.boot_delay)
-        t0 = time.time()
+        # Both loops start half an interval before the trace clock, as the simulator models
+        # (SimulationSettings.tick_phase): ticks fall between the whole seconds at which the
+        # traces' tasks start and end. Aligned, a tick raced the first completion to the
+        # millisecond, and which came first decided the scheduler's duration estimate and
+        # the scale-up (2 or 3 workers on `bursty`, 55 or 79 worker-seconds).
+        t0 = time.time() + settings.interval * TICK_PHASE
         if spec.policy == DISTRIBUTED_ADAPTIVE:
             shim = ClusterShim(scheduler, backend)
             adaptive = Adaptive(shim, minimum=settings.minimum, maximum=settings.maximum)
@@ -343,6 +351,7 @@ async def run_once(
         handler_seconds.clear()  # warm-up calls are not part of the run
 
         async def sample() -> None:
+            await asyncio.sleep(max(0.0, t0 - time.time()))
             count = 0
             while not stop.is_set():
                 count += 1

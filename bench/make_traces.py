@@ -101,9 +101,18 @@ SCALE = Trace(
 )
 
 
+GAPS = Trace(
+    "gaps",
+    "Simulator only: bursts of 60 one-second tasks with idle gaps of about 5, 25 and 55 s "
+    "(shorter than, near and far beyond twice the boot delay)",
+    seed=8,
+    groups=tuple(group(f"g{i}", at, 60, 1.0) for i, at in enumerate([0.0, 20.0, 60.0, 130.0])),
+)
+
+
 def main() -> None:
     HERE.mkdir(exist_ok=True)
-    for trace in [*TRACES, SCALE]:
+    for trace in [*TRACES, SCALE, GAPS]:
         save_trace(trace, HERE / f"{trace.name}.json")
         print(HERE / f"{trace.name}.json")
 

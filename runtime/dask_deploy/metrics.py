@@ -25,6 +25,9 @@ class ScalerMetrics:
         self.pending = Gauge(
             "dask_deploy_pending_workers", "Requested instances not yet connected", registry=r
         )
+        self.ticks = Counter(
+            "dask_deploy_ticks", "Loop iterations finished (ok or failed)", registry=r
+        )
         self.decisions = Counter("dask_deploy_decisions", "Decisions by kind", ["kind"], registry=r)
         self.retire_failures = Counter(
             "dask_deploy_retire_failures", "Workers the scheduler could not retire", registry=r

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from .backends import Backend, Instance
 from .config import LoopSettings
@@ -25,12 +26,46 @@ from .observe import SchedulerLink
 from .policy import Decision, Hold, Observation, Policy, ScaleDown, ScaleUp, describe
 
 logger = logging.getLogger("dask_deploy.scaler")
+T = TypeVar("T")
 
+#: Consecutive failures are retried at the plain interval for this many seconds, so a short
+#: outage (an API server or scheduler restarting) is over for us within one interval.
+PROMPT_RETRY_WINDOW = 30.0
+#: Longer outages back off: each wait is half the outage so far, at most this many seconds.
 MAX_BACKOFF = 30.0
 #: Seconds a tick in progress may still take once the scaler is asked to stop.
 STOP_GRACE = 5.0
 #: Seconds before a worker the scheduler refused to retire is asked again.
 RETRY_REFUSED_AFTER = 30.0
+
+
+def without_retiring(observation: Observation) -> Observation:
+    """The observation without the workers the scheduler is retiring, nor their instances.
+
+    A retiring worker (``closing_gracefully``: its data is being moved away) is already on its
+    way out. Counted as requested, it makes the policy release another worker for the same
+    decrease: a scaler restarted during a long retirement (or whose retire call timed out)
+    would retire two workers where one was asked.
+    """
+    retiring = {w.name for w in observation.workers if w.status == "closing_gracefully"}
+    if not retiring:
+        return observation
+    return replace(
+        observation,
+        workers=tuple(w for w in observation.workers if w.name not in retiring),
+        instances=tuple(i for i in observation.instances if i.name not in retiring),
+    )
+
+
+class SchedulerCallError(Exception):
+    """A scheduler call made while acting failed (told apart from the backend's in metrics)."""
+
+
+async def _asking_scheduler(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except Exception as error:
+        raise SchedulerCallError(repr(error)) from error
 
 
 @dataclass(frozen=True)
@@ -75,6 +110,7 @@ class Scaler:
         self.clock = clock
         self.dry_run = dry_run
         self.failures = 0
+        self._failing_since: float | None = None
         self._last_hold = ""
         self._unknown_logged: set[str] = set()
         self._refused: dict[str, float] = {}
@@ -83,17 +119,21 @@ class Scaler:
         self._last_connected: dict[str, float] = {}
 
     async def observe(self) -> Observation | Hold:
-        """This tick's observation, or a hold explaining what could not be observed."""
-        try:
-            instances = tuple(await self.backend.instances())
-        except Exception as error:
-            self.metrics.backend_errors.inc()
-            return Hold(f"backend unavailable: {error!r}")
+        """This tick's observation, or a hold explaining what could not be observed.
+
+        The scheduler is asked first: reaching a scheduler that has just restarted can take
+        a while, and the instances listed after it are then current, not from before the wait.
+        """
         try:
             state = await self.scheduler.observe(self.policy.target_duration)
         except Exception as error:
             self.metrics.scheduler_errors.inc()
             return Hold(f"scheduler unreachable, not scaling: {error!r}")
+        try:
+            instances = tuple(await self.backend.instances())
+        except Exception as error:
+            self.metrics.backend_errors.inc()
+            return Hold(f"backend unavailable: {error!r}")
         return Observation(
             workers=state.workers,
             instances=instances,
@@ -199,7 +239,7 @@ class Scaler:
         to_retire = [name for name in decision.names if name in registered]
         if to_cancel:
             # A pending worker may have connected since the observation: retire those instead.
-            connected_now = await self.scheduler.worker_names()
+            connected_now = await _asking_scheduler(self.scheduler.worker_names())
             to_retire += [name for name in to_cancel if name in connected_now]
             to_cancel = [name for name in to_cancel if name not in connected_now]
         if to_cancel:
@@ -207,7 +247,7 @@ class Scaler:
             await self.backend.scale_down(to_cancel)
         if not to_retire:
             return
-        retired = await self.scheduler.retire(to_retire)
+        retired = await _asking_scheduler(self.scheduler.retire(to_retire))
         kept = [name for name in to_retire if name not in retired]
         now = self.clock()
         self._refused.update({name: now for name in kept})
@@ -232,7 +272,7 @@ class Scaler:
             self.metrics.decisions.labels(kind=seen.kind).inc()
             return TickResult(seen, None, ok=False)
         try:
-            observation = await self._replace_stale(seen, now)
+            observation = without_retiring(await self._replace_stale(seen, now))
         except Exception as error:
             self.metrics.backend_errors.inc()
             hold = Hold(f"backend error while replacing stale instances: {error!r}")
@@ -250,21 +290,36 @@ class Scaler:
         try:
             await self.act(decision, observation)
         except Exception as error:
-            if isinstance(decision, ScaleUp) or not isinstance(error, OSError | TimeoutError):
-                self.metrics.backend_errors.inc()
-            else:
-                self.metrics.scheduler_errors.inc()
+            (
+                self.metrics.scheduler_errors
+                if isinstance(error, SchedulerCallError)
+                else self.metrics.backend_errors
+            ).inc()
             logger.warning("acting on %r failed, will retry: %r", describe(decision), error)
             return TickResult(decision, observation, ok=False)
         return TickResult(decision, observation, ok=True)
 
     def next_delay(self, ok: bool) -> float:
-        """Seconds until the next tick: the interval, doubled per consecutive failure."""
-        self.failures = 0 if ok else self.failures + 1
-        if not self.failures:
-            return self.settings.interval
-        backoff: float = self.settings.interval * 2.0**self.failures
-        return min(backoff, max(MAX_BACKOFF, self.settings.interval))
+        """Seconds until the next tick: the interval, backing off only in a long outage.
+
+        Level-triggered like Kubernetes' HPA: a failed tick is retried at the interval, so
+        the count is right again within two intervals of a short outage ending. Only after
+        ``PROMPT_RETRY_WINDOW`` seconds of consecutive failures does the wait grow (half the
+        outage so far, at most ``MAX_BACKOFF``), sparing a resource manager that is down.
+        """
+        interval = self.settings.interval
+        if ok:
+            self.failures = 0
+            self._failing_since = None
+            return interval
+        self.failures += 1
+        now = self.clock()
+        if self._failing_since is None:
+            self._failing_since = now
+        failing_for = now - self._failing_since
+        if failing_for < PROMPT_RETRY_WINDOW:
+            return interval
+        return min(max(failing_for / 2, interval), max(MAX_BACKOFF, interval))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set; then, with ``cleanup_on_exit``, remove every instance."""
@@ -281,9 +336,11 @@ class Scaler:
                     result = await self._tick_until(stop)
                     if result is None:
                         break
+                    self.metrics.ticks.inc()
                     delay = self.next_delay(result.ok)
                 except Exception:  # a bug must not take the sidecar down; say so loudly
                     logger.exception("unexpected error in the scaler loop")
+                    self.metrics.ticks.inc()
                     delay = self.next_delay(False)
                 try:
                     await asyncio.wait_for(stop.wait(), delay)

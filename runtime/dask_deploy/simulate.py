@@ -54,6 +54,12 @@ class SimulationSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
     warm_start: bool = True
     """Begin with the workers the policy keeps when idle already registered."""
+    tick_phase: float = 0.5
+    """Where the trace starts within the loop's interval: the first tick after the start
+    comes ``tick_phase * interval`` seconds in. Work arrives at a random phase of a real
+    loop; half an interval is the mean, and keeps ticks off the whole seconds at which the
+    traces' tasks start and end (a tick racing a completion to the millisecond would
+    decide the scheduler's estimate, and with it the scale-up, by chance)."""
 
 
 @dataclass(frozen=True)
@@ -228,10 +234,10 @@ def make_policy(settings: SimulationSettings) -> Policy:
 def simulate(trace: Trace, settings: SimulationSettings) -> SimulationResult:
     """Run ``trace`` under the policy on the model; return the record and its metrics."""
     started = time.perf_counter()
-    # Our loop ticks as it starts; Adaptive's PeriodicCallback first fires one interval later.
+    # Both loops were started before the trace (the harness does the same): their first
+    # tick inside the trace comes tick_phase of an interval in, then one per interval.
     adaptive = settings.policy == DISTRIBUTED_ADAPTIVE
-    first_tick = settings.interval if adaptive else 0.0
-    cluster = SimCluster(trace, settings.model, first_tick=first_tick)
+    cluster = SimCluster(trace, settings.model, first_tick=settings.tick_phase * settings.interval)
     driver: PolicyDriver | AdaptiveDriver
     if adaptive:
         driver = AdaptiveDriver(settings)

@@ -4,6 +4,13 @@ One small trace, one policy, one real run: the simulated makespan and worker-sec
 must lie within 15 % of the measured ones. The model's boot delay is the injected
 delay plus the process start-up measured while warming up (workers started with no
 injected delay), not a number fitted to the compared run.
+
+The trace is `bursty`: it exercises the most of the policy (a scale-up, the boot, the
+window holding the worker through three gaps) and, since both loops tick half an
+interval off the trace clock, its real runs repeat to 0.1 s even on a loaded machine.
+`dependent` agrees less well (7 to 11 % low in `make bench`): the scheduler places a
+dependent task at release on the worker holding its input, where the model keeps one
+shared queue; `make bench` shows every trace's agreement on each run.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ TOLERANCE = 0.15
 @pytest.mark.simulator
 @pytest.mark.timeout(180)
 def test_simulated_run_matches_the_real_one() -> None:
-    trace = load_trace(BENCH / "traces" / "dependent.json")
+    trace = load_trace(BENCH / "traces" / "bursty.json")
     settings = HarnessSettings(minimum=1, maximum=6, boot_delay=5.0)
     record = asyncio.run(run_once(trace, PolicySpec("ours", "adaptive"), settings, "agree"))
     assert record.completed

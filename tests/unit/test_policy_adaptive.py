@@ -16,6 +16,7 @@ from dask_deploy.policy import (
     describe,
     load_policy_factory,
 )
+from dask_deploy.policy.adaptive import AdaptivePolicy
 
 GiB = 2**30
 
@@ -45,13 +46,15 @@ def observe(
     )
 
 
-def adaptive(**options: object) -> Policy:
+def adaptive(**options: object) -> AdaptivePolicy:
     minimum = options.pop("minimum", 0)
     maximum = options.pop("maximum", 100)
     assert isinstance(minimum, int) and isinstance(maximum, int)
-    return load_policy_factory("adaptive")(
+    policy = load_policy_factory("adaptive")(
         PolicySettings(minimum=minimum, maximum=maximum, startup_timeout=60, options=options)
     )
+    assert isinstance(policy, AdaptivePolicy)
+    return policy
 
 
 def test_zero_to_n_uses_the_floor_then_grows_by_the_factor() -> None:
@@ -86,7 +89,7 @@ def test_scale_down_waits_for_the_highest_target_of_the_window() -> None:
     policy.decide(observe(target=4, running=running), now=0)
     held = policy.decide(observe(target=1, running=running), now=10)
     assert isinstance(held, Hold)
-    assert "highest target in the last 30s is 4" in held.reason
+    assert "highest target in the last 30s (no boot observed yet) is 4" in held.reason
     assert held.numbers["window_max"] == 4
     # A dependent burst within the window finds its workers still there.
     also_held = policy.decide(observe(target=2, running=running), now=29)
@@ -180,12 +183,136 @@ def test_every_decision_explains_itself_in_one_line() -> None:
     assert "\n" not in line
 
 
+def boot_one(
+    policy: Policy, *, requested_at: float, pending_at: float, registered_at: float
+) -> None:
+    """Show the policy one worker pending at ``pending_at`` and registered at ``registered_at``."""
+    name = f"boot-{requested_at}"
+    pending = Observation(
+        workers=(),
+        instances=(Instance(name, InstanceState.PENDING, requested_at),),
+        adaptive_target=1,
+        tasks_processing=0,
+    )
+    policy.decide(pending, now=pending_at)
+    policy.decide(
+        Observation(
+            workers=(worker(name),),
+            instances=(Instance(name, InstanceState.RUNNING, requested_at),),
+            adaptive_target=1,
+            tasks_processing=0,
+        ),
+        now=registered_at,
+    )
+
+
+def test_boot_time_is_the_midpoint_of_the_ticks_around_registration() -> None:
+    policy = adaptive(minimum=1)
+    assert policy.boots.estimate is None
+    boot_one(policy, requested_at=100.0, pending_at=105.0, registered_at=106.0)
+    assert policy.boots.samples == (5.5,)
+    # Requested and registered between two ticks: half its age.
+    seen = Observation(
+        workers=(worker("fast"),),
+        instances=(Instance("fast", InstanceState.RUNNING, 106.5),),
+        adaptive_target=1,
+        tasks_processing=0,
+    )
+    policy.decide(seen, now=107.0)
+    assert policy.boots.samples == (5.5, 0.25)
+
+
+def test_workers_registered_before_the_first_tick_are_not_boot_samples() -> None:
+    policy = adaptive(minimum=1)
+    running = [worker("old")]
+    policy.decide(observe(target=1, running=running), now=1000)
+    policy.decide(observe(target=1, running=running), now=1001)
+    assert policy.boots.samples == ()
+    assert policy.scale_down_window == 60
+
+
+def test_scale_down_window_is_twice_the_observed_boot_time() -> None:
+    policy = adaptive()
+    boot_one(policy, requested_at=0.0, pending_at=6.0, registered_at=7.0)  # boot 6.5 s
+    assert policy.scale_down_window == 13.0
+    running = [worker(n) for n in "abcd"]
+    policy.decide(observe(target=4, running=running), now=20)
+    held = policy.decide(observe(target=1, running=running), now=32)
+    assert isinstance(held, Hold)
+    assert "in the last 13s (2x the observed boot time) is 4" in held.reason
+    assert held.numbers["window_s"] == 13 and held.numbers["boot_s"] == 6.5
+    # 13.5 s after the last high target, two boot times have passed: release.
+    down = policy.decide(observe(target=1, running=running), now=33.5)
+    assert isinstance(down, ScaleDown) and len(down.names) == 3
+
+
+def test_a_worker_that_reconnects_is_not_a_boot_sample() -> None:
+    policy = adaptive(minimum=1)
+    boot_one(policy, requested_at=0.0, pending_at=5.0, registered_at=6.0)
+    name = "boot-0.0"
+    gone = Observation(
+        workers=(),
+        instances=(Instance(name, InstanceState.RUNNING, 0.0),),
+        adaptive_target=1,
+        tasks_processing=0,
+    )
+    policy.decide(gone, now=500)
+    back = observe(target=1, running=[worker(name)])
+    policy.decide(back, now=501)
+    assert policy.boots.samples == (5.5,)
+
+
+def test_the_window_follows_the_median_of_recent_boots() -> None:
+    policy = adaptive()
+    for i, boot in enumerate([6.0, 30.0, 8.0]):
+        start = 100.0 * i
+        boot_one(
+            policy,
+            requested_at=start,
+            pending_at=start + boot - 0.5,
+            registered_at=start + boot + 0.5,
+        )
+    assert policy.boots.estimate == 8.0
+    assert policy.scale_down_window == 16.0
+
+
+def test_window_is_bounded_by_the_floor_and_by_scale_down_window() -> None:
+    fast = adaptive()  # default floor 5 s
+    boot_one(fast, requested_at=0.0, pending_at=0.5, registered_at=1.5)
+    assert fast.scale_down_window == 5.0
+    slow = adaptive(scale_down_window=30)
+    boot_one(slow, requested_at=0.0, pending_at=59.5, registered_at=60.5)
+    assert slow.scale_down_window == 30.0
+    fixed = adaptive(scale_down_window=20, scale_down_window_min=20)
+    boot_one(fixed, requested_at=0.0, pending_at=1.5, registered_at=2.5)
+    assert fixed.scale_down_window == 20.0
+
+
+def test_pending_protection_outlasts_a_short_boot_window() -> None:
+    policy = adaptive(maximum=4)
+    boot_one(policy, requested_at=0.0, pending_at=0.5, registered_at=1.5)  # window: floor 5 s
+    running = [worker("boot-0.0")]
+    up = policy.decide(observe(target=4, running=running), now=10)
+    assert isinstance(up, ScaleUp) and up.n == 4
+    # Twenty seconds later the target fell and the three are still booting: kept.
+    later = observe(target=1, running=running, pending=["p1", "p2", "p3"], requested_at=10)
+    held = policy.decide(later, now=30)
+    assert isinstance(held, Hold) and "still pending" in held.reason
+
+
+def test_scale_down_window_min_above_the_window_names_its_key() -> None:
+    with pytest.raises(SettingsError) as raised:
+        adaptive(scale_down_window=10, scale_down_window_min=20)
+    assert raised.value.key == "policy.options.scale_down_window_min"
+
+
 @pytest.mark.parametrize(
     ("options", "key"),
     [
         ({"growth_factor": 1}, "policy.options.growth_factor"),
         ({"growth_floor": 0}, "policy.options.growth_floor"),
         ({"scale_down_window": -1}, "policy.options.scale_down_window"),
+        ({"scale_down_window_min": -1}, "policy.options.scale_down_window_min"),
         ({"memory_threshold": 1.5}, "policy.options.memory_threshold"),
         ({"target_duration": "5s"}, "policy.options.target_duration"),
         ({"colour": "red"}, "policy.options.colour"),

@@ -132,22 +132,29 @@ async def test_nothing_is_scaled_down_while_the_scheduler_is_unreachable() -> No
     assert isinstance(result.decision, Hold) and "unreachable" in result.decision.reason
     assert not result.ok
     assert [c for c in backend.calls if c[0] != "instances"] == []
-    assert scaler.next_delay(result.ok) == 2  # backoff: interval doubled
+    assert scaler.next_delay(result.ok) == 1  # a short outage is retried at the interval
 
 
-async def test_backend_errors_are_retried_with_backoff_and_the_loop_survives() -> None:
-    scaler, scheduler, backend, _ = make()
+async def test_backend_errors_are_retried_at_the_interval_then_with_backoff() -> None:
+    scaler, scheduler, backend, clock = make()
     backend.fail = {"scale_up"}
     scheduler.target = 2
     delays = []
-    for _ in range(3):
+    for elapsed in (0, 1, 29, 40, 100, 1000):
+        clock.now = 1000 + elapsed
         result = await scaler.tick()
         delays.append(scaler.next_delay(result.ok))
-    assert delays == [2, 4, 8]
+    # Within 30 s of the first failure, the interval; then half the outage, at most 30 s.
+    assert delays == [1, 1, 1, 20, 30, 30]
     backend.fail = set()
     result = await scaler.tick()
     assert result.ok and scaler.next_delay(result.ok) == 1
-    assert scaler.metrics.registry.get_sample_value("dask_deploy_backend_errors_total") == 3
+    assert scaler.metrics.registry.get_sample_value("dask_deploy_backend_errors_total") == 6
+    # A new outage starts its prompt window afresh.
+    backend.fail = {"scale_up"}
+    scheduler.target = 3
+    result = await scaler.tick()
+    assert not result.ok and scaler.next_delay(result.ok) == 1
 
 
 async def test_instances_that_never_connect_are_replaced() -> None:
@@ -252,3 +259,47 @@ async def test_a_scheduler_file_never_written_is_a_clear_error(tmp_path: Path) -
     settings = SchedulerSettings(scheduler_file=str(tmp_path / "missing.json"))
     with pytest.raises(UserInputError, match=r"scheduler\.scheduler_file: no scheduler address"):
         await wait_for_address(settings, timeout=0.2)
+
+
+async def test_the_loop_counts_its_ticks_for_liveness_checks() -> None:
+    scaler, scheduler, _, _ = make()
+    scaler.settings = LoopSettings(interval=0.01, startup_timeout=60)
+    scheduler.target = 1
+    stop = asyncio.Event()
+    running = asyncio.create_task(scaler.run(stop))
+    while not scaler.metrics.registry.get_sample_value("dask_deploy_ticks_total"):
+        await asyncio.sleep(0.01)
+    stop.set()
+    await running
+    assert scaler.metrics.registry.get_sample_value("dask_deploy_ticks_total") >= 1
+
+
+async def test_failed_scale_down_calls_are_counted_against_whoever_failed() -> None:
+    scaler, scheduler, backend, clock = make(startup_timeout=1000)
+    scheduler.target = 1
+    await scaler.tick()
+    backend.set_state("d-0", InstanceState.RUNNING)
+    scheduler.connect("d-0")
+    clock.now += 2000
+    scheduler.target = 0
+
+    async def retire_times_out(names: Collection[str]) -> frozenset[str]:
+        raise TimeoutError("retire_workers took too long")
+
+    async def removal_times_out(names: Collection[str]) -> None:
+        raise TimeoutError("the resource manager did not answer")
+
+    def errors() -> tuple[float | None, float | None]:
+        sample = scaler.metrics.registry.get_sample_value
+        return sample("dask_deploy_scheduler_errors_total"), sample(
+            "dask_deploy_backend_errors_total"
+        )
+
+    original_retire = scheduler.retire
+    scheduler.retire = retire_times_out  # type: ignore[method-assign]
+    assert not (await scaler.tick()).ok
+    assert errors() == (1, 0)
+    scheduler.retire = original_retire  # type: ignore[method-assign]
+    backend.scale_down = removal_times_out  # type: ignore[method-assign]
+    assert not (await scaler.tick()).ok
+    assert errors() == (1, 1)

@@ -136,3 +136,31 @@ def test_cli_bad_input_exits_2_naming_it(
 def test_cli_missing_trace_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--trace", "/nonexistent.json"]) == 2
     assert "--trace" in capsys.readouterr().err
+
+
+def test_idle_workers_go_after_two_boot_times_not_after_a_minute() -> None:
+    # One burst, then nothing for 70 s, then a second burst.
+    trace = Trace("t", "", 0, (_group("a", 0, 60, 1.0), _group("b", 70, 6, 1.0)))
+    model = ModelSettings(boot_delay=5.0, boot_jitter=0.0)
+    default = simulate(trace, SimulationSettings(policy="adaptive", maximum=6, model=model))
+    fixed_minute = simulate(
+        trace,
+        SimulationSettings(
+            policy="adaptive",
+            maximum=6,
+            options={"scale_down_window_min": 60},
+            model=model,
+        ),
+    )
+    first_burst_end = default.record.burst_end["a"]
+    exits = [e for _, _, _, e in default.record.instances if e is not None]
+    assert exits and min(exits) <= first_burst_end + 2 * 5.0 + 1.0 + 1.0  # 2 boots, 1 tick
+    assert all(e > first_burst_end + 60 for _, _, _, e in fixed_minute.record.instances if e)
+    assert default.metrics.worker_seconds < 0.8 * fixed_minute.metrics.worker_seconds
+
+
+def test_ticks_fall_half_an_interval_after_the_trace_starts() -> None:
+    trace = Trace("t", "", 0, (_group("a", 0, 4, 1.0),))
+    result = simulate(trace, SimulationSettings(policy="fixed", minimum=1, maximum=1))
+    ticks = [t for t, _, _, _ in result.record.decisions]
+    assert ticks[:3] == [0.5, 1.5, 2.5]

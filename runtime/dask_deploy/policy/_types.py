@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 from ..backends._protocol import Instance, InstanceState
@@ -48,6 +49,9 @@ class Observation:
     the order it would release them: idle first, then by the fewest stored
     bytes. Workers running long-running tasks are never in it.
 
+    The derived views (``requested``, ``pending``...) are computed once per observation:
+    it is frozen, and a 10 000-worker simulation asks for them several times a tick.
+
     ``tasks_queued`` and ``tasks_unrunnable`` are ``None`` when the scheduler
     does not report them (it runs without the ``dask_deploy.scheduler_preload``
     module).
@@ -61,29 +65,29 @@ class Observation:
     tasks_unrunnable: int | None = None
     workers_to_close: tuple[str, ...] = ()
 
-    @property
+    @cached_property
     def requested(self) -> tuple[Instance, ...]:
         """Instances the backend holds for us (pending or running)."""
         return tuple(i for i in self.instances if i.state is not InstanceState.EXITED)
 
-    @property
+    @cached_property
     def registered_names(self) -> frozenset[str]:
         """Names of the workers connected to the scheduler."""
         return frozenset(worker.name for worker in self.workers)
 
-    @property
+    @cached_property
     def pending(self) -> tuple[Instance, ...]:
         """Requested instances whose worker has not registered with the scheduler yet."""
         registered = self.registered_names
         return tuple(i for i in self.requested if i.name not in registered)
 
-    @property
+    @cached_property
     def observed(self) -> tuple[WorkerSnapshot, ...]:
         """Workers of our instances that are connected to the scheduler."""
         ours = {instance.name for instance in self.requested}
         return tuple(worker for worker in self.workers if worker.name in ours)
 
-    @property
+    @cached_property
     def unknown_workers(self) -> tuple[WorkerSnapshot, ...]:
         """Connected workers the backend did not launch: never touched by the scaler."""
         ours = {instance.name for instance in self.instances}
