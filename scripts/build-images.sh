@@ -21,6 +21,11 @@ roles=("$@")
 
 log() { echo "build-images: $*" >&2; }
 
+# One build at a time on this machine: each run empties and refills $wheels, so two at once
+# (two test sessions finding the images stale) would build from a half-filled folder.
+exec 9>"${TMPDIR:-/tmp}/dask-deploy-build-images.lock"
+flock 9
+
 version="$("$python" -c 'import tomllib; print(tomllib.load(open("'"$repo"'/pyproject.toml", "rb"))["project"]["version"])')"
 revision="$(git -C "$repo" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
 source_url="$("$python" -c 'import tomllib; print(tomllib.load(open("'"$repo"'/pyproject.toml", "rb"))["project"]["urls"]["Source"])')"

@@ -89,7 +89,7 @@ def remove_test_containers() -> None:
     )
     ids = listed.stdout.split()
     if ids:
-        subprocess.run(["docker", "rm", "--force", *ids], capture_output=True)
+        subprocess.run(["docker", "rm", "--force", "--volumes", *ids], capture_output=True)
 
 
 @pytest.fixture(scope="session")

@@ -477,6 +477,15 @@ def _error_to_settings(error: jsonschema.ValidationError) -> list[SettingsError]
     if keyword in ("enum", "const"):
         options = schema.get("enum", [schema.get("const")])
         return [SettingsError(key, value, "one of " + ", ".join(map(json.dumps, options)))]
+    if keyword == "not" and isinstance(error.validator_value, Mapping):
+        refused = error.validator_value.get("enum", [error.validator_value.get("const")])
+        return [
+            SettingsError(
+                key,
+                value,
+                f"{_describe_type(schema)} other than " + ", ".join(map(json.dumps, refused)),
+            )
+        ]
     if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return [SettingsError(key, value, _describe_bounds(schema))]
     if "propertyNames" in error.relative_schema_path:

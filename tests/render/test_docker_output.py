@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from dask_deploy.backends import BackendContext
-from dask_deploy.backends.docker import load_settings
+from dask_deploy.backends.docker import load_settings, worker_container_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((REPO / "tests" / "scenarios" / "docker").glob("*-values.yaml"))
@@ -148,7 +148,10 @@ def test_tls_switches_addresses_and_mounts_the_files_read_only(
     assert set(mounts) <= set(services["scaler"]["volumes"])
     worker_args = config["backend"]["options"]["worker_args"]
     assert worker_args[worker_args.index("--tls-key") + 1] == "/srv/dask/tls/tls.key"
-    assert "--tls-cert" in services["scheduler"]["command"]
+    command = services["scheduler"]["command"]
+    assert "--tls-cert" in command
+    # With --host 127.0.0.1 and no --protocol, `dask scheduler` would listen on tcp://.
+    assert command[command.index("--protocol") + 1] == "tls"
 
 
 def test_custom_resources_and_extra_args_reach_workers_and_scheduler(
@@ -158,7 +161,9 @@ def test_custom_resources_and_extra_args_reach_workers_and_scheduler(
     options = embedded_config(out)["backend"]["options"]
     args = options["worker_args"]
     assert args[args.index("--nthreads") + 1] == "4"
-    assert args[args.index("--memory-limit") + 1] == "8GiB"
+    # The backend passes memory_limit as --memory-limit and as the container's limit.
+    assert "--memory-limit" not in args and options["memory_limit"] == "8GiB"
+    assert options["cpus"] == 4
     assert args[-2:] == ["--resources", "GPU=1"]
     assert options["environment"] == {"OMP_NUM_THREADS": "1"}
     assert options["stop_timeout"] == 60
@@ -202,4 +207,56 @@ def test_negative_maximum_is_rejected_naming_the_key(tmp_path: Path) -> None:
     )
     assert rendered.returncode == 2
     assert "scaler.maximum" in rendered.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_scheduler_and_scaler_are_confined_and_limited(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    services = compose(render_scenario("docker", scenario("defaults"), tmp_path))["services"]
+    for service in services.values():
+        assert service["user"] == "10001:10001"
+        assert service["read_only"] is True
+        assert service["tmpfs"] == ["/tmp"]
+        assert service["security_opt"] == ["no-new-privileges:true"]
+        assert service["cap_drop"] == ["ALL"]
+    assert (services["scheduler"]["mem_limit"], services["scheduler"]["cpus"]) == ("2g", 1)
+    assert (services["scaler"]["mem_limit"], services["scaler"]["cpus"]) == ("512m", 0.5)
+
+
+def test_worker_containers_the_backend_starts_are_confined_and_limited(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    config = embedded_config(render_scenario("docker", scenario("custom"), tmp_path))
+    context = BackendContext(
+        config["deployment"], config["scheduler"]["address"], config["backend"]["options"]
+    )
+    spec = worker_container_spec(load_settings(context), 0, 0.0)
+    assert spec["user"] == "10001:10001" and spec["read_only"] is True
+    assert spec["tmpfs"] == {"/tmp": ""} and spec["cap_drop"] == ["ALL"]
+    assert spec["security_opt"] == ["no-new-privileges:true"]
+    assert spec["mem_limit"] == 8 * 2**30 and spec["nano_cpus"] == 4 * 10**9
+    command = spec["command"]
+    assert command[command.index("--memory-limit") + 1] == str(8 * 2**30)
+    assert command[command.index("--local-directory") + 1] == "/home/dask"
+    assert spec["mounts"] == [{"Target": "/home/dask", "Type": "volume", "ReadOnly": False}]
+
+
+def test_root_user_is_refused_naming_the_key(tmp_path: Path) -> None:
+    rendered = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "dask-deploy"),
+            "render",
+            "--backend",
+            "docker",
+            "--set",
+            "hardening.user=0:0",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert rendered.returncode == 2
+    assert "hardening.user" in rendered.stderr
     assert not (tmp_path / "out").exists()

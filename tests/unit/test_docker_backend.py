@@ -10,6 +10,7 @@ import pytest
 from dask_deploy import SettingsError
 from dask_deploy.backends import BackendContext, InstanceState
 from dask_deploy.backends.docker import (
+    Confinement,
     DockerBackend,
     DockerSettings,
     container_state,
@@ -36,6 +37,8 @@ def test_worker_name_is_the_container_name() -> None:
         "tcp://127.0.0.1:8786",
         "--name",
         "dask-worker-4",
+        "--local-directory",
+        "/home/dask",
         "--nthreads",
         "2",
     ]
@@ -52,6 +55,39 @@ def test_workers_run_on_the_host_network_with_labels() -> None:
     assert spec["environment"] == {"A": "1"}
     assert spec["volumes"] == ["/a:/a:ro"]
     assert spec["image"] == "w:1"
+
+
+def test_workers_are_hardened_by_default() -> None:
+    spec = worker_container_spec(load_settings(context()), 0, 1.0)
+    assert spec["user"] == "10001:10001"
+    assert spec["read_only"] is True
+    assert spec["tmpfs"] == {"/tmp": ""}
+    assert spec["security_opt"] == ["no-new-privileges:true"]
+    assert spec["cap_drop"] == ["ALL"]
+    # Spilled data goes to an anonymous volume on disk, not to the tmpfs (which is memory).
+    assert spec["mounts"] == [{"Target": "/home/dask", "Type": "volume", "ReadOnly": False}]
+    command = spec["command"]
+    assert command[command.index("--local-directory") + 1] == "/home/dask"
+    assert "mem_limit" not in spec and "nano_cpus" not in spec and "--memory-limit" not in command
+
+
+def test_memory_limit_bounds_the_container_and_the_worker_alike() -> None:
+    settings = load_settings(context(memory_limit="512MiB", cpus=1.5))
+    spec = worker_container_spec(settings, 0, 1.0)
+    assert spec["mem_limit"] == 512 * 2**20
+    command = spec["command"]
+    assert command[command.index("--memory-limit") + 1] == str(512 * 2**20)
+    assert spec["nano_cpus"] == 1_500_000_000
+
+
+def test_confinement_can_be_relaxed_explicitly() -> None:
+    options = {"user": None, "read_only": False, "tmpfs": [], "scratch": None}
+    options |= {"no_new_privileges": False, "cap_drop": []}
+    settings = load_settings(context(**options))
+    assert settings.confinement == Confinement(None, False, (), None, False, (), None, None)
+    spec = worker_container_spec(settings, 0, 1.0)
+    assert "user" not in spec and "mounts" not in spec and spec["security_opt"] == []
+    assert "--local-directory" not in spec["command"]
 
 
 def test_list_filters_select_the_deployment_and_role() -> None:
@@ -103,6 +139,15 @@ def test_settings_defaults() -> None:
         ({"stop_timeout": -1}, "backend.options.stop_timeout"),
         ({"volumes": ["/no-colon"]}, "backend.options.volumes"),
         ({"imagee": "x"}, "backend.options.imagee"),
+        ({"memory_limit": "lots"}, "backend.options.memory_limit"),
+        ({"memory_limit": 0}, "backend.options.memory_limit"),
+        ({"cpus": 0}, "backend.options.cpus"),
+        ({"cpus": "2"}, "backend.options.cpus"),
+        ({"user": "root; rm"}, "backend.options.user"),
+        ({"read_only": "yes"}, "backend.options.read_only"),
+        ({"tmpfs": "/tmp"}, "backend.options.tmpfs"),
+        ({"scratch": "relative"}, "backend.options.scratch"),
+        ({"cap_drop": "ALL"}, "backend.options.cap_drop"),
     ],
 )
 def test_bad_options_name_the_key(options: dict[str, object], key: str) -> None:

@@ -8,6 +8,19 @@ Options (``backend.options`` in the scaler configuration)::
     volumes: []                # optional: bind mounts, "host:container[:ro]" (e.g. TLS files)
     base_url: null             # optional: the engine's address; default DOCKER_HOST or the socket
     stop_timeout: 30           # optional: seconds `docker stop` waits before SIGKILL
+    request_timeout: 30        # optional: seconds any engine call may take (a stop: plus
+                               #   stop_timeout); a hung engine fails the tick, which is retried
+    memory_limit: null         # optional: e.g. "4GiB": the container's memory limit AND the
+                               #   worker's --memory-limit, so Dask spills before the kernel kills
+    cpus: null                 # optional: CPU limit of each container, e.g. 2.0
+    user: "10001:10001"        # optional: uid:gid to run as (the image's user); null: the image's
+    read_only: true            # optional: read-only root filesystem
+    tmpfs: ["/tmp"]            # optional: writable tmpfs mounts on the read-only root
+    scratch: /home/dask        # optional: an anonymous volume (on disk, not in memory, removed
+                               #   with the container) that is Dask's --local-directory (spill);
+                               #   null: Dask writes to /tmp
+    no_new_privileges: true    # optional: security_opt no-new-privileges
+    cap_drop: ["ALL"]          # optional: Linux capabilities to drop
 
 Containers are named ``<deployment>-worker-<index>`` (the lowest free index) and run
 ``dask worker <scheduler> --name <container name>`` with ``network_mode: host``, so
@@ -16,6 +29,9 @@ and ``dask-deploy.role=worker`` mark them; listing and removing filter on both, 
 never touches another deployment's containers. No image is ever pulled: a missing image is an
 error from the engine.
 
+Hardened by default: non-root, read-only root filesystem, no privilege escalation, no
+capabilities; a worker writes only to its tmpfs and its scratch volume.
+
 The container specification and the state mapping are pure functions; ``DockerRunner`` is the
 one place that calls the Docker SDK, in a thread so the event loop keeps ticking.
 """
@@ -23,10 +39,11 @@ one place that calls the Docker SDK, in a thread so the event loop keeps ticking
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import SettingsError
@@ -42,6 +59,21 @@ EXITED_STATES = frozenset({"exited", "dead", "removing"})
 
 
 @dataclass(frozen=True)
+class Confinement:
+    """What a worker container may do and use; the defaults are the hardened ones."""
+
+    user: str | None = "10001:10001"
+    read_only: bool = True
+    tmpfs: tuple[str, ...] = ("/tmp",)
+    scratch: str | None = "/home/dask"
+    no_new_privileges: bool = True
+    cap_drop: tuple[str, ...] = ("ALL",)
+    #: Bytes; also the worker's --memory-limit.
+    memory_limit: int | None = None
+    cpus: float | None = None
+
+
+@dataclass(frozen=True)
 class DockerSettings:
     """The backend's options, validated once."""
 
@@ -53,12 +85,16 @@ class DockerSettings:
     volumes: tuple[str, ...]
     base_url: str | None
     stop_timeout: int
+    confinement: Confinement = field(default_factory=Confinement)
+    request_timeout: float = 30.0
 
 
 def load_settings(context: BackendContext) -> DockerSettings:
     """Validate ``backend.options``; raise :class:`SettingsError` naming the bad key."""
     options = dict(context.options)
     allowed = {"image", "worker_args", "environment", "volumes", "base_url", "stop_timeout"}
+    allowed |= {"request_timeout"}
+    allowed |= CONFINEMENT_OPTIONS
     for key in sorted(options.keys() - allowed):
         raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(allowed)}")
     image = options.get("image")
@@ -85,6 +121,13 @@ def load_settings(context: BackendContext) -> DockerSettings:
     stop_timeout = options.get("stop_timeout", 30)
     if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, int) or stop_timeout < 0:
         raise SettingsError("backend.options.stop_timeout", stop_timeout, "an integer >= 0")
+    request_timeout = options.get("request_timeout", 30.0)
+    if (
+        isinstance(request_timeout, bool)
+        or not isinstance(request_timeout, int | float)
+        or request_timeout <= 0
+    ):
+        raise SettingsError("backend.options.request_timeout", request_timeout, "a number > 0")
     return DockerSettings(
         context.deployment,
         context.scheduler_address,
@@ -94,6 +137,65 @@ def load_settings(context: BackendContext) -> DockerSettings:
         tuple(volumes),
         base_url,
         stop_timeout,
+        load_confinement(options),
+        float(request_timeout),
+    )
+
+
+CONFINEMENT_OPTIONS = {
+    "user",
+    "read_only",
+    "tmpfs",
+    "scratch",
+    "no_new_privileges",
+    "cap_drop",
+    "memory_limit",
+    "cpus",
+}
+
+
+def _paths(options: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = options.get(key, list(default))
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise SettingsError(f"backend.options.{key}", value, "a list of strings")
+    return tuple(value)
+
+
+def load_confinement(options: Mapping[str, Any]) -> Confinement:
+    """The hardening and resource options; absent ones keep the hardened defaults."""
+    from dask.utils import parse_bytes
+
+    defaults = Confinement()
+    user = options.get("user", defaults.user)
+    if user is not None and not (isinstance(user, str) and re.fullmatch(r"\w+(:\w+)?", user)):
+        raise SettingsError("backend.options.user", user, 'null or "uid[:gid]"')
+    for key in ("read_only", "no_new_privileges"):
+        if not isinstance(options.get(key, True), bool):
+            raise SettingsError(f"backend.options.{key}", options[key], "true or false")
+    scratch = options.get("scratch", defaults.scratch)
+    if scratch is not None and not (isinstance(scratch, str) and scratch.startswith("/")):
+        raise SettingsError("backend.options.scratch", scratch, "null or an absolute path")
+    memory = options.get("memory_limit")
+    try:
+        memory_limit = None if memory is None else int(parse_bytes(memory))
+    except (TypeError, ValueError):
+        memory_limit = -1
+    if memory_limit is not None and memory_limit <= 0:
+        raise SettingsError("backend.options.memory_limit", memory, 'null or bytes, e.g. "4GiB"')
+    cpus = options.get("cpus")
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int | float)):
+        raise SettingsError("backend.options.cpus", cpus, "null or a number > 0")
+    if cpus is not None and cpus <= 0:
+        raise SettingsError("backend.options.cpus", cpus, "null or a number > 0")
+    return Confinement(
+        user=user,
+        read_only=bool(options.get("read_only", defaults.read_only)),
+        tmpfs=_paths(options, "tmpfs", defaults.tmpfs),
+        scratch=scratch,
+        no_new_privileges=bool(options.get("no_new_privileges", defaults.no_new_privileges)),
+        cap_drop=_paths(options, "cap_drop", defaults.cap_drop),
+        memory_limit=memory_limit,
+        cpus=None if cpus is None else float(cpus),
     )
 
 
@@ -134,13 +236,25 @@ def worker_container_spec(settings: DockerSettings, index: int, now: float) -> d
     >>> spec = worker_container_spec(
     ...     DockerSettings("dask", "tcp://127.0.0.1:8786", "w:1", (), {}, (), None, 30), 0, 0.0
     ... )
-    >>> spec["name"], spec["command"], spec["network_mode"]
-    ('dask-worker-0', ['tcp://127.0.0.1:8786', '--name', 'dask-worker-0'], 'host')
+    >>> spec["name"], spec["command"][:3], spec["network_mode"], spec["read_only"]
+    ('dask-worker-0', ['tcp://127.0.0.1:8786', '--name', 'dask-worker-0'], 'host', True)
     """
     name = container_name(settings.deployment, index)
-    return {
+    confined = settings.confinement
+    resource_args: list[str] = []
+    if confined.memory_limit is not None:
+        resource_args += ["--memory-limit", str(confined.memory_limit)]
+    if confined.scratch is not None:
+        resource_args += ["--local-directory", confined.scratch]
+    spec: dict[str, Any] = {
         "image": settings.image,
-        "command": [settings.scheduler_address, "--name", name, *settings.worker_args],
+        "command": [
+            settings.scheduler_address,
+            "--name",
+            name,
+            *resource_args,
+            *settings.worker_args,
+        ],
         "name": name,
         "labels": {
             DEPLOYMENT_LABEL: settings.deployment,
@@ -152,7 +266,22 @@ def worker_container_spec(settings: DockerSettings, index: int, now: float) -> d
         "network_mode": "host",
         "detach": True,
         "stop_signal": "SIGTERM",
+        "read_only": confined.read_only,
+        "tmpfs": {path: "" for path in confined.tmpfs},
+        "cap_drop": list(confined.cap_drop),
+        "security_opt": ["no-new-privileges:true"] if confined.no_new_privileges else [],
     }
+    if confined.user is not None:
+        spec["user"] = confined.user
+    if confined.scratch is not None:
+        # An anonymous volume: on disk (a tmpfs would count spilled data as memory) and
+        # owned like the image's directory; `remove(v=True)` deletes it with the container.
+        spec["mounts"] = [{"Target": confined.scratch, "Type": "volume", "ReadOnly": False}]
+    if confined.memory_limit is not None:
+        spec["mem_limit"] = confined.memory_limit
+    if confined.cpus is not None:
+        spec["nano_cpus"] = int(confined.cpus * 1e9)
+    return spec
 
 
 def container_state(status: str) -> InstanceState:
@@ -174,36 +303,75 @@ def parse_container(name: str, status: str, labels: Mapping[str, str]) -> Instan
 
 
 class DockerRunner:
-    """The one place that talks to the engine, through the Docker SDK, in a worker thread."""
+    """The one place that talks to the engine, through the Docker SDK, in a worker thread.
 
-    def __init__(self, base_url: str | None) -> None:
+    Every call is bounded by the client's timeout, so a hung engine fails a tick instead of
+    holding it forever.
+    """
+
+    def __init__(self, client: Any) -> None:
         import docker
 
         self._docker = docker
-        self._client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        self._client = client
+
+    @classmethod
+    def connect(cls, base_url: str | None, timeout: float) -> DockerRunner:
+        """A runner on ``base_url`` (default: DOCKER_HOST or the local socket)."""
+        import docker
+
+        if base_url:
+            return cls(docker.DockerClient(base_url=base_url, timeout=timeout))
+        return cls(docker.from_env(timeout=timeout))
 
     async def list(self, filters: Mapping[str, list[str]]) -> list[tuple[str, str, dict[str, str]]]:
-        """(name, status, labels) of every container matching ``filters``."""
+        """(name, status, labels) of every container matching ``filters``.
+
+        One request: the listing carries all three, and inspecting each container as well
+        would fail the whole listing whenever one is removed in between.
+        """
 
         def call() -> list[tuple[str, str, dict[str, str]]]:
-            containers = self._client.containers.list(all=True, filters=dict(filters))
-            return [(c.name, c.status, dict(c.labels)) for c in containers]
+            listed = self._client.api.containers(all=True, filters=dict(filters))
+            # The engine's list names start with "/"; everything else uses the bare name.
+            return [
+                (c["Names"][0].lstrip("/"), c["State"], dict(c["Labels"] or {})) for c in listed
+            ]
 
         return await asyncio.to_thread(call)
 
     async def run(self, spec: Mapping[str, Any]) -> bool:
-        """Create and start one container; False when its name is already taken."""
+        """Create and start one container; False when its name is already taken.
+
+        A container created but not started (the start, or the inspection that follows the
+        creation, failed) is removed again: left in state "created" it would count as pending
+        until the startup timeout.
+        """
 
         def call() -> bool:
             try:
-                self._client.containers.run(**spec)
+                self._client.containers.create(**spec)
             except self._docker.errors.APIError as error:
                 if error.status_code == 409:  # another scaler took this name first
                     return False
+                self._discard(spec["name"])
+                raise
+            except Exception:
+                self._discard(spec["name"])
+                raise
+            try:
+                self._client.api.start(spec["name"])
+            except Exception:
+                self._discard(spec["name"])
                 raise
             return True
 
         return await asyncio.to_thread(call)
+
+    def _discard(self, name: str) -> None:
+        """Remove a container that never started; best effort, the caller reports its error."""
+        with contextlib.suppress(Exception):
+            self._client.api.remove_container(name, force=True, v=True)
 
     async def remove(self, name: str, stop_timeout: int) -> None:
         """Stop (SIGTERM, then SIGKILL after ``stop_timeout``) and remove one container."""
@@ -212,7 +380,7 @@ class DockerRunner:
             try:
                 container = self._client.containers.get(name)
                 container.stop(timeout=stop_timeout)
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # v: its anonymous scratch volume
             except self._docker.errors.NotFound:
                 return
 
@@ -258,7 +426,9 @@ class DockerBackend:
 def create(context: BackendContext) -> Backend:
     """Build the Docker backend from the scaler configuration's ``backend.options``."""
     settings = load_settings(context)
-    return DockerBackend(settings, DockerRunner(settings.base_url))
+    return DockerBackend(
+        settings, DockerRunner.connect(settings.base_url, settings.request_timeout)
+    )
 
 
 __all__ = ["DockerBackend", "create"]
