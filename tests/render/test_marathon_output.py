@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -206,12 +211,94 @@ def test_without_an_image_commands_run_on_the_agent(
         assert "/opt/dask/bin/python" in words(app)
 
 
-def test_a_retired_worker_keeps_its_task_until_the_scaler_kills_it(
+def task_script(tmp_path: Path, worker_exit: int, scheduler_port: int) -> Path:
+    """The rendered worker task's shell script, with a stand-in for `dask worker`."""
+    out = tmp_path / f"rendered-{worker_exit}-{scheduler_port}"
+    subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "dask-deploy"),
+            "render",
+            "--backend",
+            "marathon",
+            *("--set", f"python={sys.executable}"),
+            *("--set", "scheduler.host=127.0.0.1"),
+            *("--set", f"scheduler.port={scheduler_port}"),
+            *("--out", str(out)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    lines = apps(out)["worker"]["cmd"].splitlines()
+    assert lines[0].endswith(" &") and " -m dask worker " in lines[0]
+    lines[0] = f"(sleep 0.2; exit {worker_exit}) &"  # the worker, ending as told
+    script = tmp_path / f"task-{worker_exit}-{scheduler_port}.sh"
+    script.write_text("\n".join(lines) + "\n")
+    return script
+
+
+def run_task(script: Path, seconds: float) -> int | None:
+    """The task's exit status, or None if it is still running after ``seconds``."""
+    task = subprocess.Popen(["bash", str(script)], start_new_session=True)
+    try:
+        return task.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if task.poll() is None:
+            os.killpg(task.pid, signal.SIGTERM)
+            assert task.wait(10) == 143, "SIGTERM (Marathon's kill) ends a waiting task at once"
+
+
+def test_a_crashed_worker_ends_its_task_so_marathon_restarts_it(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert run_task(task_script(tmp_path, 3, port), 10) == 3
+
+
+def test_a_retired_worker_keeps_its_task_until_the_scaler_kills_it(tmp_path: Path) -> None:
+    with socket.socket() as scheduler:
+        scheduler.bind(("127.0.0.1", 0))
+        scheduler.listen()
+        # The scheduler still answers: the clean exit was a retirement, the task waits.
+        assert run_task(task_script(tmp_path, 0, scheduler.getsockname()[1]), 3) is None
+
+
+def test_a_worker_that_lost_its_scheduler_ends_its_task_for_a_fresh_one(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    # A clean exit with nobody on the scheduler's port: not a zombie task until startup_timeout.
+    assert run_task(task_script(tmp_path, 0, port), 10) == 1
+
+
+def test_every_app_runs_as_the_non_root_user_from_values(
     render_scenario: RenderScenario, tmp_path: Path
 ) -> None:
-    worker = apps(render_scenario("marathon", scenario("defaults"), tmp_path))["worker"]
-    lines = worker["cmd"].splitlines()
-    assert lines[0].endswith(" &")  # the worker runs in the background of the task's shell
-    assert 'trap \'kill -TERM "$worker"' in worker["cmd"]  # SIGTERM reaches the worker
-    assert 'wait "$worker" || exit' in lines  # a crash ends the task; Marathon restarts it
-    assert lines[-1] == "exec sleep infinity"  # a clean exit (retired) waits to be killed
+    # Without "user", Marathon runs tasks as its own --mesos_user, often root.
+    defaults = apps(render_scenario("marathon", scenario("defaults"), tmp_path))
+    assert {app["user"] for app in defaults.values()} == {"nobody"}
+    custom = apps(render_scenario("marathon", scenario("custom"), tmp_path))
+    assert {app["user"] for app in custom.values()} == {"dask"}
+
+
+def test_root_user_is_refused_naming_the_key(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rendered = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "dask-deploy"),
+            "render",
+            "--backend",
+            "marathon",
+            "--set",
+            "security.user=root",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rendered.returncode == 2, rendered.stderr
+    assert "security.user: got 'root', expected a string other than \"root\"" in rendered.stderr
+    assert "Traceback" not in rendered.stderr and not out.exists()

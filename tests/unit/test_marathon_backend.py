@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,7 @@ async def test_conflict_is_retried_until_the_deployment_ends(marathon: MarathonS
 
 async def test_server_errors_back_off(marathon: MarathonStandIn) -> None:
     delays: list[float] = []
-    backend = backend_for(marathon, delays)
+    backend = backend_for(marathon, delays, retry_for=30)
     marathon.inject(503, times=3, method="GET")
     assert await backend.instances() == []
     assert delays == [0.25, 0.5, 1.0]
@@ -232,6 +233,21 @@ async def test_gives_up_after_retry_for(marathon: MarathonStandIn) -> None:
     with pytest.raises(InternalServerError):
         await backend.instances()
     assert sum(delays) <= 1
+
+
+async def test_a_hung_marathon_fails_the_call_within_about_one_interval(
+    marathon: MarathonStandIn,
+) -> None:
+    # Defaults: the scaler's loop retries a failed tick at its interval (1 s by default), so
+    # one call must not keep a tick busy much longer than request_timeout + retry_for.
+    assert settings().retry_for == 1.0
+    backend = backend_for(marathon, [], request_timeout=0.3)
+    marathon.inject(None, delay=5.0, times=100, method="GET")
+    started = time.monotonic()
+    with pytest.raises(NoResponseError):
+        await backend.instances()
+    assert time.monotonic() - started < 0.3 + 1.0 + 0.3 + 1.0  # last attempt starts in budget
+    await backend.close()
 
 
 async def test_force_overrides_the_lock(tmp_path: Path) -> None:

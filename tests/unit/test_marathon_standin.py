@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -87,6 +89,45 @@ def test_a_task_that_exits_is_replaced(marathon: MarathonStandIn) -> None:
     assert post(marathon, app).status_code == 201
     wait_for(lambda: len(marathon.launched) >= 2, "Marathon restarts the finished task")
     assert "TASK_FINISHED" in marathon.ended.values()
+
+
+def test_launch_delay_grows_survives_scaling_and_is_forgotten_once_overdue(
+    marathon: MarathonStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app_body = {"id": "/t/crash", "cmd": "sleep 30", "instances": 1, "backoffSeconds": 1}
+    assert post(marathon, app_body).status_code == 201
+    app = marathon.apps["/t/crash"]
+
+    def crash() -> None:
+        task = wait_for(lambda: tasks(marathon, "/t/crash"), "a task")[0]
+        os.killpg(marathon.launched[task["id"]], signal.SIGKILL)
+        wait_for(lambda: task["id"] in marathon.ended, "the task is seen failed")
+
+    crash()
+    crash()
+    assert app.failures == 2  # in a row: the delay grew
+    requests.put(f"{marathon.url}/v2/apps/t/crash", json={"instances": 1}, timeout=5)
+    assert app.failures == 2  # a scale change keeps Marathon's launch delay
+    monkeypatch.setattr("dask_deploy.testing.marathon.DELAY_CLEANUP_SECONDS", 0.0)
+    time.sleep(0.5)  # the delay is overdue and cleaned up
+    crash()
+    assert app.failures == 1
+    assert marathon.ended and set(marathon.ended.values()) == {"TASK_FAILED"}
+
+
+def test_faults_over_once_every_delayed_answer_is_sent(marathon: MarathonStandIn) -> None:
+    assert marathon.faults_over()
+    marathon.inject(None, delay=1.0, times=1, method="GET")
+    assert not marathon.faults_over()
+    with pytest.raises(requests.Timeout):
+        requests.get(f"{marathon.url}/v2/apps", timeout=0.3)
+    assert not marathon.faults_over()  # spent, but still "hanging"
+    wait_for(marathon.faults_over, "the hung answer is over", timeout=3)
+    marathon.inject(403, method="PUT")
+    denied = requests.put(f"{marathon.url}/v2/apps/t/x", json={"instances": 1}, timeout=5)
+    assert denied.status_code == 403
+    assert denied.json() == {"message": "Not Authorized to perform this action!"}
+    assert marathon.faults_over()
 
 
 def test_kill_without_scale_restarts_and_with_scale_does_not(marathon: MarathonStandIn) -> None:

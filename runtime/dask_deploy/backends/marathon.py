@@ -7,8 +7,15 @@ Options (``backend.options`` in the scaler configuration)::
     credentials_file: null            # optional: YAML file {username, password} or {token}
     tls_verify: true                  # optional: verify Marathon's certificate; or a CA bundle path
     force: false                      # optional: override deployment locks (?force=true)
-    request_timeout: 10               # optional: seconds per HTTP request
-    retry_for: 30                     # optional: seconds to keep retrying 409 / 5xx / no answer
+    request_timeout: 10               # optional: seconds any one HTTP request may take
+    retry_for: 1                      # optional: seconds to keep retrying 409 / 5xx / no answer
+                                      # within one call; about the scaler's loop.interval
+
+A Marathon that does not answer fails the call after ``request_timeout`` (a hung request never
+holds a tick for ever). The scaler retries a failed tick at its interval from a fresh
+observation, so retrying one call for longer than about one interval only delays that look
+(and keeps retrying a decision that may be stale, e.g. against a deployment lock that lasts
+until new tasks are healthy): hence the short ``retry_for``.
 
 Credentials never come from the rendered manifest: ``credentials_file`` on the scaler's host, or
 the environment (``MARATHON_USERNAME`` + ``MARATHON_PASSWORD``, or ``MARATHON_AUTH_TOKEN``).
@@ -90,7 +97,7 @@ class MarathonSettings:
     tls_verify: bool | str = True
     force: bool = False
     request_timeout: float = 10.0
-    retry_for: float = 30.0
+    retry_for: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ def load_settings(context: BackendContext, env: Mapping[str, str] = os.environ) 
     if not isinstance(force, bool):
         raise SettingsError("backend.options.force", force, "true or false")
     numbers = {}
-    for key, default in (("request_timeout", 10.0), ("retry_for", 30.0)):
+    for key, default in (("request_timeout", 10.0), ("retry_for", 1.0)):
         value = options.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise SettingsError(f"backend.options.{key}", value, "a number of seconds > 0")

@@ -24,14 +24,26 @@ environment: ``MESOS_TASK_ID``, ``MARATHON_APP_ID``, ``MARATHON_APP_VERSION``,
 ``MARATHON_APP_RESOURCE_*``, ``MARATHON_APP_LABEL_*``, ``HOST=127.0.0.1``, ``PORT0..N``,
 ``PORT_<NAME>``, ``PORTS``, ``MESOS_SANDBOX`` and the app's ``env``. Killing sends SIGTERM to the
 group, then SIGKILL after ``taskKillGracePeriodSeconds``. Tasks below ``instances`` are restarted
-(with Marathon's launch backoff); excess tasks are killed youngest first.
+(with Marathon's launch backoff: ``backoffSeconds`` times ``backoffFactor`` per failure in a
+row, forgotten once overdue by Marathon's cleanup period or on a configuration change, not on
+a scale change); excess tasks are killed youngest first.
+
+Volumes: a container's host-path volumes (``hostPath`` + ``containerPath``) map the container
+path onto the agent folder, ``agent_root``/hostPath (or hostPath itself without ``agent_root``):
+the path is rewritten in the task's ``cmd``, ``args`` and ``env`` values, since the task runs on
+the host without a mount namespace (``mode`` is not enforced); a relative container path is a
+link in the sandbox.
 
 Limitations: a Docker/Mesos container is NOT started; its command runs directly on the host, so
-the host needs the software the image would have. No health checks are executed, no offers,
-constraints or resource accounting; env secrets are not resolved.
+the host needs the software the image would have. The app's ``user`` is not switched to. No
+health checks are executed, no offers, constraints or resource accounting; env secrets are not
+resolved.
 
 Faults for tests: :meth:`MarathonStandIn.inject` or ``POST /__standin__/faults`` with
-``{"status": 409|500|503, "delay": seconds, "times": n, "method": "PUT", "path": "/v2/apps"}``.
+``{"status": 409|500|503, "delay": seconds, "times": n, "method": "PUT", "path": "/v2/apps"}``
+(Marathon's own bodies: a 409 is the deployment lock, a 403 "Not Authorized"); a ``delay`` with
+no ``status`` answers normally after the delay, a hung server for a client with a shorter
+timeout. :meth:`MarathonStandIn.faults_over` says when every injected fault has been answered.
 """
 
 from __future__ import annotations
@@ -58,11 +70,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ._mounts import map_mounts
+
 log = logging.getLogger(__name__)
 
 SCHEMAS_ENV = "DASK_DEPLOY_MARATHON_SCHEMAS"
 _ACTIVE = frozenset({"TASK_STAGING", "TASK_RUNNING"})
 _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
+#: Marathon's RateLimiterActor forgets overdue launch delays every 10 s: a task failing later
+#: than that after the last delay ended starts again at ``backoffSeconds``.
+DELAY_CLEANUP_SECONDS = 10.0
 
 
 def find_schemas() -> Path | None:
@@ -250,13 +267,16 @@ class MarathonStandIn:
         workdir: Path | None = None,
         deployment_seconds: float = 0.3,
         tick: float = 0.1,
+        agent_root: Path | None = None,
     ) -> None:
+        self.agent_root = agent_root
         self.validator = Validator(schemas if schemas is not None else find_schemas())
         self.deployment_seconds = deployment_seconds
         self.tick = tick
         self.apps: dict[str, App] = {}
         self.deployments: dict[str, Deployment] = {}
         self.faults: list[Fault] = []
+        self._faults_in_flight = 0
         #: Every task ever launched (task id -> process group id) and how each one ended.
         self.launched: dict[str, int] = {}
         self.ended: dict[str, str] = {}
@@ -314,6 +334,15 @@ class MarathonStandIn:
         with self.lock:
             self.faults.append(Fault(status, delay, times, method, path))
 
+    def faults_over(self) -> bool:
+        """True once every injected fault has been spent and its (delayed) answer sent."""
+        with self.lock:
+            return not self.faults and not self._faults_in_flight
+
+    def _fault_answered(self) -> None:
+        with self.lock:
+            self._faults_in_flight -= 1
+
     def pids(self) -> list[int]:
         """Process group ids of every task still running (for leak checks)."""
         with self.lock:
@@ -336,6 +365,7 @@ class MarathonStandIn:
             del self.deployments[deployment_id]
         self._escalate(self.dying)
         for task in [t for t in self.dying if not _alive(t)]:
+            _signal(task, signal.SIGKILL)  # the rest of the container, as Mesos destroys it
             self.dying.remove(task)
             self.ended[task.id] = "TASK_KILLED"
             log.info("task %s TASK_KILLED (app deleted)", task.id)
@@ -360,10 +390,14 @@ class MarathonStandIn:
             if task.state == "TASK_STAGING":
                 task.state, task.started_at = "TASK_RUNNING", _now()
             return
+        # The task's main process ended: Mesos destroys its container, whatever is left in it.
+        _signal(task, signal.SIGKILL)
         if task.state == "TASK_KILLING":
             task.state = "TASK_KILLED"
         else:
             task.state = "TASK_FINISHED" if code == 0 else "TASK_FAILED"
+            if app.failures and time.monotonic() > app.launch_after + DELAY_CLEANUP_SECONDS:
+                app.failures = 0  # the last delay is overdue: Marathon has forgotten it
             app.failures += 1
             backoff = float(app.definition["backoffSeconds"]) * float(
                 app.definition["backoffFactor"]
@@ -413,10 +447,12 @@ class MarathonStandIn:
                 env[f"PORT_{re.sub('[^A-Za-z0-9_]', '_', spec['name']).upper()}"] = str(port)
         if ports:
             env["PORT"] = str(ports[0])
+        mounts = self._mounts(definition, sandbox)
+        env = {key: map_mounts(value, mounts) for key, value in env.items()}
         if definition.get("cmd"):
-            argv = ["bash", "-c", str(definition["cmd"])]
+            argv = ["bash", "-c", map_mounts(str(definition["cmd"]), mounts)]
         else:
-            argv = [str(a) for a in definition.get("args") or ["true"]]
+            argv = [map_mounts(str(a), mounts) for a in definition.get("args") or ["true"]]
         if definition.get("container"):
             log.warning("task %s: container not started; its command runs on the host", task_id)
         with open(sandbox / "stdout", "wb") as out, open(sandbox / "stderr", "wb") as err:
@@ -427,6 +463,24 @@ class MarathonStandIn:
         app.tasks[task_id] = task
         self.launched[task_id] = process.pid
         log.info("task %s staged: %s", task_id, shlex.join(argv))
+
+    def _mounts(self, definition: dict[str, Any], sandbox: Path) -> dict[str, Path]:
+        """Container path -> agent folder of the app's host-path volumes; a relative container
+        path is inside the sandbox, as on Mesos: a link there, nothing to rewrite."""
+        mounts: dict[str, Path] = {}
+        for volume in (definition.get("container") or {}).get("volumes") or []:
+            if "hostPath" not in volume or "containerPath" not in volume:
+                continue
+            host = Path(volume["hostPath"])
+            if self.agent_root is not None:
+                host = self.agent_root / host.relative_to(host.anchor)
+            container_path = str(volume["containerPath"])
+            if container_path.startswith("/"):
+                mounts[container_path] = host
+            else:
+                (sandbox / container_path).parent.mkdir(parents=True, exist_ok=True)
+                (sandbox / container_path).symlink_to(host, target_is_directory=True)
+        return mounts
 
     def _grace(self, task: Task) -> float:
         app = self.apps.get(task.app_id)
@@ -591,7 +645,8 @@ class MarathonStandIn:
                     existing.version = _now()  # a config change restarts tasks in Marathon
                     for task in existing.active():
                         self._kill(task, self._grace(task))
-                existing.failures, existing.launch_after = 0, 0.0
+                    # Launch delays belong to a configuration; scaling keeps them.
+                    existing.failures, existing.launch_after = 0, 0.0
                 return 200, self._deploy([app_id])
             if method == "DELETE":
                 return 200, self._delete_apps([self._app(app_id)], force)
@@ -615,6 +670,7 @@ class MarathonStandIn:
                     fault.times -= 1
                     if fault.times <= 0:
                         self.faults.remove(fault)
+                    self._faults_in_flight += 1
                     return fault
         return None
 
@@ -664,12 +720,19 @@ def _fault_body(status: int, standin: MarathonStandIn) -> dict[str, Any]:
             f"'?force=true'. View details at '/v2/deployments/{deployment}'.",
             "deployments": [{"id": deployment}],
         }
+    if status == 403:
+        return {"message": "Not Authorized to perform this action!"}
     return {"message": f"injected fault: HTTP {status}"}
 
 
 def _handler(standin: MarathonStandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def handle(self) -> None:
+            # A client killed mid-connection (a SIGKILLed scaler) is not the server's error.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                super().handle()
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)
@@ -682,8 +745,9 @@ def _handler(standin: MarathonStandIn) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.end_headers()  # a client that timed out has gone: nobody to tell
+                self.wfile.write(data)
 
         def _serve(self) -> None:
             url = urlsplit(self.path)
@@ -693,9 +757,18 @@ def _handler(standin: MarathonStandIn) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length) if length else b""
             fault = standin.take_fault(self.command, path) if path.startswith("/v2") else None
             if fault is not None:
-                time.sleep(fault.delay)
-                if fault.status is not None:
-                    return self._answer(fault.status, _fault_body(fault.status, standin))
+                try:
+                    time.sleep(fault.delay)
+                    if fault.status is not None:
+                        return self._answer(fault.status, _fault_body(fault.status, standin))
+                    self._respond(query, path, raw)
+                finally:
+                    standin._fault_answered()
+                return None
+            self._respond(query, path, raw)
+            return None
+
+        def _respond(self, query: dict[str, list[str]], path: str, raw: bytes) -> None:
             try:
                 body = json.loads(raw) if raw.strip() else {}
             except ValueError as error:
