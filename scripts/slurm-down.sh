@@ -7,7 +7,12 @@ set -euo pipefail
 state="${DASK_DEPLOY_SLURM_DIR:-/tmp/dask-deploy-slurm}"
 export SLURM_CONF="$state/slurm.conf"
 
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A daemon killed a moment ago may linger as a zombie until it is reaped: that is not alive.
+alive() {
+  local pid
+  [ -s "$1" ] && pid="$(cat "$1")" && kill -0 "$pid" 2>/dev/null || return 1
+  [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" != Z* ]]
+}
 
 [ -d "$state/run" ] || exit 0
 if [ -z "${DASK_DEPLOY_SLURM_LOCKED:-}" ]; then

@@ -39,7 +39,12 @@ fail() {
   exit 1
 }
 
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A daemon killed a moment ago may linger as a zombie until it is reaped: that is not alive.
+alive() {
+  local pid
+  [ -s "$1" ] && pid="$(cat "$1")" && kill -0 "$pid" 2>/dev/null || return 1
+  [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" != Z* ]]
+}
 
 all_nodes_ready() {
   # idle, mixed or allocated; a '*' (not responding) or drain/down state is not ready.
@@ -56,21 +61,48 @@ healthy() {
   scontrol ping >/dev/null 2>&1 && all_nodes_ready
 }
 
+render_conf() {
+  sed -e "s|@STATE@|$state|g" -e "s|@HOST@|$(hostname -s)|g" -e "s|@NODES@|$nodes|g" \
+    -e "s|@CPUS@|$cpus|g" -e "s|@MEMORY@|$memory|g" -e "s|@CTLD_PORT@|$ctld_port|g" \
+    -e "s|@FIRST_NODE_PORT@|$first_node_port|g" -e "s|@LAST_NODE_PORT@|$((ctld_port + nodes))|g" \
+    "$here/slurm/slurm.conf.in" >"$state/slurm.conf.new"
+}
+
 "$here/ensure-apt.sh" slurm-wlm munge
 mkdir -p "$state"
 # One start or stop at a time, even when two test sessions begin together.
 exec 8>"$state.lock"
 flock 8
 
-sed -e "s|@STATE@|$state|g" -e "s|@HOST@|$(hostname -s)|g" -e "s|@NODES@|$nodes|g" \
-  -e "s|@CPUS@|$cpus|g" -e "s|@MEMORY@|$memory|g" -e "s|@CTLD_PORT@|$ctld_port|g" \
-  -e "s|@FIRST_NODE_PORT@|$first_node_port|g" -e "s|@LAST_NODE_PORT@|$((ctld_port + nodes))|g" \
-  "$here/slurm/slurm.conf.in" >"$state/slurm.conf.new"
+render_conf
 
 if healthy; then
   rm -f "$state/slurm.conf.new"
   log "already up and healthy ($nodes nodes); SLURM_CONF=$conf"
   exit 0
+fi
+
+# Only the controller is gone (it crashed or was killed): start it alone. It recovers the jobs
+# from its saved state and the running slurmd keep theirs, so nobody's jobs are lost.
+only_controller_down() {
+  [ -f "$conf" ] && cmp -s "$conf" "$state/slurm.conf.new" || return 1
+  alive "$state/munge-socket/munged.pid" && ! alive "$state/run/slurmctld.pid" || return 1
+  local k
+  for k in $(seq 1 "$nodes"); do alive "$state/run/slurmd-node$k.pid" || return 1; done
+}
+if only_controller_down; then
+  log "restarting slurmctld alone (the daemons and jobs are still there)"
+  if slurmctld -f "$conf" </dev/null >>"$state/log/daemons.log" 2>&1 8>&-; then
+    for _ in $(seq 1 120); do
+      if scontrol ping >/dev/null 2>&1 && all_nodes_ready; then
+        rm -f "$state/slurm.conf.new"
+        log "up again: $nodes nodes; SLURM_CONF=$conf"
+        exit 0
+      fi
+      sleep 0.25
+    done
+  fi
+  log "slurmctld did not come back alone: starting everything afresh"
 fi
 
 # Something is missing or the configuration changed: stop what we started, start afresh.

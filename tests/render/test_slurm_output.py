@@ -210,7 +210,7 @@ def test_apptainer_scenario_runs_python_inside_the_image(
     assert worker[6:10] == [image, "python3", "-m", "dask"]
     scheduler_script = (out / "scheduler-job.sh").read_text()
     assert re.search(
-        rf"^apptainer exec .* {re.escape(image)} python3 -m dask_deploy", scheduler_script, re.M
+        rf"^\s*apptainer exec .* {re.escape(image)} python3 -m dask_deploy", scheduler_script, re.M
     )
     config = yaml.safe_load((out / "scaler-config.yaml").read_text())
     assert config["policy"] == {"name": "fixed", "minimum": 4, "maximum": 4, "options": {}}

@@ -56,7 +56,7 @@ EXPECTED_STATES = {
     "101": InstanceState.PENDING,
     "102": InstanceState.PENDING,
     "103": InstanceState.RUNNING,
-    "104": InstanceState.RUNNING,
+    "104": InstanceState.EXITED,
     "105": InstanceState.EXITED,
     "106": InstanceState.EXITED,
     "107": InstanceState.EXITED,
@@ -70,7 +70,7 @@ EXPECTED_STATES = {
     "115": InstanceState.PENDING,
     "116": InstanceState.PENDING,
     "117": InstanceState.RUNNING,
-    "118": InstanceState.RUNNING,
+    "118": InstanceState.EXITED,
     "119": InstanceState.EXITED,
     "120": InstanceState.RUNNING,
     "121": InstanceState.RUNNING,
@@ -161,6 +161,43 @@ def test_options_default_the_job_name_from_the_deployment(tmp_path: Path) -> Non
     settings = slurm.load_settings(context)
     assert settings.job_name == "dask-worker"
     assert settings.comment == "dask-deploy/dask"
+    assert settings.command_timeout == slurm.DEFAULT_COMMAND_TIMEOUT == 30
+
+
+def test_options_take_a_command_timeout(tmp_path: Path) -> None:
+    script = tmp_path / "worker-job.sh"
+    script.write_text("#!/bin/bash\n")
+    options = {"worker_script": str(script), "command_timeout": 2.5}
+    settings = slurm.load_settings(BackendContext("dask", "tcp://127.0.0.1:8786", options))
+    assert settings.command_timeout == 2.5
+
+
+async def test_a_command_that_hangs_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    # Like an squeue waiting on a stopped slurmctld: it must not hold the tick longer.
+    pid_file = tmp_path / "pid"
+    hang = Command(("sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"), {})
+    with pytest.raises(SlurmCommandError, match=r"within 0\.5s .*command_timeout"):
+        await slurm._run(hang, timeout=0.5)
+    assert not Path(f"/proc/{pid_file.read_text().strip()}").exists()
+
+
+async def test_a_failing_command_raises_with_its_stderr() -> None:
+    failing = Command(("sh", "-c", "echo 'Unable to contact slurm controller' >&2; exit 1"), {})
+    with pytest.raises(SlurmCommandError, match="exited 1: Unable to contact slurm controller"):
+        await slurm._run(failing, timeout=5)
+
+
+async def test_every_command_runs_with_the_configured_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeSlurm("2|RUNNING|1795869283|1795872883|dask-deploy/dask\n")
+    monkeypatch.setattr(slurm, "_run", fake.run)
+    settings = SlurmSettings("dask", Path("w.sh"), "dask-worker", (), command_timeout=7.0)
+    backend = slurm.SlurmBackend(settings, clock=lambda: NOW)
+    await backend.scale_up(2)
+    await backend.scale_down(["2"])
+    assert [argv[0] for argv in fake.commands] == ["squeue", "sbatch", "squeue", "scancel"]
+    assert fake.timeouts == {7.0}
 
 
 @pytest.mark.parametrize(
@@ -171,6 +208,10 @@ def test_options_default_the_job_name_from_the_deployment(tmp_path: Path) -> Non
         ({"worker_script": "SCRIPT", "job_name": "a b"}, "backend.options.job_name"),
         ({"worker_script": "SCRIPT", "submit_args": "--qos=x"}, "backend.options.submit_args"),
         ({"worker_script": "SCRIPT", "partition": "x"}, "backend.options.partition"),
+        ({"worker_script": "SCRIPT", "command_timeout": 0}, "backend.options.command_timeout"),
+        ({"worker_script": "SCRIPT", "command_timeout": -5}, "backend.options.command_timeout"),
+        ({"worker_script": "SCRIPT", "command_timeout": "9"}, "backend.options.command_timeout"),
+        ({"worker_script": "SCRIPT", "command_timeout": True}, "backend.options.command_timeout"),
     ],
 )
 def test_bad_options_name_the_key(tmp_path: Path, options: dict[str, object], key: str) -> None:
@@ -194,10 +235,12 @@ class FakeSlurm:
     def __init__(self, squeue: str) -> None:
         self.squeue = squeue
         self.commands: list[tuple[str, ...]] = []
+        self.timeouts: set[float] = set()
         self.next_id = 500
 
-    async def run(self, command: Command) -> str:
+    async def run(self, command: Command, timeout: float) -> str:
         self.commands.append(command.argv)
+        self.timeouts.add(timeout)
         if command.argv[0] == "squeue":
             return self.squeue
         if command.argv[0] == "sbatch":

@@ -6,6 +6,7 @@ Options (``backend.options`` in the scaler configuration)::
     job_name: dask-worker                   # optional, default "<deployment>-worker"
     submit_args: []                         # optional: extra sbatch arguments, e.g. ["--qos=high"]
     replace_before_end: 0                   # optional: seconds; see "Walltime" below
+    command_timeout: 30                     # optional: seconds; see "Timeouts" below
 
 Every job gets ``--job-name`` and ``--comment dask-deploy/<deployment>``; listing and cancelling
 filter on both, so the backend never touches another deployment's jobs. The worker script starts
@@ -16,6 +17,12 @@ Walltime: a worker job ends at its time limit, and its worker retires itself a l
 EXITED: its worker is on its way out, so the loop counts it as gone and requests its replacement
 now, while it still works, and never picks it for scale-down. ``scale_down`` and cleanup still
 cancel it, because they look at SLURM's own state.
+
+Timeouts: an sbatch, squeue or scancel that has not finished after ``command_timeout`` seconds
+(default 30: above SLURM's own MessageTimeout, default 10 s, and its connect retries) is killed
+and the call fails, so a hung or stopped slurmctld holds one tick instead of the scaler. An sbatch
+killed that way may still have been accepted; its job is then listed on the next tick and
+counted, because every job carries the deployment's name and comment.
 
 The commands are built by pure functions and their output parsed by pure functions; ``_run``
 is the one place that executes them. ``SLURM_CONF`` and the rest of the environment pass through.
@@ -35,13 +42,16 @@ from .._errors import SettingsError
 from ._protocol import Backend, BackendContext, Instance, InstanceState, count_requested
 
 #: squeue's long state names; anything not listed counts as running, so a state added by a
-#: later SLURM holds its job instead of starting a duplicate.
+#: later SLURM holds its job instead of starting a duplicate. A job that is ending (COMPLETING,
+#: STAGE_OUT) is gone like a terminating pod: its processes have exited or are being killed, so
+#: the loop replaces it at once instead of waiting for SLURM's cleanup.
 PENDING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
 EXITED_STATES = frozenset(
     {
         "BOOT_FAIL",
         "CANCELLED",
         "COMPLETED",
+        "COMPLETING",
         "DEADLINE",
         "FAILED",
         "NODE_FAIL",
@@ -49,12 +59,15 @@ EXITED_STATES = frozenset(
         "PREEMPTED",
         "REVOKED",
         "SPECIAL_EXIT",
+        "STAGE_OUT",
         "TIMEOUT",
     }
 )
 # Job id, state, submit time, expected end, comment; the comment may contain anything, so last.
 SQUEUE_FORMAT = "%i|%T|%V|%e|%k"
 _JOB_ID = re.compile(r"^\d+$")
+#: Seconds an sbatch, squeue or scancel may take before it is killed (``command_timeout``).
+DEFAULT_COMMAND_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,7 @@ class SlurmSettings:
     job_name: str
     submit_args: tuple[str, ...]
     replace_before_end: float = 0.0
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT
 
     @property
     def comment(self) -> str:
@@ -96,7 +110,7 @@ class SlurmCommandError(RuntimeError):
 def load_settings(context: BackendContext) -> SlurmSettings:
     """Validate ``backend.options``; raise :class:`SettingsError` naming the bad key."""
     options = dict(context.options)
-    allowed = {"worker_script", "job_name", "submit_args", "replace_before_end"}
+    allowed = {"worker_script", "job_name", "submit_args", "replace_before_end", "command_timeout"}
     for key in options.keys() - allowed:
         raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(allowed)}")
     script = options.get("worker_script")
@@ -111,8 +125,16 @@ def load_settings(context: BackendContext) -> SlurmSettings:
     lead = options.get("replace_before_end", 0)
     if isinstance(lead, bool) or not isinstance(lead, int | float) or lead < 0:
         raise SettingsError("backend.options.replace_before_end", lead, "a number of seconds >= 0")
+    timeout = options.get("command_timeout", DEFAULT_COMMAND_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise SettingsError("backend.options.command_timeout", timeout, "a number of seconds > 0")
     return SlurmSettings(
-        context.deployment, Path(script), job_name, tuple(submit_args), float(lead)
+        context.deployment,
+        Path(script),
+        job_name,
+        tuple(submit_args),
+        float(lead),
+        float(timeout),
     )
 
 
@@ -202,15 +224,25 @@ def as_seen_by_the_loop(job: SlurmJob, now: float, replace_before_end: float) ->
     return replace(job.instance, state=InstanceState.EXITED) if leaving else job.instance
 
 
-async def _run(command: Command) -> str:
-    """Execute one command; return its stdout or raise with its stderr."""
+async def _run(command: Command, timeout: float) -> str:
+    """Execute one command; return its stdout, or raise with its stderr or on ``timeout``."""
     process = await asyncio.create_subprocess_exec(
         *command.argv,
         env={**os.environ, **command.env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await process.communicate()
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        raise SlurmCommandError(
+            f"{' '.join(command.argv)} did not finish within {timeout:g}s "
+            "(backend.options.command_timeout); killed it"
+        ) from None
+    finally:
+        if process.returncode is None:  # timed out, or the tick was cancelled
+            process.kill()
+            await process.wait()
     if process.returncode != 0:
         raise SlurmCommandError(
             f"{' '.join(command.argv)} exited {process.returncode}: {stderr.decode().strip()}"
@@ -227,7 +259,8 @@ class SlurmBackend:
 
     async def jobs(self) -> list[SlurmJob]:
         """This deployment's jobs as squeue reports them, with their expected end."""
-        return parse_jobs(await _run(list_command(self.settings)), self.settings.comment)
+        stdout = await _run(list_command(self.settings), self.settings.command_timeout)
+        return parse_jobs(stdout, self.settings.comment)
 
     async def instances(self) -> list[Instance]:
         now, lead = self.clock(), self.settings.replace_before_end
@@ -235,14 +268,14 @@ class SlurmBackend:
 
     async def scale_up(self, n: int) -> None:
         for _ in range(n - count_requested(await self.instances())):
-            parse_job_id(await _run(submit_command(self.settings)))
+            parse_job_id(await _run(submit_command(self.settings), self.settings.command_timeout))
 
     async def scale_down(self, names: Collection[str]) -> None:
         jobs = await self.jobs()
         live = {j.instance.name for j in jobs if j.instance.state is not InstanceState.EXITED}
         doomed = live & set(names)
         if doomed:
-            await _run(cancel_command(self.settings, doomed))
+            await _run(cancel_command(self.settings, doomed), self.settings.command_timeout)
 
     async def close(self) -> None:
         return None

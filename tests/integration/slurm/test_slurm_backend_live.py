@@ -32,7 +32,11 @@ async def test_backend_submits_lists_and_cancels_exactly_the_named_job(
     slurm: Any, tmp_path: Path
 ) -> None:
     script = tmp_path / "worker-job.sh"
-    script.write_text(f"#!/bin/bash\n#SBATCH --output={tmp_path}/%j.out\nexec sleep 300\n")
+    # A time limit, as every worker job has: without one a running job's end is "NONE" when the
+    # main scheduler started it (backfill would write start + 365 days).
+    script.write_text(
+        f"#!/bin/bash\n#SBATCH --time=10\n#SBATCH --output={tmp_path}/%j.out\nexec sleep 300\n"
+    )
     deployment = f"live-{uuid.uuid4().hex[:8]}"  # earlier runs' jobs stay listed for MinJobAge
     context = BackendContext(deployment, "tcp://127.0.0.1:8786", {"worker_script": str(script)})
     backend = SlurmBackend(load_settings(context))

@@ -7,11 +7,13 @@ the project's .venv. Timings are short through the values (interval, scale_down_
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 from distributed import Client
+
+from process_support import wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -36,16 +40,6 @@ def squeue(*args: str) -> list[tuple[str, str, str]]:
         check=True,
     ).stdout
     return [tuple(line.split("|")) for line in output.splitlines() if line]  # type: ignore[misc]
-
-
-def wait_for(what: str, condition: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting until {what}")
 
 
 def burst(client: Client, seconds: int) -> tuple[list[Any], list[Any]]:
@@ -268,3 +262,50 @@ def test_workers_end_their_jobs_when_the_scheduler_dies(deployment: Deployment) 
     )
     ended = deployment.worker_jobs("all")
     assert all(ended[job] != "CANCELLED" for job in workers), ended  # nobody cancelled them
+
+
+def scaler_pids(deployment: Deployment) -> set[int]:
+    """The `dask-deploy scale` processes running in this deployment's rendered folder."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            in_folder = (proc / "cwd").resolve() == deployment.folder.resolve()
+        except OSError:
+            continue
+        if in_folder and b"dask_deploy.cli" in command and b"scale" in command:
+            pids.add(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("deployment", [{"minimum": 2}], indirect=True)
+def test_a_scaler_that_dies_in_the_scheduler_job_is_started_again(
+    deployment: Deployment,
+) -> None:
+    with connect(deployment) as client:
+        wait_for("two workers register", lambda: len(worker_names(client)) == 2)
+        future = client.submit(sum, [1, 2, 3])
+        assert future.result() == 6
+        (killed,) = wait_for("the scaler runs", lambda: scaler_pids(deployment))
+        os.kill(killed, signal.SIGKILL)
+
+        restarted = wait_for(
+            "the scheduler job starts a new scaler",
+            lambda: scaler_pids(deployment) - {killed},
+            timeout=60,
+        )
+        assert deployment.all_live_jobs(), "the scheduler job ended with its scaler"
+        # The new scaler works: a worker job cancelled from outside is replaced, no more.
+        before = set(deployment.worker_jobs())
+        victim = sorted(worker_names(client))[0]
+        subprocess.run(["scancel", victim], check=True)
+        new_jobs = wait_for(
+            "the restarted scaler replaces the cancelled worker",
+            lambda: set(deployment.worker_jobs()) - before,
+        )
+        wait_for("the replacement registers", lambda: worker_names(client) & new_jobs)
+        assert len(deployment.worker_jobs()) == 2, deployment.worker_jobs()
+        assert future.result() == 6, "the scheduler kept the client's result"
+        assert scaler_pids(deployment) == restarted
+    assert "the scaler exited with status 137; starting it again" in deployment.logs()
+    tear_down(deployment)

@@ -44,8 +44,11 @@ for _ in $(seq 1 120); do
 done
 [ -s "$scheduler_file" ] || { echo "no $scheduler_file after 120 s" >&2; kill "$scheduler"; exit 1; }
 
-python3.11 -m dask_deploy.cli scale --config scaler-config.yaml &
-scaler=$!
+start_scaler() {
+  python3.11 -m dask_deploy.cli scale --config scaler-config.yaml &
+  scaler=$!
+}
+start_scaler
 
 # scancel, or the walltime, sends SIGTERM: stop the scaler first so that it cancels the worker
 # jobs (cleanup_on_exit), then the scheduler.
@@ -58,8 +61,17 @@ stop() {
 }
 trap 'stop; exit 143' TERM INT
 
-# When either process ends, the deployment is over: stop the other one too.
-status=0
-wait -n || status=$?
+# The scheduler's end is the deployment's end. A scaler that dies is started again, as Marathon
+# or Kubernetes would: it is level-triggered and takes over the worker jobs it finds. The pause
+# keeps a scaler that cannot start (a broken configuration) from spinning.
+while true; do
+  status=0
+  wait -n || status=$?
+  kill -0 "$scheduler" 2>/dev/null || break
+  echo "the scaler exited with status $status; starting it again in 5 s" >&2
+  sleep 5 &
+  wait "$!" || true
+  start_scaler
+done
 stop
 exit "$status"

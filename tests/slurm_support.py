@@ -1,8 +1,9 @@
-"""A real SLURM for the tests in this folder, started by scripts/slurm-up.sh.
+"""A real SLURM for the tests (integration/slurm, faults), started by scripts/slurm-up.sh.
 
-The session fixture installs slurm-wlm and munge when missing (so a fresh CI machine works),
-starts munged, slurmctld and several slurmd on 127.0.0.1, and stops them at the end. When
-SLURM cannot start, the test fails with the tail of SLURM's own logs.
+The session fixture ``slurm`` (registered in tests/conftest.py) installs slurm-wlm and munge
+when missing (so a fresh CI machine works), starts munged, slurmctld and several slurmd on
+127.0.0.1, and stops them at the end. When SLURM cannot start, the test fails with the tail of
+SLURM's own logs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("DASK_DEPLOY_SLURM_DIR", "/tmp/dask-deploy-slurm"))
 
 
