@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,25 @@ def test_parse_pods_maps_phases() -> None:
     assert k8s.parse_pods({"items": None}) == []
 
 
+def test_ended_pods_are_the_finished_ones_not_yet_deleted_and_say_how() -> None:
+    pods = {
+        "items": [
+            pod("a", "Running"),
+            pod("b", "Succeeded"),
+            pod("c", "Failed", deleting=True),
+            pod("d", "Failed"),
+            pod("e", "Pending"),
+        ]
+    }
+    assert [p["metadata"]["name"] for p in k8s.ended_pods(pods)] == ["b", "d"]
+    killed = pod("f", "Failed")
+    killed["status"]["containerStatuses"] = [
+        {"name": "worker", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}
+    ]
+    assert k8s.how_it_ended(killed) == "Failed: worker exit code 137 (OOMKilled)"
+    assert k8s.how_it_ended(pod("g", "Succeeded")) == "Succeeded"
+
+
 def test_forbidden_names_verb_and_resource() -> None:
     body = b'{"kind":"Status","reason":"Forbidden","message":"pods is forbidden","code":403}'
     error = k8s.api_error(k8s.delete_request(settings(), "p"), 403, body)
@@ -160,7 +180,10 @@ def test_settings_name_the_bad_key(tmp_path: Path) -> None:
         )
     )
     good = {"worker_template": str(template), "kubeconfig": str(kubeconfig)}
-    assert k8s.load_settings(BackendContext("dask", "tcp://x:1", good)).namespace == "team"
+    loaded = k8s.load_settings(BackendContext("dask", "tcp://x:1", good))
+    assert loaded.namespace == "team"
+    # A call retries for about one scaler interval; the loop retries after that.
+    assert (loaded.request_timeout, loaded.retry_for) == (10.0, 1.0)
     cases = [
         ({**good, "bogus": 1}, "backend.options.bogus"),
         (
@@ -330,3 +353,90 @@ def test_stand_in_selectors_and_variable_expansion_follow_kubernetes() -> None:
     assert not matches_selector(labels, "app!=dask")
     assert not matches_selector(labels, "gpu")
     assert expand("$(A)-$(B)-$$(A)", {"A": "x"}) == "x-$(B)-$(A)"
+
+
+async def test_a_hung_call_is_one_request_bounded_by_request_timeout(
+    stand_in: KubernetesStandIn, tmp_path: Path
+) -> None:
+    backend = backend_for(stand_in, tmp_path, request_timeout=0.3, retry_for=0.01)
+    try:
+        for held, drop in enumerate((False, True), start=1):
+            stand_in.calls.clear()
+            stand_in.inject("list", delay=30, drop=drop)
+            with pytest.raises(k8s.KubernetesApiError, match=r"pods: 0 ReadTimeoutError"):
+                await backend.instances()
+            # urllib3 retries nothing behind our back: the one attempt was the one request
+            assert stand_in.calls == [("list", "pods")]
+            assert stand_in.pending_faults() == held  # still held: the client gave up first
+    finally:
+        await backend.close()
+
+
+async def test_a_create_answered_too_late_or_dropped_makes_one_pod(
+    stand_in: KubernetesStandIn, tmp_path: Path
+) -> None:
+    backend = backend_for(stand_in, tmp_path, request_timeout=0.3, retry_for=10)
+    try:
+        # Held past the client's timeout, then done: the retry meets AlreadyExists or
+        # creates it first, and the held one then does.
+        stand_in.inject("create", delay=0.6)
+        await backend.scale_up(1)
+        await wait_for(lambda: stand_in.pending_faults() == 0)
+        assert len(stand_in.pods()) == 1
+        # Dropped unanswered: not done, so the retry creates it.
+        stand_in.inject("create", delay=0.1, drop=True)
+        await backend.scale_up(2)
+        assert stand_in.pending_faults() == 0
+        assert len(stand_in.pods()) == len(stand_in.created) == 2
+    finally:
+        await backend.close()
+
+
+def test_stand_in_faults_are_pending_until_served_and_need_an_effect(
+    stand_in: KubernetesStandIn,
+) -> None:
+    import threading
+
+    path = "/api/v1/namespaces/default/pods"
+    stand_in.inject("list", 503, times=2)
+    assert stand_in.pending_faults() == 2
+    assert stand_in.handle("GET", path, None)[0] == 503
+    assert stand_in.handle("GET", path, None)[1]["reason"] == "ServiceUnavailable"
+    assert stand_in.handle("GET", path, None)[0] == 200
+    stand_in.inject("list", delay=0.5)
+    answers: list[int] = []
+    held = threading.Thread(target=lambda: answers.append(stand_in.handle("GET", path, None)[0]))
+    held.start()
+    deadline = time.monotonic() + 5
+    while stand_in.calls.count(("list", "pods")) < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert stand_in.pending_faults() == 1  # being held
+    held.join()
+    assert (answers, stand_in.pending_faults()) == ([200], 0)  # then served normally
+    with pytest.raises(ValueError, match="a status, a delay or drop"):
+        stand_in.inject("list")
+
+
+async def test_scaling_deletes_ended_pods_and_listing_changes_nothing(
+    stand_in: KubernetesStandIn, tmp_path: Path
+) -> None:
+    backend = backend_for(stand_in, tmp_path)
+    try:
+        await backend.scale_up(2)
+        await wait_for(
+            lambda: all(p["status"]["phase"] == "Running" for p in stand_in.pods().values())
+        )
+        victim, survivor = sorted(stand_in.pods())
+        stand_in.kill_containers(victim)
+        await wait_for(lambda: stand_in.pods()[victim]["status"]["phase"] == "Failed")
+        states = {i.name: i.state for i in await backend.instances()}
+        assert states == {victim: InstanceState.EXITED, survivor: InstanceState.RUNNING}
+        stand_in.inject("delete", 500)  # one attempt per action, and the action goes on
+        await backend.scale_up(2)
+        assert (stand_in.deleted, len(stand_in.pods())) == ([], 3)
+        await backend.scale_down([survivor])
+        assert stand_in.deleted == [victim, survivor]
+        await wait_for(lambda: len(stand_in.pods()) == 1)
+    finally:
+        await backend.close()

@@ -9,14 +9,22 @@ Options (``backend.options`` in the scaler configuration)::
     context: null            # optional: the kubeconfig context; null = its current context
     owner: null              # optional: {api_version, kind, name, uid} owning every worker pod;
                              # "${VAR}" in a value is read from the environment (downward API)
-    request_timeout: 10      # optional: seconds per HTTP request
-    retry_for: 30            # optional: seconds to keep retrying 409 Conflict / 5xx / no answer
+    request_timeout: 10      # optional: seconds one HTTP request may take (one attempt)
+    retry_for: 1             # optional: seconds one call keeps retrying 409 Conflict / 5xx / no
+                             # answer; about one scaler interval, as the loop retries after that
 
 Workers are bare pods, not a Deployment's: ``scale_down`` deletes exactly the pods whose workers
 the scheduler retired, and no controller recreates them or picks another victim. The owner
 reference (the scheduler pod) makes Kubernetes garbage-collect the workers with the scheduler.
 Each pod runs ``dask worker --name $(DASK_WORKER_NAME)`` with that variable set from
-``metadata.name`` (downward API), so ``Instance.name`` is the pod name.
+``metadata.name`` (downward API), so ``Instance.name`` is the pod name. A pod whose worker has
+ended (phase Succeeded or Failed: killed, crashed, gone with the scheduler, or retired while its
+delete failed) holds nothing any more: ``scale_up`` and ``scale_down`` delete such pods, logging
+how they ended, so they do not pile up (no controller would collect them). ``instances`` only
+lists, so a dry run changes nothing.
+
+Retrying is the control loop's job (level-triggered, at its interval): a call retries only
+briefly (``retry_for``) and one request never waits longer than ``request_timeout``.
 
 Requests are built by pure functions from :data:`RBAC_RULES`, the one list of (verb, resource)
 the rendered Role grants; :meth:`KubernetesBackend._send` is the one place that sends them, through
@@ -75,7 +83,7 @@ class KubernetesSettings:
     kubeconfig: str | None = None
     context: str | None = None
     request_timeout: float = 10.0
-    retry_for: float = 30.0
+    retry_for: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,28 @@ def pod_state(pod: Mapping[str, Any]) -> InstanceState:
     return InstanceState.PENDING if phase == "Pending" else InstanceState.RUNNING
 
 
+def ended_pods(pod_list: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Pods whose containers have all ended (Succeeded, Failed) and that are not being deleted."""
+    return [
+        pod
+        for pod in pod_list.get("items") or []
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        and not pod["metadata"].get("deletionTimestamp")
+    ]
+
+
+def how_it_ended(pod: Mapping[str, Any]) -> str:
+    """``Failed: worker exit code 137 (OOMKilled)``: the phase and each container's end."""
+    status = pod.get("status") or {}
+    ends = []
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if "exitCode" in terminated:
+            reason = f" ({terminated['reason']})" if terminated.get("reason") else ""
+            ends.append(f"{container.get('name')} exit code {terminated['exitCode']}{reason}")
+    return str(status.get("phase", "ended")) + (": " + ", ".join(ends) if ends else "")
+
+
 def parse_pods(pod_list: Mapping[str, Any]) -> list[Instance]:
     """Instances from a PodList, ordered by name."""
     instances = []
@@ -262,7 +292,7 @@ def load_settings(context: BackendContext) -> KubernetesSettings:
     kube_context = _option(options, "context", str, "null or a kubeconfig context name")
     namespace = _option(options, "namespace", str, "null or a namespace name")
     numbers = {}
-    for key, default in (("request_timeout", 10.0), ("retry_for", 30.0)):
+    for key, default in (("request_timeout", 10.0), ("retry_for", 1.0)):
         value = options.get(key, default)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise SettingsError(f"backend.options.{key}", value, "a number of seconds > 0")
@@ -282,16 +312,23 @@ def api_client(settings: KubernetesSettings) -> Any:
     """The official client: from the kubeconfig if one is given, else the pod's service account."""
     client: Any = importlib.import_module("kubernetes.client")
     config: Any = importlib.import_module("kubernetes.config")
-    if settings.kubeconfig is not None:
-        return config.new_client_from_config(
-            config_file=settings.kubeconfig, context=settings.context, persist_config=False
-        )
     configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException as error:
-        allowed = f"a kubeconfig file when not running in a pod ({error})"
-        raise SettingsError("backend.options.kubeconfig", None, allowed) from None
+    if settings.kubeconfig is not None:
+        config.load_kube_config(
+            config_file=settings.kubeconfig,
+            context=settings.context,
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException as error:
+            allowed = f"a kubeconfig file when not running in a pod ({error})"
+            raise SettingsError("backend.options.kubeconfig", None, allowed) from None
+    # One attempt per request: urllib3 would otherwise retry a read 3 more times, so a hung
+    # API server held a call for 4 x request_timeout. Retrying is _send's job, within retry_for.
+    configuration.retries = 0
     return client.ApiClient(configuration)
 
 
@@ -324,7 +361,9 @@ class KubernetesBackend:
             )  # fmt: skip
             response.read()
         except Exception as error:  # urllib3 and the client raise several types for "no answer"
-            raise KubernetesApiError(request, 0, type(error).__name__, str(error)) from error
+            cause = getattr(error, "reason", None)  # urllib3's MaxRetryError wraps the real one
+            shown = cause if isinstance(cause, Exception) else error
+            raise KubernetesApiError(request, 0, type(shown).__name__, str(shown)) from error
         if not 200 <= response.status <= 299:
             raise api_error(request, response.status, response.data or b"")
         return json.loads(response.data or b"{}")
@@ -345,8 +384,27 @@ class KubernetesBackend:
     async def instances(self) -> list[Instance]:
         return parse_pods(await self._send(list_request(self.settings)))
 
+    async def _delete_ended(self, pod_list: Mapping[str, Any], keep: Collection[str]) -> None:
+        """Delete the ended pods not in ``keep``: one attempt each, failures only logged.
+
+        The action they come with matters more; the next action tries them again.
+        """
+        for pod in ended_pods(pod_list):
+            name = pod["metadata"]["name"]
+            if name in keep:
+                continue
+            try:
+                await asyncio.to_thread(self._send_once, delete_request(self.settings, name))
+            except KubernetesApiError as error:
+                if error.status != 404:
+                    log.warning("kubernetes: could not delete ended pod %s: %s", name, error)
+                continue
+            log.info("kubernetes: deleted ended pod %s (%s)", name, how_it_ended(pod))
+
     async def scale_up(self, n: int) -> None:
-        for _ in range(n - count_requested(await self.instances())):
+        pod_list = await self._send(list_request(self.settings))
+        await self._delete_ended(pod_list, keep=())
+        for _ in range(n - count_requested(parse_pods(pod_list))):
             name = worker_pod_name(self.settings.deployment)
             try:
                 await self._send(create_request(self.settings, name))
@@ -356,8 +414,10 @@ class KubernetesBackend:
             log.info("kubernetes: created pod %s", name)
 
     async def scale_down(self, names: Collection[str]) -> None:
-        pods = (await self._send(list_request(self.settings))).get("items") or []
+        pod_list = await self._send(list_request(self.settings))
+        pods = pod_list.get("items") or []
         wanted = set(names)
+        await self._delete_ended(pod_list, keep=wanted)
         doomed = {
             pod["metadata"]["name"]
             for pod in pods

@@ -24,19 +24,30 @@ after ``terminationGracePeriodSeconds`` and removes the pod once they are gone. 
 pods whose ``ownerReferences`` name no existing object (pods, or objects registered with
 :meth:`KubernetesStandIn.add_owner`) are deleted, as Kubernetes' garbage collector does.
 
+Volumes: ``emptyDir`` and ``secret`` volumes are made as folders under ``<workdir>/volumes/<pod>/``
+(a Secret's keys as files, with ``items`` and ``defaultMode``/``mode``), and each container's
+``volumeMounts`` map its mount path onto that folder: the path is rewritten in the container's
+command, args and env values (no mount namespace, the process runs on the host). Secrets are
+created as a cluster admin would with ``kubectl create secret``:
+:meth:`KubernetesStandIn.create_secret`, validated like pods; a pod whose Secret is missing stays
+Pending, as the kubelet leaves it.
+
 Limitations: images are never pulled; the command runs on the host, which needs the software the
-image would have. Volumes are not mounted; ``secretKeyRef``/``configMapKeyRef`` env is not resolved
-(the pod fails). Faults for tests: :meth:`KubernetesStandIn.inject`.
+image would have. Other volume types are not mounted; a mounted path appearing inside a file the
+process reads is not rewritten; ``secretKeyRef``/``configMapKeyRef`` env is not resolved (the pod
+fails). Faults for tests: :meth:`KubernetesStandIn.inject`.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -53,6 +64,8 @@ from urllib.parse import parse_qs, urlsplit
 import jsonschema
 import yaml
 
+from ._mounts import map_mounts
+
 log = logging.getLogger(__name__)
 
 #: The Kubernetes version whose schemas validate every object (the oldest we support).
@@ -62,6 +75,7 @@ _PODS = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/pods(?:/([a-z0-9.-]+))?$")
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _VERBS = {("GET", False): "list", ("POST", False): "create", ("GET", True): "get"}
 _VERBS |= {("PUT", True): "update", ("DELETE", True): "delete"}
+_REASONS = {403: "Forbidden", 409: "Conflict", 429: "TooManyRequests", 503: "ServiceUnavailable"}
 
 
 def _validate_delete_options(obj: dict[str, Any], version: str) -> None:
@@ -73,6 +87,21 @@ def _validate_delete_options(obj: dict[str, Any], version: str) -> None:
     definitions = utils.schema_contents(f"{folder}/_definitions.json", version)
     registry: Registry[Any] = Resource.from_contents(definitions) @ Registry()
     jsonschema.Draft202012Validator(schema, registry=registry).validate(obj)
+
+
+@dataclass
+class _Fault:
+    verb: str
+    status: int | None
+    reason: str
+    delay: float
+    drop: bool
+    times: int
+    holding: int = 0  # requests of this fault being held right now
+
+
+class DroppedConnection(Exception):
+    """A fault's request is answered by closing the connection."""
 
 
 def _now() -> str:
@@ -155,8 +184,9 @@ class KubernetesStandIn:
         self.created: list[str] = []
         self.deleted: list[str] = []
         self._pods: dict[tuple[str, str], _Pod] = {}
+        self._secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self._owners: set[str] = set()
-        self._faults: list[dict[str, Any]] = []
+        self._faults: list[_Fault] = []
         self._resource_version = 1000
         self._lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -211,10 +241,37 @@ class KubernetesStandIn:
         return path
 
     # -- test controls ---------------------------------------------------------------------
-    def inject(self, verb: str, status: int, times: int = 1, reason: str = "") -> None:
-        """Answer the next ``times`` calls of ``verb`` (create, list, delete...) with ``status``."""
-        reason = reason or {409: "Conflict", 403: "Forbidden"}.get(status, "InternalError")
-        self._faults.append({"verb": verb, "status": status, "times": times, "reason": reason})
+    def inject(
+        self,
+        verb: str,
+        status: int | None = None,
+        times: int = 1,
+        reason: str = "",
+        *,
+        delay: float = 0.0,
+        drop: bool = False,
+    ) -> None:
+        """Fail the next ``times`` calls of ``verb`` (create, list, delete, get, update).
+
+        Each is held ``delay`` seconds, then answered with an error ``Status`` of ``status``;
+        without a status it is dropped unanswered (``drop``) or served normally, late. Example::
+
+            api.inject("list", 503, times=2)
+            api.inject("create", delay=3.0)  # longer than the client waits: it gives up
+            api.inject("delete", delay=3.0, drop=True)  # and there is no answer at all
+        """
+        if status is None and not delay and not drop:
+            raise ValueError("a fault needs a status, a delay or drop=True")
+        if status is not None and drop:
+            raise ValueError("a dropped request has no status")
+        reason = reason or _REASONS.get(status or 500, "InternalError")
+        with self._lock:
+            self._faults.append(_Fault(verb, status, reason, delay, drop, times))
+
+    def pending_faults(self) -> int:
+        """Injected failures not over yet: still to be served, or being held right now."""
+        with self._lock:
+            return sum(fault.times + fault.holding for fault in self._faults)
 
     def add_owner(self) -> str:
         """Register a foreign owner object (e.g. a ReplicaSet); returns its uid."""
@@ -226,6 +283,19 @@ class KubernetesStandIn:
         """Delete a foreign owner: the garbage collector then deletes its dependents."""
         self._owners.discard(uid)
 
+    def create_secret(self, secret: dict[str, Any], namespace: str = "default") -> None:
+        """Store a Secret (validated like every object; ``stringData`` folded into ``data`` as
+        the API server does); raises :class:`ApiError` 422/409 like ``kubectl create``."""
+        self._validate(secret, "Secret")
+        name = secret["metadata"]["name"]
+        data = dict(secret.get("data") or {})
+        for key, value in (secret.get("stringData") or {}).items():
+            data[key] = base64.b64encode(value.encode()).decode()
+        with self._lock:
+            if (namespace, name) in self._secrets:
+                raise ApiError(409, "AlreadyExists", f'secrets "{name}" already exists')
+            self._secrets[(namespace, name)] = {**secret, "data": data}
+
     def pods(self, namespace: str = "default") -> dict[str, dict[str, Any]]:
         """A snapshot of the stored pods by name."""
         with self._lock:
@@ -234,6 +304,14 @@ class KubernetesStandIn:
                 for (ns, name), pod in self._pods.items()
                 if ns == namespace
             }
+
+    def kill_containers(self, name: str, namespace: str = "default") -> None:
+        """SIGKILL a pod's containers (every process they started), as the OOM killer would."""
+        with self._lock:
+            processes = list(self._find(namespace, name).processes)
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     def log_path(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
@@ -271,25 +349,45 @@ class KubernetesStandIn:
         namespace, name = match.groups()
         with self._lock:
             self.calls.append((verb, "pods"))
-            for fault in self._faults:
-                if fault["verb"] == verb and fault["times"] > 0:
-                    fault["times"] -= 1
-                    return fault["status"], status_object(
-                        fault["status"], fault["reason"], "injected fault"
-                    )
-            if self.allowed is not None and (verb, "pods") not in self.allowed:
-                message = (
-                    f'pods is forbidden: User "system:serviceaccount:{namespace}:scaler" cannot '
-                    f'{verb} resource "pods" in API group "" in the namespace "{namespace}"'
-                )
-                return 403, status_object(403, "Forbidden", message, kind="pods")
-            try:
-                answer: tuple[int, dict[str, Any]] = getattr(self, f"_{verb}")(
-                    namespace, name, query, body
-                )
-                return answer
-            except ApiError as error:
-                return error.body["code"], error.body
+            fault = self._take_fault(verb)
+        try:
+            if fault is not None:
+                self._closed.wait(fault.delay)  # outside the lock: other calls go on meanwhile
+                if fault.status is not None:
+                    return fault.status, status_object(fault.status, fault.reason, "injected fault")
+                if fault.drop:
+                    raise DroppedConnection(f"{verb} dropped after {fault.delay} s")
+            with self._lock:
+                return self._serve(verb, namespace, name, query, body)
+        finally:
+            if fault is not None:
+                with self._lock:
+                    fault.holding -= 1
+
+    def _take_fault(self, verb: str) -> _Fault | None:
+        for fault in self._faults:
+            if fault.verb == verb and fault.times > 0:
+                fault.times -= 1
+                fault.holding += 1
+                return fault
+        return None
+
+    def _serve(
+        self, verb: str, namespace: str, name: str | None, query: dict[str, str], body: Any
+    ) -> tuple[int, dict[str, Any]]:
+        if self.allowed is not None and (verb, "pods") not in self.allowed:
+            message = (
+                f'pods is forbidden: User "system:serviceaccount:{namespace}:scaler" cannot '
+                f'{verb} resource "pods" in API group "" in the namespace "{namespace}"'
+            )
+            return 403, status_object(403, "Forbidden", message, kind="pods")
+        try:
+            answer: tuple[int, dict[str, Any]] = getattr(self, f"_{verb}")(
+                namespace, name, query, body
+            )
+            return answer
+        except ApiError as error:
+            return error.body["code"], error.body
 
     def _list(self, namespace: str, _: None, query: dict[str, str], __: Any) -> tuple[int, Any]:
         selector = query.get("labelSelector", "")
@@ -396,16 +494,64 @@ class KubernetesStandIn:
                 raise ValueError(f"env {variable['name']}: only value and fieldRef are supported")
         return env
 
+    def volume_path(self, pod_name: str, volume: str) -> Path:
+        """The host folder behind a pod's volume."""
+        return self.workdir / "volumes" / pod_name / volume
+
+    def _make_volumes(self, manifest: dict[str, Any]) -> dict[str, Path]:
+        """The pod's emptyDir and secret volumes as folders, by volume name; raises LookupError
+        naming a missing Secret (the kubelet then keeps the pod Pending)."""
+        namespace, pod_name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        folders: dict[str, Path] = {}
+        for volume in manifest["spec"].get("volumes", []):
+            folder = self.volume_path(pod_name, volume["name"])
+            if "emptyDir" in volume:
+                folder.mkdir(parents=True, exist_ok=True)
+            elif "secret" in volume:
+                source = volume["secret"]
+                secret = self._secrets.get((namespace, source["secretName"]))
+                if secret is None:
+                    if source.get("optional"):
+                        continue
+                    raise LookupError(f'secret "{source["secretName"]}" not found')
+                data = secret["data"]
+                items = source.get("items") or [{"key": key, "path": key} for key in data]
+                folder.mkdir(parents=True, exist_ok=True)
+                for item in items:
+                    target = folder / item["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(base64.b64decode(data[item["key"]]))
+                    target.chmod(item.get("mode", source.get("defaultMode", 0o644)))
+            else:
+                continue  # not mounted (see Limitations)
+            folders[volume["name"]] = folder
+        return folders
+
     def _start(self, pod: _Pod) -> None:
         manifest = pod.manifest
+        try:
+            volumes = self._make_volumes(manifest)
+        except LookupError as error:
+            message = f"MountVolume.SetUp failed: {error.args[0]}"
+            manifest["status"] |= {"reason": "ContainerCreating", "message": message}
+            return
         try:
             with self.log_path(manifest["metadata"]["name"]).open("ab") as log_file:
                 for container in manifest["spec"]["containers"]:
                     if not container.get("command"):
                         raise ValueError(f"container {container['name']}: no command (no images)")
-                    env = self._container_env(manifest, container)
+                    mounts = {
+                        m["mountPath"]: volumes[m["name"]] / m.get("subPath", "")
+                        for m in container.get("volumeMounts", [])
+                        if m["name"] in volumes
+                    }
+                    env = {
+                        name: map_mounts(value, mounts)
+                        for name, value in self._container_env(manifest, container).items()
+                    }
                     argv = [
-                        expand(a, env) for a in container["command"] + container.get("args", [])
+                        map_mounts(expand(a, env), mounts)
+                        for a in container["command"] + container.get("args", [])
                     ]
                     process = subprocess.Popen(
                         argv,
@@ -452,6 +598,7 @@ class KubernetesStandIn:
                         with contextlib.suppress(ProcessLookupError):
                             os.killpg(process.pid, signal.SIGKILL)
                     del self._pods[key]
+                    shutil.rmtree(self.workdir / "volumes" / key[1], ignore_errors=True)
         existing = self._owners | {p.manifest["metadata"]["uid"] for p in self._pods.values()}
         for pod in self._pods.values():
             references = pod.manifest["metadata"].get("ownerReferences") or []
@@ -470,13 +617,19 @@ class KubernetesStandIn:
                 except ValueError:
                     code, answer = 400, status_object(400, "BadRequest", "body is not JSON")
                 else:
-                    code, answer = stand_in.handle(self.command, self.path, body)
+                    try:
+                        code, answer = stand_in.handle(self.command, self.path, body)
+                    except DroppedConnection:
+                        self.close_connection = True
+                        return
                 data = json.dumps(answer).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                # A client that gave up on a held request has closed its end.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 

@@ -16,9 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -27,24 +25,12 @@ from distributed import Client
 from dask_deploy.render import render
 from dask_deploy.testing.kubernetes import KubernetesStandIn
 from dask_deploy.values import resolve_values
-from process_support import free_port, start, tail
+from process_support import free_port, start, tail, wait_for
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
-
-
-def wait_for(
-    what: str, condition: Callable[[], Any], timeout: float, logs: Callable[[], str]
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting until {what}\n{logs()}")
 
 
 def test_burst_scales_up_idle_deletes_exactly_the_retired_pods(
