@@ -6,8 +6,10 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,27 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def wait_for(
+    what: str,
+    condition: Callable[[], Any],
+    timeout: float = 90,
+    logs: Callable[[], str] = lambda: "",
+    poll: float = 0.25,
+) -> Any:
+    """Poll ``condition`` until it returns something truthy, and return that.
+
+    On timeout the test fails saying what it waited for, followed by ``logs()`` (log tails of
+    the processes involved), so a failure in CI explains itself.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting until {what}\n{logs()}")
 
 
 def tail(path: Path, lines: int = 20) -> str:

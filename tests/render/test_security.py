@@ -102,6 +102,64 @@ def test_kubernetes_containers_are_non_root_read_only_bounded(folder: Path) -> N
             assert all("hostPort" not in port for port in container.get("ports", [])), where
 
 
+def backend_requests() -> set[tuple[str, str]]:
+    """(verb, resource) of every request the kubernetes backend can build: each ``*_request``
+    builder of the backend module, called, so a new kind of call shows up here by itself."""
+    import inspect
+
+    from dask_deploy.backends import kubernetes as k8s
+
+    settings = k8s.KubernetesSettings("dask", "default", {"metadata": {}, "spec": {}})
+    calls = set()
+    for name, builder in inspect.getmembers(k8s, inspect.isfunction):
+        if name.endswith("_request") and builder.__module__ == k8s.__name__:
+            extra = ["dask-worker-abcde"] * (len(inspect.signature(builder).parameters) - 1)
+            request = builder(settings, *extra)
+            calls.add((request.verb, request.resource))
+    assert calls, "no request builders found in dask_deploy.backends.kubernetes"
+    return calls
+
+
+@pytest.mark.parametrize("folder", KUBERNETES, ids=lambda p: p.name)
+def test_kubernetes_role_is_exactly_what_the_backend_calls(folder: Path) -> None:
+    objects = kubernetes_objects(folder)
+    assert not {o["kind"] for o in objects} & {"ClusterRole", "ClusterRoleBinding"}, "namespaced"
+    (role,) = [o for o in objects if o["kind"] == "Role"]
+    granted = set()
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == [""], rule  # the core API group only
+        assert not {"resourceNames", "nonResourceURLs"} & set(rule), rule
+        granted |= {(verb, resource) for verb in rule["verbs"] for resource in rule["resources"]}
+    assert "*" not in {part for pair in granted for part in pair}
+    assert granted == backend_requests()
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    assert [(s["kind"], s["name"]) for s in binding["subjects"]] == [("ServiceAccount", account)]
+
+
+@pytest.mark.parametrize("folder", KUBERNETES, ids=lambda p: p.name)
+def test_kubernetes_pods_use_runtime_default_seccomp_and_private_secret_files(
+    folder: Path,
+) -> None:
+    for spec in pod_specs(kubernetes_objects(folder)):
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec.get("hostNetwork") is not True or folder.name == "hostnetwork"
+        for volume in spec.get("volumes", []):
+            assert "hostPath" not in volume, volume["name"]
+            if "secret" in volume:
+                mode = volume["secret"].get("defaultMode", 0o644)
+                assert mode & 0o007 == 0, f"{volume['name']}: readable by others ({mode:o})"
+        for container in spec["containers"]:
+            resources = container["resources"]
+            assert resources["requests"] == resources["limits"], container["name"]
+
+
 @pytest.mark.parametrize("folder", KUBERNETES, ids=lambda p: p.name)
 def test_kubernetes_scaler_token_is_mounted_only_where_used(folder: Path) -> None:
     objects = kubernetes_objects(folder)
@@ -134,6 +192,35 @@ def test_marathon_credentials_come_only_from_a_file_or_the_environment(folder: P
     assert path is None or str(path).startswith("/"), path
     scaler = json.loads((folder / "scaler-app.json").read_text())
     assert set(scaler.get("secrets", {})) == set(), "no Marathon secrets inlined"
+    for path in sorted(folder.glob("*-app.json")):
+        names = set(json.loads(path.read_text()).get("env", {}))
+        assert not {n for n in names if re.search("PASS|TOKEN|SECRET|AUTH", n.upper())}, path.name
+
+
+#: Docker CLI options that confine a container; required if an app ever uses the Docker
+#: containerizer (the templates use the Mesos containerizer, where they do not exist).
+DOCKER_CONFINEMENT = {("read-only", "true"), ("security-opt", "no-new-privileges")}
+
+
+@pytest.mark.parametrize("folder", MARATHON, ids=lambda p: p.name)
+def test_marathon_tasks_run_non_root_with_fixed_resources(folder: Path) -> None:
+    for path in sorted(folder.glob("*-app.json")):
+        app = json.loads(path.read_text())
+        # Without "user" Marathon runs the task as its own --mesos_user, often root.
+        assert app.get("user") not in (None, "", "root", "0"), path.name
+        assert app["cpus"] > 0 and app["mem"] > 0, path.name  # Mesos enforces both
+        container = app.get("container")
+        if container is None:
+            continue
+        if container["type"] == "DOCKER":
+            parameters = {(p["key"], p["value"]) for p in container["docker"].get("parameters", [])}
+            assert DOCKER_CONFINEMENT <= parameters, path.name
+            users = [value for key, value in parameters if key == "user"]
+            assert users and users[0].split(":")[0] not in ("0", "root"), path.name
+        else:
+            assert container["type"] == "MESOS", path.name
+        for volume in container.get("volumes", []):
+            assert volume.get("mode") == "RO", f"{path.name}: {volume}"
 
 
 DOCKER = sorted((GOLDEN / "docker").iterdir())
@@ -149,6 +236,48 @@ def test_docker_publishes_nothing_and_binds_the_scheduler_to_loopback(folder: Pa
     dashboard = command[command.index("--dashboard-address") + 1]
     assert dashboard.startswith("127.0.0.1:"), dashboard
     assert command[command.index("--host") + 1] == "127.0.0.1"
+
+
+def assert_confined(
+    where: str, user: object, read_only: object, security: object, caps: object
+) -> None:
+    assert str(user).split(":")[0] not in ("0", "root", "None"), where
+    assert read_only is True, where
+    assert security == ["no-new-privileges:true"], where
+    assert caps == ["ALL"], where
+
+
+@pytest.mark.parametrize("folder", DOCKER, ids=lambda p: p.name)
+def test_docker_containers_are_non_root_read_only_bounded(folder: Path) -> None:
+    from dask_deploy.backends import BackendContext
+    from dask_deploy.backends.docker import load_settings, worker_container_spec
+
+    services = yaml.safe_load((folder / "compose.yaml").read_text())["services"]
+    for name, service in services.items():
+        assert_confined(
+            name,
+            service.get("user"),
+            service.get("read_only"),
+            service.get("security_opt"),
+            service.get("cap_drop"),
+        )
+        assert service.get("tmpfs"), f"{name}: a read-only root needs a writable /tmp"
+        assert service.get("mem_limit") and service.get("cpus"), name
+    config = yaml.safe_load((folder / "scaler-config.yaml").read_text())
+    context = BackendContext(
+        config["deployment"], config["scheduler"]["address"], config["backend"]["options"]
+    )
+    worker = worker_container_spec(load_settings(context), 0, 0.0)
+    assert_confined(
+        "worker",
+        worker.get("user"),
+        worker.get("read_only"),
+        worker.get("security_opt"),
+        worker.get("cap_drop"),
+    )
+    assert worker.get("mem_limit") and worker.get("nano_cpus"), "worker limits"
+    command = worker["command"]
+    assert int(command[command.index("--memory-limit") + 1]) == worker["mem_limit"]
 
 
 SLURM = sorted((GOLDEN / "slurm").iterdir())

@@ -14,14 +14,14 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from distributed import Client
 
 from docker_support import REPO
-from process_support import free_port
+from process_support import free_port, wait_for
 
 pytestmark = [
     pytest.mark.docker,
@@ -53,17 +53,6 @@ def containers(deployment: str, role: str | None = None) -> dict[str, str]:
 def logs(name: str) -> str:
     out = subprocess.run(["docker", "logs", "--tail", "30", name], capture_output=True, text=True)
     return f"----- {name}\n{out.stdout}{out.stderr}"
-
-
-def wait_for(
-    what: str, check: Callable[[], bool], seconds: float, explain: Callable[[], str]
-) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}\n{explain()}", pytrace=False)
 
 
 @pytest.fixture

@@ -1,0 +1,275 @@
+"""TLS end to end against the Kubernetes API stand-in: certificates from a Secret, tls:// only.
+
+Rendered with ``tls.enabled``: the scheduler container's own command and args (``--protocol tls``
+and the certificate flags under the Secret's mount path) run locally; the scaler runs with the
+rendered scaler configuration, whose ``scheduler.security`` names the same mounted files; each
+worker pod the scaler creates mounts the Secret, which the stand-in serves from the Secret object
+the test creates (as ``kubectl create secret generic`` would). Substitutions for the cluster, as
+in test_kubernetes_e2e.py: the Service's DNS name becomes 127.0.0.1, the scheduler binds to the
+loopback, and the Secret and ConfigMaps mounted into the scheduler pod are local files.
+"""
+
+from __future__ import annotations
+
+import base64
+import operator
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from distributed import Client
+
+from dask_deploy.render import render
+from dask_deploy.testing.kubernetes import ApiError, KubernetesStandIn, map_mounts
+from dask_deploy.values import resolve_values
+from process_support import free_port, start, tail, wait_for
+from tls_support import Certificates, TrustOnly, client_security, make_certificates
+
+pytestmark = [pytest.mark.kubernetes, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent
+SECRET = "e2e-tls"
+
+
+def secret_manifest(name: str, files: dict[str, Path]) -> dict[str, Any]:
+    """What `kubectl create secret generic NAME --from-file=...` sends."""
+    data = {key: base64.b64encode(path.read_bytes()).decode() for key, path in files.items()}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "Opaque",
+        "data": data,
+    }
+
+
+def tls_files(certificates: Certificates) -> dict[str, Path]:
+    return {"ca.crt": certificates.ca, "tls.crt": certificates.cert, "tls.key": certificates.key}
+
+
+def reader_pod(name: str) -> dict[str, Any]:
+    """A pod that copies the mounted Secret's certificate into its emptyDir."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "reader",
+                    "image": "unused",
+                    "command": ["sh", "-c", 'cat "$0/tls.crt" > "$1/copy"', "/etc/tls", "/tmp"],
+                    "volumeMounts": [
+                        {"name": "tls", "mountPath": "/etc/tls", "readOnly": True},
+                        {"name": "out", "mountPath": "/tmp"},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": "tls", "secret": {"secretName": SECRET, "defaultMode": 0o440}},
+                {"name": "out", "emptyDir": {}},
+            ],
+        },
+    }
+
+
+def test_stand_in_mounts_a_secret_and_keeps_a_pod_pending_without_it(tmp_path: Path) -> None:
+    certificates = make_certificates(tmp_path / "certs")
+    with KubernetesStandIn(tmp_path / "api") as api:
+        with pytest.raises(ApiError, match="Secret is invalid"):
+            api.create_secret({**secret_manifest(SECRET, {}), "stringdata": {"ca.crt": "x"}})
+        code, _ = api.handle("POST", "/api/v1/namespaces/default/pods", reader_pod("reader"))
+        assert code == 201
+        pending = api.pods()["reader"]["status"]
+        assert (
+            pending["phase"] == "Pending" and f'secret "{SECRET}" not found' in pending["message"]
+        )
+
+        api.create_secret(secret_manifest(SECRET, tls_files(certificates)))
+        with pytest.raises(ApiError, match="already exists"):
+            api.create_secret(secret_manifest(SECRET, tls_files(certificates)))
+        code, _ = api.handle("POST", "/api/v1/namespaces/default/pods", reader_pod("reader-2"))
+        assert code == 201
+        logs = lambda: tail(api.log_path("reader-2"))  # noqa: E731
+        wait_for(
+            "the pod succeeds",
+            lambda: api.pods()["reader-2"]["status"]["phase"] == "Succeeded",
+            10,
+            logs,
+        )
+        mounted = api.volume_path("reader-2", "tls")
+        assert sorted(p.name for p in mounted.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+        assert (mounted / "tls.key").stat().st_mode & 0o777 == 0o440
+        copy = api.volume_path("reader-2", "out") / "copy"
+        assert copy.read_bytes() == certificates.cert.read_bytes()
+
+
+def test_tls_scheduler_scaler_and_workers_from_a_secret(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    port, dashboard = free_port(), free_port()
+    values = {
+        "deployment": "e2e",
+        "scheduler": {"port": port, "dashboard_port": dashboard},
+        "worker": {
+            "threads": 1,
+            "memory": "1Gi",
+            "death_timeout": 20,
+            "termination_grace_period": 10,
+            "extra_args": ["--no-nanny"],
+        },
+        "scaler": {
+            "minimum": 1,
+            "maximum": 3,
+            "interval": 0.5,
+            "startup_timeout": 60,
+            "scale_down_window": 2,
+            "metrics_port": None,
+        },
+        "tls": {"enabled": True, "secret_name": SECRET, "mount_path": "/etc/dask/tls"},
+    }
+    out = tmp_path / "rendered"
+    render(resolve_values("kubernetes", overrides=[values], root=REPO / "templates"), out)
+    role = yaml.safe_load((out / "scaler-role.yaml").read_text())
+    granted = {(v, r) for rule in role["rules"] for v in rule["verbs"] for r in rule["resources"]}
+    certificates = make_certificates(tmp_path / "secret")
+    # The scheduler pod's Secret volume, mounted at the rendered mount path.
+    mounts = {"/etc/dask/tls": certificates.ca.parent}
+
+    deployment = yaml.safe_load((out / "scheduler-deployment.yaml").read_text())
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    scheduler_argv = containers["scheduler"]["command"] + containers["scheduler"]["args"]
+    assert scheduler_argv[scheduler_argv.index("--protocol") + 1] == "tls"
+    for flag, key in (
+        ("--tls-ca-file", "ca.crt"),
+        ("--tls-cert", "tls.crt"),
+        ("--tls-key", "tls.key"),
+    ):
+        assert scheduler_argv[scheduler_argv.index(flag) + 1] == f"/etc/dask/tls/{key}"
+    scheduler_argv = [map_mounts(arg, mounts) for arg in scheduler_argv]
+    # The pod's own network namespace, here: the loopback.
+    scheduler_argv[scheduler_argv.index("--dashboard-address") + 1] = f"127.0.0.1:{dashboard}"
+    scheduler_argv += ["--host", "127.0.0.1"]
+
+    worker_pod = yaml.safe_load(
+        yaml.safe_load((out / "worker-configmap.yaml").read_text())["data"]["worker-pod.yaml"]
+    )
+    (secret_volume,) = [v for v in worker_pod["spec"]["volumes"] if "secret" in v]
+    assert secret_volume["secret"]["secretName"] == SECRET
+    for variable in worker_pod["spec"]["containers"][0]["env"]:
+        if variable["name"] == "DASK_SCHEDULER_ADDRESS":  # cluster DNS, here
+            assert variable["value"] == f"tls://e2e-scheduler:{port}"
+            variable["value"] = f"tls://127.0.0.1:{port}"
+    (tmp_path / "worker-pod.yaml").write_text(yaml.safe_dump(worker_pod))
+
+    config = yaml.safe_load(
+        yaml.safe_load((out / "scaler-configmap.yaml").read_text())["data"]["scaler-config.yaml"]
+    )
+    assert config["scheduler"]["address"] == f"tls://127.0.0.1:{port}"
+    security = config["scheduler"]["security"]
+    assert security == {
+        "ca_file": "/etc/dask/tls/ca.crt",
+        "cert_file": "/etc/dask/tls/tls.crt",
+        "key_file": "/etc/dask/tls/tls.key",
+    }
+    config["scheduler"]["security"] = {k: map_mounts(v, mounts) for k, v in security.items()}
+    host_env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    with KubernetesStandIn(tmp_path / "api", allowed=granted, host_env=host_env) as api:
+        api.create_secret(secret_manifest(SECRET, tls_files(certificates)))
+        config["backend"]["options"] |= {
+            "worker_template": str(tmp_path / "worker-pod.yaml"),
+            "kubeconfig": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+        }
+        (tmp_path / "scaler-config.yaml").write_text(yaml.safe_dump(config))
+        scaler_argv = containers["scaler"]["command"]
+        scaler_argv[scaler_argv.index("--config") + 1] = str(tmp_path / "scaler-config.yaml")
+        logs_dir = tmp_path / "logs"
+        logs_dir.mkdir()
+
+        def logs() -> str:
+            parts = [tail(logs_dir / "scheduler.log"), tail(logs_dir / "scaler.log", 40)]
+            parts += [tail(api.log_path(name), 10) for name in api.created]
+            return "\n".join(parts)
+
+        owner_uid = api.add_owner()
+        processes.append(
+            start([str(BIN / scheduler_argv[0]), *scheduler_argv[1:]], logs_dir / "scheduler.log")
+        )
+        processes.append(
+            start(
+                [str(BIN / scaler_argv[0]), *scaler_argv[1:]],
+                logs_dir / "scaler.log",
+                {
+                    "DASK_DEPLOY_POD_NAME": "e2e-scheduler-7d9c5-x2k4q",
+                    "DASK_DEPLOY_POD_UID": owner_uid,
+                },
+            )
+        )
+        address = f"tls://127.0.0.1:{port}"
+
+        def running_pods() -> set[str]:
+            return {
+                name
+                for name, pod in api.pods().items()
+                if pod["status"]["phase"] == "Running"
+                and "deletionTimestamp" not in pod["metadata"]
+            }
+
+        wait_for("the minimum worker pod runs", running_pods, 60, logs)
+        with Client(address, security=client_security(certificates), timeout=60) as client:
+            assert client.scheduler.address.startswith("tls://")
+
+            def workers() -> dict[str, str]:
+                """Worker name -> address."""
+                info = client.scheduler_info()["workers"]
+                return {w["name"]: address for address, w in info.items()}
+
+            wait_for("the minimum worker registers", workers, 90, logs)
+            held = client.submit(operator.pow, 7, 2)
+            assert held.result(timeout=60) == 49
+
+            burst = client.map(time.sleep, [0.5] * 40, pure=False)
+            wait_for(
+                "the scaler creates more worker pods and their workers register over TLS",
+                lambda: len(workers()) > 1 and set(workers()) <= set(api.created),
+                90,
+                logs,
+            )
+            peak = workers()
+            assert all(a.startswith("tls://") for a in peak.values()), peak
+            # Each worker pod got the Secret as files under its own mount.
+            for name in peak:
+                assert (
+                    api.volume_path(name, "tls") / "tls.key"
+                ).read_bytes() == certificates.key.read_bytes()
+            assert client.gather(burst) == [None] * 40
+            del burst
+
+            wait_for("idle workers are retired", lambda: len(running_pods()) == 1, 90, logs)
+            wait_for("the scheduler agrees", lambda: set(workers()) == running_pods(), 30, logs)
+            survivors = running_pods()
+            assert set(api.deleted) == set(api.created) - survivors
+            assert set(api.deleted) >= set(peak) - survivors
+            assert held.result() == 49  # retired through the scheduler: the result moved first
+        scheduler_log = (logs_dir / "scheduler.log").read_text()
+        assert re.search(r"Retire worker", scheduler_log), tail(logs_dir / "scheduler.log", 40)
+
+        # Nobody gets in without a certificate: neither in plain TCP nor with only the CA.
+        with pytest.raises(OSError):
+            Client(f"tcp://127.0.0.1:{port}", timeout=3)
+        with pytest.raises(OSError):
+            Client(address, security=TrustOnly(certificates.ca), timeout=3)
+        wait_for(
+            "the scheduler logs the refused handshake",
+            lambda: "peer did not return a certificate" in (logs_dir / "scheduler.log").read_text(),
+            10,
+            logs,
+        )

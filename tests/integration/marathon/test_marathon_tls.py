@@ -1,0 +1,194 @@
+"""TLS end to end against the Marathon stand-in: certificates are files on the agent.
+
+Rendered with ``tls.enabled`` and a container image: every app mounts the agent folder
+``tls.host_path`` read-only at ``tls.mount_path``. The stand-in plays the agent: its filesystem
+root is a folder in tmp_path holding the certificates at ``tls.host_path``, and each task's
+container path is mapped onto it. The scheduler, the scaler (configured by
+DASK_DEPLOY_SCALER_CONFIG, whose ``scheduler.security`` names the mounted files) and the workers
+(`dask worker --name $MESOS_TASK_ID`) run for real, from the rendered apps as posted.
+"""
+
+from __future__ import annotations
+
+import operator
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from distributed import Client
+
+from dask_deploy.render import render
+from dask_deploy.testing.marathon import MarathonStandIn
+from dask_deploy.values import resolve_values
+from process_support import free_port, wait_for
+from tls_support import TrustOnly, client_security, make_certificates
+
+pytestmark = [pytest.mark.marathon, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[3]
+HOST_PATH = "/etc/ssl/dask"  # on the agent
+MOUNT_PATH = "/etc/dask/tls"  # in the containers
+
+
+@pytest.fixture
+def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
+    with MarathonStandIn(workdir=tmp_path / "sandboxes", agent_root=tmp_path / "agent") as standin:
+        yield standin
+
+
+def sandbox_logs(standin: MarathonStandIn, app: str = "") -> str:
+    parts = []
+    for stderr in sorted(standin.workdir.glob(f"{app}*/stderr")):
+        tail = stderr.read_text(errors="replace").splitlines()[-15:]
+        parts.append(f"--- {stderr.parent.name}\n" + "\n".join(tail))
+    return "\n".join(parts) or "(no task logs)"
+
+
+def test_stand_in_maps_host_path_volumes_onto_the_agent_root(
+    marathon: MarathonStandIn, tmp_path: Path
+) -> None:
+    agent_folder = tmp_path / "agent" / "srv" / "files"
+    agent_folder.mkdir(parents=True)
+    (agent_folder / "a.txt").write_text("from the agent\n")
+    app = {
+        "id": "/mounts/reader",
+        "cmd": 'cat /mnt/files/a.txt "$IN_ENV" relative/a.txt > copy',
+        "env": {"IN_ENV": "/mnt/files/a.txt"},
+        "instances": 1,
+        "cpus": 0.1,
+        "mem": 64,
+        "container": {
+            "type": "MESOS",
+            "docker": {"image": "unused"},
+            "volumes": [
+                {"containerPath": "/mnt/files", "hostPath": "/srv/files", "mode": "RO"},
+                {"containerPath": "relative", "hostPath": "/srv/files", "mode": "RO"},
+            ],
+        },
+    }
+    answer = requests.post(f"{marathon.url}/v2/apps", json=app, timeout=5)
+    assert answer.status_code == 201, answer.text
+    copies = lambda: list(marathon.workdir.glob("mounts_reader.*/copy"))  # noqa: E731
+    wait_for("the task writes its copy", lambda: copies() and copies()[0].stat().st_size, 10,
+             lambda: sandbox_logs(marathon))  # fmt: skip
+    assert copies()[0].read_text() == "from the agent\n" * 3
+
+
+def test_tls_scheduler_scaler_and_workers_from_agent_files(
+    marathon: MarathonStandIn, tmp_path: Path
+) -> None:
+    certificates = make_certificates(
+        tmp_path / "agent" / HOST_PATH.lstrip("/"), ca="ca.pem", cert="tls.crt", key="tls.key"
+    )
+    port = free_port()
+    values = {
+        "deployment": "e2e",
+        "python": sys.executable,
+        "marathon": {"url": marathon.url},
+        "scheduler": {"host": "127.0.0.1", "port": port, "dashboard_port": free_port()},
+        "worker": {
+            "threads": 1,
+            "mem": 1024,
+            "nanny": False,
+            "death_timeout": 20,
+            "kill_grace_period": 30,
+        },
+        "scaler": {
+            "minimum": 1,
+            "maximum": 3,
+            "interval": 0.5,
+            "startup_timeout": 60,
+            "scale_down_window": 2,
+            "metrics_port": None,
+        },
+        "tls": {"enabled": True, "host_path": HOST_PATH, "mount_path": MOUNT_PATH},
+    }
+    out = tmp_path / "rendered"
+    render(resolve_values("marathon", overrides=[values], root=REPO / "templates"), out)
+    config = yaml.safe_load((out / "scaler-config.yaml").read_text())
+    assert config["scheduler"]["address"] == f"tls://127.0.0.1:{port}"
+    assert config["scheduler"]["security"] == {
+        "ca_file": f"{MOUNT_PATH}/ca.pem",
+        "cert_file": f"{MOUNT_PATH}/tls.crt",
+        "key_file": f"{MOUNT_PATH}/tls.key",
+    }
+    logs = lambda: sandbox_logs(marathon)  # noqa: E731
+    for name in ("scheduler", "worker", "scaler"):
+        app = (out / f"{name}-app.json").read_bytes()
+        assert b'"hostPath": "/etc/ssl/dask"' in app, f"{name}-app.json mounts no certificates"
+        answer = requests.post(
+            f"{marathon.url}/v2/apps",
+            data=app,
+            headers={"Content-Type": "application/json"},
+            timeout=5,
+        )
+        assert answer.status_code == 201, answer.text
+
+    def scheduler_listens() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for("the scheduler listens", scheduler_listens, 60, logs)
+
+    def worker_tasks() -> set[str]:
+        body = requests.get(f"{marathon.url}/v2/apps/e2e/worker/tasks", timeout=5).json()
+        return {t["id"] for t in body["tasks"] if t["state"] == "TASK_RUNNING"}
+
+    address = f"tls://127.0.0.1:{port}"
+    with Client(address, security=client_security(certificates), timeout=60) as client:
+        assert client.scheduler.address == address
+
+        def workers() -> dict[str, str]:
+            """Worker name -> address."""
+            info = client.scheduler_info()["workers"]
+            return {w["name"]: address for address, w in info.items()}
+
+        wait_for("the minimum worker registers", workers, 90, logs)
+        held = client.submit(operator.pow, 7, 2)
+        assert held.result(timeout=60) == 49
+
+        burst = client.map(time.sleep, [0.5] * 40, pure=False)
+        wait_for(
+            "the scaler adds worker tasks and their workers register over TLS",
+            lambda: len(workers()) > 1 and set(workers()) <= set(marathon.launched),
+            90,
+            logs,
+        )
+        peak = workers()
+        assert all(a.startswith("tls://") for a in peak.values()), peak
+        assert client.gather(burst) == [None] * 40
+        del burst
+
+        wait_for("idle workers are retired", lambda: len(worker_tasks()) == 1, 90, logs)
+        wait_for("the scheduler agrees", lambda: set(workers()) == worker_tasks(), 30, logs)
+        killed = set(peak) - worker_tasks()
+        assert killed
+        wait_for("the killed tasks end", lambda: killed <= marathon.ended.keys(), 30, logs)
+        assert {marathon.ended[task] for task in killed} == {"TASK_KILLED"}
+        assert held.result() == 49  # retired through the scheduler: the result moved first
+
+    def scheduler_log() -> str:
+        return "".join(p.read_text() for p in marathon.workdir.glob("e2e_scheduler.*/stderr"))
+
+    assert "Retire worker" in scheduler_log(), sandbox_logs(marathon, "e2e_scheduler.")
+
+    # Nobody gets in without a certificate: neither in plain TCP nor with only the CA.
+    with pytest.raises(OSError):
+        Client(f"tcp://127.0.0.1:{port}", timeout=3)
+    with pytest.raises(OSError):
+        Client(address, security=TrustOnly(certificates.ca), timeout=3)
+    wait_for(
+        "the scheduler logs the refused handshake",
+        lambda: "peer did not return a certificate" in scheduler_log(),
+        10,
+        lambda: sandbox_logs(marathon, "e2e_scheduler."),
+    )
+
+    answer = requests.delete(f"{marathon.url}/v2/groups/e2e", params={"force": "true"}, timeout=5)
+    assert answer.status_code == 200, answer.text
+    wait_for("every task is gone", lambda: not marathon.pids(), 30 + 30, logs)
