@@ -274,14 +274,19 @@ def test_role_grants_exactly_what_the_backend_calls(
         }
         backend = k8s.create(BackendContext("dask", "tcp://127.0.0.1:8786", options))
 
-        async def exercise() -> None:
+        async def exercise() -> list[dict[str, Any]]:
             try:
                 await backend.scale_up(2)
+                # Read the pods now: they fail at once, and the scale-down below also deletes
+                # every pod that has ended, so afterwards there may be none left to read.
+                launched = list(api.pods().values())
                 await backend.scale_down([i.name for i in await backend.instances()][:1])
+                return launched
             finally:
                 await backend.close()
 
-        asyncio.run(exercise())
+        launched = asyncio.run(exercise())
         assert set(api.calls) == granted
-        pod = next(iter(api.pods().values()))
-        assert pod["metadata"]["ownerReferences"][0]["uid"] == owner_uid
+        assert len(launched) == 2
+        for pod in launched:
+            assert pod["metadata"]["ownerReferences"][0]["uid"] == owner_uid
