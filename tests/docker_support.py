@@ -11,13 +11,18 @@ with the script's output (which carries the tail of dockerd's or the build's log
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import shutil
 import subprocess
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from cli_support import render_with_settings
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = ("scheduler", "worker", "scaler")
@@ -150,6 +155,67 @@ def run_container(image: str, *args: str, name: str, **options: str) -> str:
     return started.stdout.strip()
 
 
-def container_logs(name: str) -> str:
-    logs = subprocess.run(["docker", "logs", "--tail", "40", name], capture_output=True, text=True)
+def container_logs(name: str, lines: int = 40) -> str:
+    logs = subprocess.run(
+        ["docker", "logs", "--tail", str(lines), name], capture_output=True, text=True
+    )
     return logs.stdout + logs.stderr
+
+
+def docker_compose() -> str:
+    """Debian's docker-compose (1.29), installed by scripts/ensure-apt.sh when missing."""
+    if shutil.which("docker-compose") is None:
+        subprocess.run([str(REPO / "scripts" / "ensure-apt.sh"), "docker-compose"], check=True)
+    path = shutil.which("docker-compose")
+    assert path, "docker-compose is not installed and scripts/ensure-apt.sh did not install it"
+    return path
+
+
+def containers(deployment: str, role: str | None = None) -> dict[str, str]:
+    """name -> status of the deployment's containers (all roles unless ``role``)."""
+    filters = ["--filter", f"label=dask-deploy.deployment={deployment}"]
+    if role:
+        filters += ["--filter", f"label=dask-deploy.role={role}"]
+    listed = subprocess.run(
+        ["docker", "ps", "--all", *filters, "--format", "{{json .}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+    return {row["Names"]: row["State"] for row in rows}
+
+
+def deployment_logs(deployment: str) -> str:
+    """The tail of every container's log in the deployment, to explain a failure."""
+    tails = [f"----- {name}\n{container_logs(name, 30)}" for name in containers(deployment)]
+    return "\n".join(tails) or "no containers"
+
+
+def services_running(deployment: str) -> bool:
+    """Are the deployment's scheduler and scaler containers running?"""
+    states = containers(deployment)
+    return all(states.get(f"{deployment}-{role}") == "running" for role in ("scheduler", "scaler"))
+
+
+@contextmanager
+def compose_deployment(settings: Mapping[str, object], out: Path) -> Iterator[list[str]]:
+    """Render the docker templates with ``settings`` into ``out`` and ``docker-compose up -d``.
+
+    Yields the compose command (``[docker-compose, --project-name, ..., --file, ...]``). After
+    the test, ``down`` and remove whatever container of the deployment is left, with its
+    volumes.
+    """
+    rendered = render_with_settings("docker", settings, out)
+    assert rendered.returncode == 0, rendered.stderr
+    name = str(settings["deployment"])
+    compose = [docker_compose(), "--project-name", name, "--file", str(out / "compose.yaml")]
+    try:
+        up = subprocess.run([*compose, "up", "--detach"], capture_output=True, text=True)
+        assert up.returncode == 0, up.stderr
+        yield compose
+    finally:
+        subprocess.run([*compose, "down", "--timeout", "30"], capture_output=True)
+        leftovers = list(containers(name))
+        if leftovers:
+            subprocess.run(["docker", "rm", "--force", "--volumes", *leftovers], check=False)

@@ -13,11 +13,28 @@ from typing import Any
 
 import pytest
 
+#: Scaler values of the stand-in end-to-end tests: 1 to 3 workers, ticks of 0.5 s and a short
+#: window, so that a burst, its scale-up and the idle scale-down after it fit in a minute.
+BURST_SCALER_VALUES: dict[str, Any] = {
+    "minimum": 1,
+    "maximum": 3,
+    "interval": 0.5,
+    "startup_timeout": 60,
+    "scale_down_window": 2,
+    "metrics_port": None,
+}
+
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    """Does something accept connections on 127.0.0.1:``port``?"""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def wait_for(

@@ -6,14 +6,21 @@ every file is written under the test's own temporary folder.
 
 from __future__ import annotations
 
+import operator
 import shutil
 import socket
 import ssl
 import subprocess
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+from distributed import Client, Future
 from distributed.security import Security
+
+from process_support import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,3 +105,50 @@ def refused_without_certificate(port: int, ca_file: Path) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def assert_only_certified_clients_get_in(
+    address: str, certificates: Certificates, folder: Path
+) -> None:
+    """The scheduler at ``address`` (tls://127.0.0.1:port) refuses every client without a
+    certificate its CA signed: plain TCP, a Dask client that trusts the CA but has no
+    certificate, a bare TLS socket without one, and a client certified by another CA (made in
+    ``folder``)."""
+    port = int(address.rsplit(":", 1)[1])
+    with pytest.raises(OSError):
+        Client(f"tcp://127.0.0.1:{port}", timeout="5s")
+    with pytest.raises(OSError):
+        Client(address, security=TrustOnly(certificates.ca), timeout="5s")
+    assert refused_without_certificate(port, certificates.ca)
+    stranger = make_certificates(folder / "other-ca")
+    with pytest.raises(OSError):
+        Client(address, security=client_security(stranger), timeout="5s")
+
+
+def worker_addresses(client: Client) -> dict[str, str]:
+    """Registered workers: name (as text, like the scheduler compares them) -> address."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {str(worker["name"]): address for address, worker in workers.items()}
+
+
+def burst_scales_up_over_tls(
+    client: Client, launched: Callable[[], Collection[str]], logs: Callable[[], str]
+) -> tuple[Future, list[Future], dict[str, str]]:
+    """With the minimum worker up, hold one result (7 ** 2) and submit a burst of 40
+    half-second sleeps; wait until more workers register, each named after an instance the
+    backend ``launched`` and each at a tls:// address.
+
+    Returns the held result, the burst (still running) and the workers at that moment."""
+    wait_for("the minimum worker registers", lambda: worker_addresses(client), 90, logs)
+    held = client.submit(operator.pow, 7, 2)
+    assert held.result(timeout=60) == 49
+    burst = client.map(time.sleep, [0.5] * 40, pure=False)
+
+    def scaled_up() -> bool:
+        workers = worker_addresses(client)
+        return len(workers) > 1 and set(workers) <= set(launched())
+
+    wait_for("the scaler launches more workers and they register over TLS", scaled_up, 90, logs)
+    peak = worker_addresses(client)
+    assert all(address.startswith("tls://") for address in peak.values()), peak
+    return held, burst, peak

@@ -12,10 +12,21 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tally import MAX_TICKS_TO_BOUNDS
 
 _TICKS = re.compile(r"^dask_deploy_ticks_total\s+([0-9.e+]+)\s*$", re.MULTILINE)
+
+
+def fixed_policy(workers: int, minimum: int, maximum: int) -> dict[str, Any]:
+    """The scaler configuration's ``policy``: the fixed policy, asking for ``workers``."""
+    return {
+        "name": "fixed",
+        "minimum": minimum,
+        "maximum": maximum,
+        "options": {"workers": workers},
+    }
 
 
 def scaler_ticks(metrics_port: int) -> int:

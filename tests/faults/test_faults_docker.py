@@ -27,7 +27,7 @@ from typing import Any
 import docker
 import pytest
 import yaml
-from bounds import BoundsWatch, scaler_ticks
+from bounds import BoundsWatch, fixed_policy, scaler_ticks
 from distributed import Client, Future, wait
 from docker_fault_proxy import TIMEOUT, DockerFaultProxy
 from tally import TALLY, FaultRecord
@@ -168,12 +168,7 @@ class Rig:
         self.restarts += 1
         self.target = target
         config = dict(self.config)
-        config["policy"] = {
-            "name": "fixed",
-            "minimum": target,
-            "maximum": target,
-            "options": {"workers": target},
-        }
+        config["policy"] = fixed_policy(target, minimum=target, maximum=target)
         config["loop"] = {**config["loop"], "cleanup_on_exit": cleanup}
         path = self.tmp / f"scaler-{self.restarts}.yaml"
         path.write_text(yaml.safe_dump(config))

@@ -32,7 +32,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,18 +44,16 @@ from typing import Any
 
 import pytest
 import yaml
-from bounds import BoundsWatch, scaler_metrics_up, scaler_ticks
+from bounds import BoundsWatch, fixed_policy, scaler_metrics_up, scaler_ticks
 from distributed import Client, Future
 from tally import TALLY, FaultRecord
 
-from dask_deploy.render import render
 from dask_deploy.testing.kubernetes import KubernetesStandIn
-from dask_deploy.values import resolve_values
-from process_support import free_port, start, tail
+from kubernetes_support import kubernetes_values, local_worker_pod, render_kubernetes
+from process_support import free_port, listening, start, tail
 
 pytestmark = [pytest.mark.faults, pytest.mark.kubernetes, pytest.mark.integration]
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LEDGER_PRELOAD = Path(__file__).resolve().parent / "ledger_preload.py"
 MAXIMUM = 3
@@ -119,11 +116,6 @@ def metric(port: int, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 @dataclass
 class Cluster:
     """The scheduler, the scaler and the stand-in, with the client's held results."""
@@ -179,12 +171,7 @@ class Cluster:
     def start_scaler(self, count: Count) -> None:
         self.count, self.metrics_port = count, free_port()
         config = self.config | {
-            "policy": {
-                "name": "fixed",
-                "minimum": count.minimum,
-                "maximum": MAXIMUM,
-                "options": {"workers": count.workers},
-            },
+            "policy": fixed_policy(count.workers, minimum=count.minimum, maximum=MAXIMUM),
             "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
         }
         path = self.tmp_path / f"scaler-{self.metrics_port}.yaml"
@@ -485,38 +472,19 @@ def test_api_faults_restarts_and_scale_down_keep_the_count_and_lose_nothing(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     port = free_port()
-    values = {
-        "deployment": "faults",
-        "scheduler": {"port": port},
-        "worker": {
-            "threads": 1,
-            "memory": "1Gi",
-            "death_timeout": 20,
-            "extra_args": ["--no-nanny"],
-        },
-        "scaler": {"maximum": MAXIMUM, "interval": INTERVAL, "metrics_port": None},
-    }
-    out = tmp_path / "rendered"
-    render(resolve_values("kubernetes", overrides=[values], root=REPO / "templates"), out)
-    role = yaml.safe_load((out / "scaler-role.yaml").read_text())
-    granted = {(v, r) for rule in role["rules"] for v in rule["verbs"] for r in rule["resources"]}
+    worker = {"threads": 1, "memory": "1Gi", "death_timeout": 20, "extra_args": ["--no-nanny"]}
+    scaler = {"maximum": MAXIMUM, "interval": INTERVAL, "metrics_port": None}
+    values = kubernetes_values("faults", port, worker=worker, scaler=scaler)
+    rendered = render_kubernetes(values, tmp_path / "rendered")
     host_env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(tmp_path)}
     chooser = random.Random(9)
     (tmp_path / "logs").mkdir()
 
-    with KubernetesStandIn(tmp_path / "api", allowed=granted, host_env=host_env) as api:
-        worker_pod = yaml.safe_load(
-            yaml.safe_load((out / "worker-configmap.yaml").read_text())["data"]["worker-pod.yaml"]
-        )
-        for variable in worker_pod["spec"]["containers"][0]["env"]:
-            if variable["name"] == "DASK_SCHEDULER_ADDRESS":  # the Service's DNS name, here
-                variable["value"] = f"tcp://127.0.0.1:{port}"
+    with KubernetesStandIn(tmp_path / "api", allowed=rendered.granted(), host_env=host_env) as api:
+        worker_pod = rendered.worker_pod()
+        local_worker_pod(worker_pod, f"tcp://127.0.0.1:{port}")
         (tmp_path / "worker-pod.yaml").write_text(yaml.safe_dump(worker_pod))
-        config = yaml.safe_load(
-            yaml.safe_load((out / "scaler-configmap.yaml").read_text())["data"][
-                "scaler-config.yaml"
-            ]
-        )
+        config = rendered.scaler_config()
         config["backend"]["options"] |= {
             "worker_template": str(tmp_path / "worker-pod.yaml"),
             "kubeconfig": str(api.write_kubeconfig(tmp_path / "kubeconfig")),

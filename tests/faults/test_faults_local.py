@@ -46,7 +46,7 @@ from typing import Any
 import pytest
 import yaml
 from ballast import heavy
-from bounds import BoundsWatch, scaler_metrics_up, scaler_ticks
+from bounds import BoundsWatch, fixed_policy, scaler_metrics_up, scaler_ticks
 from distributed import Client, Future, Scheduler, wait
 from ledger_preload import dask_setup as install_ledger
 from scaler_support import Deployment, ScalerProcess, slow
@@ -184,12 +184,7 @@ async def deployment(
 
 
 def fixed(workers: int, minimum: int = MINIMUM) -> dict[str, Any]:
-    return {
-        "name": "fixed",
-        "minimum": minimum,
-        "maximum": MAXIMUM,
-        "options": {"workers": workers},
-    }
+    return fixed_policy(workers, minimum=minimum, maximum=MAXIMUM)
 
 
 class RetireWatch:

@@ -28,7 +28,6 @@ import operator
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,14 +38,16 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from bounds import BoundsWatch, scaler_metrics_up, scaler_ticks
+from bounds import BoundsWatch, fixed_policy, scaler_metrics_up, scaler_ticks
 from distributed import Client, Future
 from tally import TALLY, FaultRecord
 
+import process_support
 from dask_deploy.render import render
 from dask_deploy.testing.marathon import MarathonStandIn, find_schemas
 from dask_deploy.values import resolve_values
-from process_support import free_port, start, tail
+from marathon_support import marathon_values
+from process_support import free_port, listening, start, tail
 
 pytestmark = [pytest.mark.faults, pytest.mark.marathon, pytest.mark.integration]
 
@@ -87,14 +88,8 @@ def polling(watch: BoundsWatch, condition: Callable[[], Any]) -> Callable[[], An
 def wait_for(
     what: str, condition: Callable[[], Any], timeout: float, describe: Callable[[], str]
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting until {what}\n{describe()}")
-        time.sleep(0.05)
+    # Polled often: the bounds watch samples time outside [minimum, maximum] on each poll.
+    return process_support.wait_for(what, condition, timeout, describe, poll=0.05)
 
 
 class MarathonFaultRun:
@@ -117,28 +112,22 @@ class MarathonFaultRun:
         self.schedulers_started = 0
         self.target = LOW
         out = tmp_path / "rendered"
-        values = {
-            "deployment": DEPLOYMENT,
-            "image": {"repository": None},
-            "python": sys.executable,
-            "marathon": {"url": standin.url},
-            "scheduler": {"host": "127.0.0.1", "port": self.port, "dashboard_port": self.dashboard},
-            "worker": {
-                "threads": 1,
-                "mem": 1024,
-                "nanny": False,
-                "death_timeout": 20,
-                "kill_grace_period": 30,
-            },
-            "scaler": {
-                "policy": "fixed",
-                "minimum": LOW,
-                "maximum": HIGH + 1,
-                "interval": INTERVAL,
-                "startup_timeout": STARTUP_TIMEOUT,
-                "metrics_port": self.metrics_port,
-            },
+        scaler = {
+            "policy": "fixed",
+            "minimum": LOW,
+            "maximum": HIGH + 1,
+            "interval": INTERVAL,
+            "startup_timeout": STARTUP_TIMEOUT,
+            "metrics_port": self.metrics_port,
         }
+        values = marathon_values(
+            DEPLOYMENT,
+            standin,
+            self.port,
+            self.dashboard,
+            image={"repository": None},
+            scaler=scaler,
+        )
         render(resolve_values("marathon", overrides=[values], root=REPO / "templates"), out)
         self.worker_app = (out / "worker-app.json").read_bytes()
         rendered = yaml.safe_load((out / "scaler-config.yaml").read_text())
@@ -147,12 +136,7 @@ class MarathonFaultRun:
         for target in (0, LOW, HIGH):
             config = dict(rendered)
             minimum, maximum = bounds(target) if target else (0, HIGH + 1)
-            config["policy"] = {
-                "name": "fixed",
-                "minimum": minimum,
-                "maximum": maximum,
-                "options": {"workers": target},
-            }
+            config["policy"] = fixed_policy(target, minimum=minimum, maximum=maximum)
             config["metrics"] = {"host": "127.0.0.1", "port": self.metrics_port}
             config["backend"] = {
                 **rendered["backend"],
@@ -214,16 +198,7 @@ class MarathonFaultRun:
         self.scheduler = start(argv, log)
         self.processes.append(self.scheduler)
 
-        def listens() -> bool:
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_for(
-            "the scheduler listens",
-            listens,
-            60,
-            lambda: tail(log),
-        )
+        wait_for("the scheduler listens", lambda: listening(self.port), 60, lambda: tail(log))
 
     def kill_scheduler(self) -> None:
         assert self.scheduler is not None

@@ -42,10 +42,11 @@ from typing import Any
 
 import pytest
 import yaml
-from bounds import BoundsWatch, scaler_metrics_up, scaler_ticks
+from bounds import BoundsWatch, fixed_policy, scaler_metrics_up, scaler_ticks
 from distributed import Client, Future
 from tally import TALLY, FaultRecord
 
+import process_support
 from dask_deploy.render import render
 from dask_deploy.values import resolve_values
 from process_support import free_port, tail
@@ -73,14 +74,7 @@ PLAN = (
 
 
 def wait_for(what: str, condition: Callable[[], Any], logs: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {TIMEOUT} s waiting until {what}\n{logs()}")
-        time.sleep(0.1)
+    return process_support.wait_for(what, condition, TIMEOUT, logs, poll=0.1)
 
 
 def alive(pid: int) -> bool:
@@ -227,12 +221,7 @@ class SlurmDeployment:
         self.target = target
         self.metrics_port = free_port()
         config = dict(self.config)
-        config["policy"] = {
-            "name": "fixed",
-            "minimum": target,
-            "maximum": MAXIMUM,
-            "options": {"workers": target},
-        }
+        config["policy"] = fixed_policy(target, minimum=target, maximum=MAXIMUM)
         config["metrics"] = {"host": "127.0.0.1", "port": self.metrics_port}
         config["backend"] = {
             "name": "slurm",

@@ -8,7 +8,6 @@ plugin (`docker compose config`) is not packaged in Debian bookworm, so it is no
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
+from cli_support import render_with_settings
 from dask_deploy.backends import BackendContext
 from dask_deploy.backends.docker import load_settings, worker_container_spec
+from docker_support import docker_compose
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((REPO / "tests" / "scenarios" / "docker").glob("*-values.yaml"))
@@ -39,13 +40,9 @@ def embedded_config(out: Path) -> dict[str, Any]:
     return dict(yaml.safe_load(text))
 
 
-@pytest.fixture(scope="module")
-def docker_compose() -> str:
-    if shutil.which("docker-compose") is None:
-        subprocess.run([str(REPO / "scripts" / "ensure-apt.sh"), "docker-compose"], check=True)
-    path = shutil.which("docker-compose")
-    assert path, "docker-compose is not installed and scripts/ensure-apt.sh did not install it"
-    return path
+@pytest.fixture(scope="module", name="docker_compose")
+def docker_compose_fixture() -> str:
+    return docker_compose()
 
 
 @pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
@@ -190,26 +187,6 @@ def test_every_container_is_labelled_with_deployment_and_role(
         }
 
 
-def test_negative_maximum_is_rejected_naming_the_key(tmp_path: Path) -> None:
-    rendered = subprocess.run(
-        [
-            str(REPO / ".venv" / "bin" / "dask-deploy"),
-            "render",
-            "--backend",
-            "docker",
-            "--set",
-            "scaler.maximum=-1",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert rendered.returncode == 2
-    assert "scaler.maximum" in rendered.stderr
-    assert not (tmp_path / "out").exists()
-
-
 def test_scheduler_and_scaler_are_confined_and_limited(
     render_scenario: RenderScenario, tmp_path: Path
 ) -> None:
@@ -242,21 +219,14 @@ def test_worker_containers_the_backend_starts_are_confined_and_limited(
     assert spec["mounts"] == [{"Target": "/home/dask", "Type": "volume", "ReadOnly": False}]
 
 
-def test_root_user_is_refused_naming_the_key(tmp_path: Path) -> None:
-    rendered = subprocess.run(
-        [
-            str(REPO / ".venv" / "bin" / "dask-deploy"),
-            "render",
-            "--backend",
-            "docker",
-            "--set",
-            "hardening.user=0:0",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert rendered.returncode == 2
-    assert "hardening.user" in rendered.stderr
+@pytest.mark.parametrize(
+    "setting", ["scaler.maximum=-1", "hardening.user=0:0"], ids=["negative-maximum", "root-user"]
+)
+def test_bad_setting_is_refused_naming_the_key_and_writing_nothing(
+    setting: str, tmp_path: Path
+) -> None:
+    key, value = setting.split("=", 1)
+    rendered = render_with_settings("docker", {key: value}, tmp_path / "out")
+    assert rendered.returncode == 2, rendered.stderr
+    assert key in rendered.stderr
     assert not (tmp_path / "out").exists()

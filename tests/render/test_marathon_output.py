@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cli_support import render_with_settings
 from dask_deploy.backends import BackendContext
 from dask_deploy.backends.marathon import load_settings
 from dask_deploy.config import parse_config
@@ -214,20 +215,13 @@ def test_without_an_image_commands_run_on_the_agent(
 def task_script(tmp_path: Path, worker_exit: int, scheduler_port: int) -> Path:
     """The rendered worker task's shell script, with a stand-in for `dask worker`."""
     out = tmp_path / f"rendered-{worker_exit}-{scheduler_port}"
-    subprocess.run(
-        [
-            str(REPO / ".venv" / "bin" / "dask-deploy"),
-            "render",
-            "--backend",
-            "marathon",
-            *("--set", f"python={sys.executable}"),
-            *("--set", "scheduler.host=127.0.0.1"),
-            *("--set", f"scheduler.port={scheduler_port}"),
-            *("--out", str(out)),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    settings = {
+        "python": sys.executable,
+        "scheduler.host": "127.0.0.1",
+        "scheduler.port": scheduler_port,
+    }
+    rendered = render_with_settings("marathon", settings, out)
+    assert rendered.returncode == 0, rendered.stderr
     lines = apps(out)["worker"]["cmd"].splitlines()
     assert lines[0].endswith(" &") and " -m dask worker " in lines[0]
     lines[0] = f"(sleep 0.2; exit {worker_exit}) &"  # the worker, ending as told
@@ -284,21 +278,7 @@ def test_every_app_runs_as_the_non_root_user_from_values(
 
 def test_root_user_is_refused_naming_the_key(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    rendered = subprocess.run(
-        [
-            str(REPO / ".venv" / "bin" / "dask-deploy"),
-            "render",
-            "--backend",
-            "marathon",
-            "--set",
-            "security.user=root",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    rendered = render_with_settings("marathon", {"security.user": "root"}, out)
     assert rendered.returncode == 2, rendered.stderr
     assert "security.user: got 'root', expected a string other than \"root\"" in rendered.stderr
     assert "Traceback" not in rendered.stderr and not out.exists()

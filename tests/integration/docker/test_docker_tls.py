@@ -15,7 +15,6 @@ import json
 import operator
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,12 +23,16 @@ from typing import Any
 
 import pytest
 from distributed import Client
-from distributed.security import Security
-from test_docker_e2e import containers, logs, wait_for
 
-from docker_support import REPO
-from process_support import free_port
-from tls_support import Certificates, make_certificates, refused_without_certificate
+from docker_support import compose_deployment, containers, deployment_logs, services_running
+from process_support import free_port, wait_for
+from tls_support import (
+    Certificates,
+    assert_only_certified_clients_get_in,
+    client_security,
+    make_certificates,
+    worker_addresses,
+)
 
 pytestmark = [
     pytest.mark.docker,
@@ -40,15 +43,6 @@ pytestmark = [
 ]
 IMAGE_USER = 10001
 WORKER_MEMORY = 512 * 2**20
-
-
-def security(files: Certificates) -> Security:
-    return Security(  # type: ignore[no-untyped-call]
-        tls_ca_file=str(files.ca),
-        tls_client_cert=str(files.cert),
-        tls_client_key=str(files.key),
-        require_encryption=True,
-    )
 
 
 def full_log(name: str) -> str:
@@ -90,11 +84,6 @@ def deployment(
     docker_images: dict[str, str], files: Certificates, tmp_path: Path
 ) -> Iterator[dict[str, Any]]:
     """Render with TLS on, `docker-compose up -d`; down and remove everything after."""
-    compose_bin = shutil.which("docker-compose")
-    if compose_bin is None:
-        subprocess.run([str(REPO / "scripts" / "ensure-apt.sh"), "docker-compose"], check=True)
-        compose_bin = shutil.which("docker-compose")
-    assert compose_bin, "docker-compose could not be installed"
     name = f"tls{time.time_ns() % 10**8}"
     port = free_port()
     settings = {
@@ -118,31 +107,8 @@ def deployment(
         "tls.cert_file": files.cert,
         "tls.key_file": files.key,
     }
-    out = tmp_path / "rendered"
-    rendered = subprocess.run(
-        [
-            str(REPO / ".venv" / "bin" / "dask-deploy"),
-            "render",
-            "--backend",
-            "docker",
-            *(arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    compose = [compose_bin, "--project-name", name, "--file", str(out / "compose.yaml")]
-    try:
-        up = subprocess.run([*compose, "up", "--detach"], capture_output=True, text=True)
-        assert up.returncode == 0, up.stderr
+    with compose_deployment(settings, tmp_path / "rendered") as compose:
         yield {"name": name, "port": port, "compose": compose}
-    finally:
-        subprocess.run([*compose, "down", "--timeout", "30"], capture_output=True)
-        leftovers = list(containers(name))
-        if leftovers:
-            subprocess.run(["docker", "rm", "--force", "--volumes", *leftovers], check=False)
 
 
 def test_tls_scheduler_scaler_and_hardened_workers_refuse_clients_without_certificates(
@@ -151,29 +117,20 @@ def test_tls_scheduler_scaler_and_hardened_workers_refuse_clients_without_certif
     name, port = str(deployment["name"]), int(deployment["port"])
 
     def explain() -> str:
-        return "\n".join(logs(c) for c in containers(name)) or "no containers"
+        return deployment_logs(name)
 
-    wait_for(
-        "scheduler and scaler running",
-        lambda: (
-            containers(name).get(f"{name}-scheduler") == "running"
-            and containers(name).get(f"{name}-scaler") == "running"
-        ),
-        60,
-        explain,
-    )
+    wait_for("scheduler and scaler running", lambda: services_running(name), 60, explain)
     for service in (f"{name}-scheduler", f"{name}-scaler"):
         assert_hardened(service)
 
     address = f"tls://127.0.0.1:{port}"
-    with Client(address, security=security(files), timeout="60s") as client:
+    with Client(address, security=client_security(files), timeout="60s") as client:
         assert client.scheduler.address == address
         held = client.map(operator.mul, range(10), [3] * 10, pure=False)
         burst = client.map(time.sleep, [1.0] * 16, pure=False)
 
         def registered() -> dict[str, str]:
-            workers = client.scheduler_info()["workers"]
-            return {str(w["name"]): at for at, w in workers.items()}
+            return worker_addresses(client)
 
         wait_for("two worker containers register", lambda: len(registered()) == 2, 90, explain)
         client.gather(burst)
@@ -195,13 +152,7 @@ def test_tls_scheduler_scaler_and_hardened_workers_refuse_clients_without_certif
         info = client.scheduler_info()["workers"]
         assert {w["memory_limit"] for w in info.values()} == {WORKER_MEMORY}
 
-        # A client without the certificates is refused, whatever it tries.
-        with pytest.raises(OSError):
-            Client(f"tcp://127.0.0.1:{port}", timeout="5s")
-        assert refused_without_certificate(int(port), files.ca)
-        stranger = make_certificates(tmp_path / "other-ca")
-        with pytest.raises(OSError):
-            Client(address, security=security(stranger), timeout="5s")
+        assert_only_certified_clients_get_in(address, files, tmp_path)
 
         # Idle: the scaler retires workers through the scheduler, then removes their
         # containers; the results the client holds keep one, and survive the other's retirement.

@@ -22,10 +22,9 @@ import pytest
 import yaml
 from distributed import Client
 
-from dask_deploy.render import render
 from dask_deploy.testing.kubernetes import KubernetesStandIn
-from dask_deploy.values import resolve_values
-from process_support import free_port, start, tail, wait_for
+from kubernetes_support import kubernetes_values, local_worker_pod, render_kubernetes, running_pods
+from process_support import BURST_SCALER_VALUES, free_port, start, tail, wait_for
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.integration]
 
@@ -39,32 +38,12 @@ def test_burst_scales_up_idle_deletes_exactly_the_retired_pods(
     if not (REPO / "runtime" / "dask_deploy" / "_cli_scale.py").is_file():
         pytest.fail("dask-deploy scale (runtime/dask_deploy/_cli_scale.py) is missing")
     port, dashboard = free_port(), free_port()
-    values = {
-        "deployment": "e2e",
-        "scheduler": {"port": port},
-        "worker": {
-            "threads": 1,
-            "memory": "1Gi",
-            "death_timeout": 20,
-            "termination_grace_period": 10,
-            "extra_args": ["--no-nanny"],
-        },
-        "scaler": {
-            "minimum": 1,
-            "maximum": 3,
-            "interval": 0.5,
-            "startup_timeout": 60,
-            "scale_down_window": 2,
-            "metrics_port": None,
-        },
-    }
-    out = tmp_path / "rendered"
-    render(resolve_values("kubernetes", overrides=[values], root=REPO / "templates"), out)
-    role = yaml.safe_load((out / "scaler-role.yaml").read_text())
-    granted = {(v, r) for rule in role["rules"] for v in rule["verbs"] for r in rule["resources"]}
+    rendered = render_kubernetes(
+        kubernetes_values("e2e", port, scaler=BURST_SCALER_VALUES), tmp_path / "rendered"
+    )
     host_env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(tmp_path)}
 
-    with KubernetesStandIn(tmp_path / "api", allowed=granted, host_env=host_env) as api:
+    with KubernetesStandIn(tmp_path / "api", allowed=rendered.granted(), host_env=host_env) as api:
         logs_dir = tmp_path / "logs"
         logs_dir.mkdir()
 
@@ -74,19 +53,11 @@ def test_burst_scales_up_idle_deletes_exactly_the_retired_pods(
             return "\n".join(parts)
 
         # The ConfigMaps' files, as the scaler container would see them mounted.
-        worker_pod = yaml.safe_load(
-            yaml.safe_load((out / "worker-configmap.yaml").read_text())["data"]["worker-pod.yaml"]
-        )
-        for variable in worker_pod["spec"]["containers"][0]["env"]:
-            if variable["name"] == "DASK_SCHEDULER_ADDRESS":  # cluster DNS, here
-                assert variable["value"] == f"tcp://e2e-scheduler:{port}"
-                variable["value"] = f"tcp://127.0.0.1:{port}"
+        worker_pod = rendered.worker_pod()
+        in_cluster = local_worker_pod(worker_pod, f"tcp://127.0.0.1:{port}")
+        assert in_cluster == f"tcp://e2e-scheduler:{port}"
         (tmp_path / "worker-pod.yaml").write_text(yaml.safe_dump(worker_pod))
-        config = yaml.safe_load(
-            yaml.safe_load((out / "scaler-configmap.yaml").read_text())["data"][
-                "scaler-config.yaml"
-            ]
-        )
+        config = rendered.scaler_config()
         assert config["scheduler"]["address"] == f"tcp://127.0.0.1:{port}"  # same pod: as is
         config["backend"]["options"] |= {
             "worker_template": str(tmp_path / "worker-pod.yaml"),
@@ -124,13 +95,8 @@ def test_burst_scales_up_idle_deletes_exactly_the_retired_pods(
             )
         )
 
-        def running_pods() -> set[str]:
-            return {
-                name
-                for name, pod in api.pods().items()
-                if pod["status"]["phase"] == "Running"
-                and "deletionTimestamp" not in pod["metadata"]
-            }
+        def running() -> set[str]:
+            return running_pods(api)
 
         with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
 
@@ -146,7 +112,7 @@ def test_burst_scales_up_idle_deletes_exactly_the_retired_pods(
             # Functions the scheduler can import (this test module is not on its path).
             held = client.submit(operator.pow, 7, 2)
             burst = client.map(time.sleep, [0.5] * 40, pure=False)
-            wait_for("more worker pods are created", lambda: len(running_pods()) > 1, 90, logs)
+            wait_for("more worker pods are created", lambda: len(running()) > 1, 90, logs)
             wait_for(
                 "the new workers register under their pod names",
                 lambda: len(worker_names()) > 1 and worker_names() <= set(api.created),
@@ -158,9 +124,9 @@ def test_burst_scales_up_idle_deletes_exactly_the_retired_pods(
             del burst
 
             # Idle: back to one; exactly the retired workers' pods were deleted.
-            wait_for("idle workers are retired", lambda: len(running_pods()) == 1, 90, logs)
-            wait_for("the scheduler agrees", lambda: worker_names() == running_pods(), 30, logs)
-            survivors = running_pods()
+            wait_for("idle workers are retired", lambda: len(running()) == 1, 90, logs)
+            wait_for("the scheduler agrees", lambda: worker_names() == running(), 30, logs)
+            survivors = running()
             assert set(api.deleted) == set(api.created) - survivors
             assert set(api.deleted) >= peak - survivors
             assert len(api.created) == len(set(api.created))

@@ -12,11 +12,9 @@ loopback, and the Secret and ConfigMaps mounted into the scheduler pod are local
 from __future__ import annotations
 
 import base64
-import operator
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +22,20 @@ import pytest
 import yaml
 from distributed import Client
 
-from dask_deploy.render import render
 from dask_deploy.testing.kubernetes import ApiError, KubernetesStandIn, map_mounts
-from dask_deploy.values import resolve_values
-from process_support import free_port, start, tail, wait_for
-from tls_support import Certificates, TrustOnly, client_security, make_certificates
+from kubernetes_support import kubernetes_values, local_worker_pod, render_kubernetes, running_pods
+from process_support import BURST_SCALER_VALUES, free_port, start, tail, wait_for
+from tls_support import (
+    Certificates,
+    assert_only_certified_clients_get_in,
+    burst_scales_up_over_tls,
+    client_security,
+    make_certificates,
+    worker_addresses,
+)
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.integration]
 
-REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 SECRET = "e2e-tls"
 
@@ -115,36 +118,19 @@ def test_tls_scheduler_scaler_and_workers_from_a_secret(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     port, dashboard = free_port(), free_port()
-    values = {
-        "deployment": "e2e",
-        "scheduler": {"port": port, "dashboard_port": dashboard},
-        "worker": {
-            "threads": 1,
-            "memory": "1Gi",
-            "death_timeout": 20,
-            "termination_grace_period": 10,
-            "extra_args": ["--no-nanny"],
-        },
-        "scaler": {
-            "minimum": 1,
-            "maximum": 3,
-            "interval": 0.5,
-            "startup_timeout": 60,
-            "scale_down_window": 2,
-            "metrics_port": None,
-        },
-        "tls": {"enabled": True, "secret_name": SECRET, "mount_path": "/etc/dask/tls"},
-    }
-    out = tmp_path / "rendered"
-    render(resolve_values("kubernetes", overrides=[values], root=REPO / "templates"), out)
-    role = yaml.safe_load((out / "scaler-role.yaml").read_text())
-    granted = {(v, r) for rule in role["rules"] for v in rule["verbs"] for r in rule["resources"]}
+    values = kubernetes_values(
+        "e2e",
+        port,
+        scheduler={"port": port, "dashboard_port": dashboard},
+        scaler=BURST_SCALER_VALUES,
+        tls={"enabled": True, "secret_name": SECRET, "mount_path": "/etc/dask/tls"},
+    )
+    rendered = render_kubernetes(values, tmp_path / "rendered")
     certificates = make_certificates(tmp_path / "secret")
     # The scheduler pod's Secret volume, mounted at the rendered mount path.
     mounts = {"/etc/dask/tls": certificates.ca.parent}
 
-    deployment = yaml.safe_load((out / "scheduler-deployment.yaml").read_text())
-    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    containers = rendered.containers()
     scheduler_argv = containers["scheduler"]["command"] + containers["scheduler"]["args"]
     assert scheduler_argv[scheduler_argv.index("--protocol") + 1] == "tls"
     for flag, key in (
@@ -158,20 +144,14 @@ def test_tls_scheduler_scaler_and_workers_from_a_secret(
     scheduler_argv[scheduler_argv.index("--dashboard-address") + 1] = f"127.0.0.1:{dashboard}"
     scheduler_argv += ["--host", "127.0.0.1"]
 
-    worker_pod = yaml.safe_load(
-        yaml.safe_load((out / "worker-configmap.yaml").read_text())["data"]["worker-pod.yaml"]
-    )
+    worker_pod = rendered.worker_pod()
     (secret_volume,) = [v for v in worker_pod["spec"]["volumes"] if "secret" in v]
     assert secret_volume["secret"]["secretName"] == SECRET
-    for variable in worker_pod["spec"]["containers"][0]["env"]:
-        if variable["name"] == "DASK_SCHEDULER_ADDRESS":  # cluster DNS, here
-            assert variable["value"] == f"tls://e2e-scheduler:{port}"
-            variable["value"] = f"tls://127.0.0.1:{port}"
+    in_cluster = local_worker_pod(worker_pod, f"tls://127.0.0.1:{port}")
+    assert in_cluster == f"tls://e2e-scheduler:{port}"
     (tmp_path / "worker-pod.yaml").write_text(yaml.safe_dump(worker_pod))
 
-    config = yaml.safe_load(
-        yaml.safe_load((out / "scaler-configmap.yaml").read_text())["data"]["scaler-config.yaml"]
-    )
+    config = rendered.scaler_config()
     assert config["scheduler"]["address"] == f"tls://127.0.0.1:{port}"
     security = config["scheduler"]["security"]
     assert security == {
@@ -182,7 +162,7 @@ def test_tls_scheduler_scaler_and_workers_from_a_secret(
     config["scheduler"]["security"] = {k: map_mounts(v, mounts) for k, v in security.items()}
     host_env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path)}
 
-    with KubernetesStandIn(tmp_path / "api", allowed=granted, host_env=host_env) as api:
+    with KubernetesStandIn(tmp_path / "api", allowed=rendered.granted(), host_env=host_env) as api:
         api.create_secret(secret_manifest(SECRET, tls_files(certificates)))
         config["backend"]["options"] |= {
             "worker_template": str(tmp_path / "worker-pod.yaml"),
@@ -215,36 +195,13 @@ def test_tls_scheduler_scaler_and_workers_from_a_secret(
         )
         address = f"tls://127.0.0.1:{port}"
 
-        def running_pods() -> set[str]:
-            return {
-                name
-                for name, pod in api.pods().items()
-                if pod["status"]["phase"] == "Running"
-                and "deletionTimestamp" not in pod["metadata"]
-            }
+        def running() -> set[str]:
+            return running_pods(api)
 
-        wait_for("the minimum worker pod runs", running_pods, 60, logs)
+        wait_for("the minimum worker pod runs", running, 60, logs)
         with Client(address, security=client_security(certificates), timeout=60) as client:
             assert client.scheduler.address.startswith("tls://")
-
-            def workers() -> dict[str, str]:
-                """Worker name -> address."""
-                info = client.scheduler_info()["workers"]
-                return {w["name"]: address for address, w in info.items()}
-
-            wait_for("the minimum worker registers", workers, 90, logs)
-            held = client.submit(operator.pow, 7, 2)
-            assert held.result(timeout=60) == 49
-
-            burst = client.map(time.sleep, [0.5] * 40, pure=False)
-            wait_for(
-                "the scaler creates more worker pods and their workers register over TLS",
-                lambda: len(workers()) > 1 and set(workers()) <= set(api.created),
-                90,
-                logs,
-            )
-            peak = workers()
-            assert all(a.startswith("tls://") for a in peak.values()), peak
+            held, burst, peak = burst_scales_up_over_tls(client, lambda: api.created, logs)
             # Each worker pod got the Secret as files under its own mount.
             for name in peak:
                 assert (
@@ -253,20 +210,21 @@ def test_tls_scheduler_scaler_and_workers_from_a_secret(
             assert client.gather(burst) == [None] * 40
             del burst
 
-            wait_for("idle workers are retired", lambda: len(running_pods()) == 1, 90, logs)
-            wait_for("the scheduler agrees", lambda: set(workers()) == running_pods(), 30, logs)
-            survivors = running_pods()
+            wait_for("idle workers are retired", lambda: len(running()) == 1, 90, logs)
+            wait_for(
+                "the scheduler agrees",
+                lambda: set(worker_addresses(client)) == running(),
+                30,
+                logs,
+            )
+            survivors = running()
             assert set(api.deleted) == set(api.created) - survivors
             assert set(api.deleted) >= set(peak) - survivors
             assert held.result() == 49  # retired through the scheduler: the result moved first
         scheduler_log = (logs_dir / "scheduler.log").read_text()
         assert re.search(r"Retire worker", scheduler_log), tail(logs_dir / "scheduler.log", 40)
 
-        # Nobody gets in without a certificate: neither in plain TCP nor with only the CA.
-        with pytest.raises(OSError):
-            Client(f"tcp://127.0.0.1:{port}", timeout=3)
-        with pytest.raises(OSError):
-            Client(address, security=TrustOnly(certificates.ca), timeout=3)
+        assert_only_certified_clients_get_in(address, certificates, tmp_path)
         wait_for(
             "the scheduler logs the refused handshake",
             lambda: "peer did not return a certificate" in (logs_dir / "scheduler.log").read_text(),

@@ -10,10 +10,6 @@ DASK_DEPLOY_SCALER_CONFIG, whose ``scheduler.security`` names the mounted files)
 
 from __future__ import annotations
 
-import operator
-import socket
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +21,15 @@ from distributed import Client
 from dask_deploy.render import render
 from dask_deploy.testing.marathon import MarathonStandIn
 from dask_deploy.values import resolve_values
-from process_support import free_port, wait_for
-from tls_support import TrustOnly, client_security, make_certificates
+from marathon_support import marathon_values, post_app, sandbox_logs, worker_task_ids
+from process_support import BURST_SCALER_VALUES, free_port, listening, wait_for
+from tls_support import (
+    assert_only_certified_clients_get_in,
+    burst_scales_up_over_tls,
+    client_security,
+    make_certificates,
+    worker_addresses,
+)
 
 pytestmark = [pytest.mark.marathon, pytest.mark.integration]
 
@@ -39,14 +42,6 @@ MOUNT_PATH = "/etc/dask/tls"  # in the containers
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
     with MarathonStandIn(workdir=tmp_path / "sandboxes", agent_root=tmp_path / "agent") as standin:
         yield standin
-
-
-def sandbox_logs(standin: MarathonStandIn, app: str = "") -> str:
-    parts = []
-    for stderr in sorted(standin.workdir.glob(f"{app}*/stderr")):
-        tail = stderr.read_text(errors="replace").splitlines()[-15:]
-        parts.append(f"--- {stderr.parent.name}\n" + "\n".join(tail))
-    return "\n".join(parts) or "(no task logs)"
 
 
 def test_stand_in_maps_host_path_volumes_onto_the_agent_root(
@@ -86,28 +81,14 @@ def test_tls_scheduler_scaler_and_workers_from_agent_files(
         tmp_path / "agent" / HOST_PATH.lstrip("/"), ca="ca.pem", cert="tls.crt", key="tls.key"
     )
     port = free_port()
-    values = {
-        "deployment": "e2e",
-        "python": sys.executable,
-        "marathon": {"url": marathon.url},
-        "scheduler": {"host": "127.0.0.1", "port": port, "dashboard_port": free_port()},
-        "worker": {
-            "threads": 1,
-            "mem": 1024,
-            "nanny": False,
-            "death_timeout": 20,
-            "kill_grace_period": 30,
-        },
-        "scaler": {
-            "minimum": 1,
-            "maximum": 3,
-            "interval": 0.5,
-            "startup_timeout": 60,
-            "scale_down_window": 2,
-            "metrics_port": None,
-        },
-        "tls": {"enabled": True, "host_path": HOST_PATH, "mount_path": MOUNT_PATH},
-    }
+    values = marathon_values(
+        "e2e",
+        marathon,
+        port,
+        free_port(),
+        scaler=BURST_SCALER_VALUES,
+        tls={"enabled": True, "host_path": HOST_PATH, "mount_path": MOUNT_PATH},
+    )
     out = tmp_path / "rendered"
     render(resolve_values("marathon", overrides=[values], root=REPO / "templates"), out)
     config = yaml.safe_load((out / "scaler-config.yaml").read_text())
@@ -121,51 +102,28 @@ def test_tls_scheduler_scaler_and_workers_from_agent_files(
     for name in ("scheduler", "worker", "scaler"):
         app = (out / f"{name}-app.json").read_bytes()
         assert b'"hostPath": "/etc/ssl/dask"' in app, f"{name}-app.json mounts no certificates"
-        answer = requests.post(
-            f"{marathon.url}/v2/apps",
-            data=app,
-            headers={"Content-Type": "application/json"},
-            timeout=5,
-        )
-        assert answer.status_code == 201, answer.text
+        post_app(marathon, app)
 
-    def scheduler_listens() -> bool:
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_for("the scheduler listens", scheduler_listens, 60, logs)
+    wait_for("the scheduler listens", lambda: listening(port), 60, logs)
 
     def worker_tasks() -> set[str]:
-        body = requests.get(f"{marathon.url}/v2/apps/e2e/worker/tasks", timeout=5).json()
-        return {t["id"] for t in body["tasks"] if t["state"] == "TASK_RUNNING"}
+        return worker_task_ids(marathon, "/e2e/worker")
 
     address = f"tls://127.0.0.1:{port}"
     with Client(address, security=client_security(certificates), timeout=60) as client:
         assert client.scheduler.address == address
 
-        def workers() -> dict[str, str]:
-            """Worker name -> address."""
-            info = client.scheduler_info()["workers"]
-            return {w["name"]: address for address, w in info.items()}
-
-        wait_for("the minimum worker registers", workers, 90, logs)
-        held = client.submit(operator.pow, 7, 2)
-        assert held.result(timeout=60) == 49
-
-        burst = client.map(time.sleep, [0.5] * 40, pure=False)
-        wait_for(
-            "the scaler adds worker tasks and their workers register over TLS",
-            lambda: len(workers()) > 1 and set(workers()) <= set(marathon.launched),
-            90,
-            logs,
-        )
-        peak = workers()
-        assert all(a.startswith("tls://") for a in peak.values()), peak
+        held, burst, peak = burst_scales_up_over_tls(client, lambda: marathon.launched, logs)
         assert client.gather(burst) == [None] * 40
         del burst
 
         wait_for("idle workers are retired", lambda: len(worker_tasks()) == 1, 90, logs)
-        wait_for("the scheduler agrees", lambda: set(workers()) == worker_tasks(), 30, logs)
+        wait_for(
+            "the scheduler agrees",
+            lambda: set(worker_addresses(client)) == worker_tasks(),
+            30,
+            logs,
+        )
         killed = set(peak) - worker_tasks()
         assert killed
         wait_for("the killed tasks end", lambda: killed <= marathon.ended.keys(), 30, logs)
@@ -177,11 +135,7 @@ def test_tls_scheduler_scaler_and_workers_from_agent_files(
 
     assert "Retire worker" in scheduler_log(), sandbox_logs(marathon, "e2e_scheduler.")
 
-    # Nobody gets in without a certificate: neither in plain TCP nor with only the CA.
-    with pytest.raises(OSError):
-        Client(f"tcp://127.0.0.1:{port}", timeout=3)
-    with pytest.raises(OSError):
-        Client(address, security=TrustOnly(certificates.ca), timeout=3)
+    assert_only_certified_clients_get_in(address, certificates, tmp_path)
     wait_for(
         "the scheduler logs the refused handshake",
         lambda: "peer did not return a certificate" in scheduler_log(),

@@ -10,36 +10,20 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from distributed import Client
+from slurm_deployment import Deployment, deployment_values, submitted, worker_names
 
 from process_support import wait_for
+from slurm_support import Slurm
 
 pytestmark = pytest.mark.slurm
-
-REPO = Path(__file__).resolve().parents[3]
-VENV = Path(sys.executable).parent.parent
-LIVE_STATES = "PENDING,CONFIGURING,RUNNING,COMPLETING,SUSPENDED,REQUEUED"
-
-
-def squeue(*args: str) -> list[tuple[str, str, str]]:
-    """``(job id, job name, state)`` of the jobs squeue lists for these arguments."""
-    output = subprocess.run(
-        ["squeue", "--noheader", "--format=%i|%j|%T", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [tuple(line.split("|")) for line in output.splitlines() if line]  # type: ignore[misc]
 
 
 def burst(client: Client, seconds: int) -> tuple[list[Any], list[Any]]:
@@ -57,99 +41,19 @@ def no_task_failed(futures: list[Any]) -> None:
     assert not failed, f"task failed: {failed[0].exception()!r}"
 
 
-@dataclass
-class Deployment:
-    name: str
-    folder: Path
-    scheduler_job: str
-
-    @property
-    def worker_job_name(self) -> str:
-        return f"{self.name}-worker"
-
-    def worker_jobs(self, states: str = LIVE_STATES) -> dict[str, str]:
-        """Job id -> state of this deployment's worker jobs in these states."""
-        jobs = squeue(f"--name={self.worker_job_name}", f"--states={states}")
-        return {job_id: state for job_id, _, state in jobs}
-
-    def all_live_jobs(self) -> list[tuple[str, str, str]]:
-        names = f"--name={self.name}-scheduler,{self.worker_job_name}"
-        return squeue(names, f"--states={LIVE_STATES}")
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"----- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
-            for log in sorted(self.folder.glob("*.log"))
-        )
-
-
-def worker_names(client: Client) -> set[str]:
-    # `dask worker` turns a numeric --name into an int: compare as text, like the scheduler does.
-    return {str(w["name"]) for w in client.scheduler_info()["workers"].values()}
-
-
-def render(values: dict[str, Any], out: Path) -> None:
-    values_file = out.parent / f"{out.name}-values.yaml"
-    values_file.write_text(yaml.safe_dump(values))
-    command = [str(VENV / "bin" / "dask-deploy"), "render", "--backend", "slurm"]
-    rendered = subprocess.run(
-        [*command, "--values", str(values_file), "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
-    assert rendered.returncode == 0, rendered.stderr
-
-
 @pytest.fixture
-def deployment(slurm: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+def deployment(
+    slurm: Slurm, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
     """Render the slurm templates, sbatch the scheduler job, cancel everything afterwards.
 
     Indirect parametrization may override ``scaler`` values.
     """
-    scaler_overrides: dict[str, Any] = getattr(request, "param", {})
-    name = f"e2e-{uuid.uuid4().hex[:6]}"
-    folder = tmp_path / "rendered"
-    render(
-        {
-            "deployment": name,
-            "python": {"venv": str(VENV)},
-            "scheduler": {"host": "127.0.0.1", "dashboard_port": None, "memory_mib": 512},
-            "worker": {
-                "host": "127.0.0.1",
-                "threads": 1,
-                "memory_mib": 512,
-                "walltime_minutes": 10,
-                "lifetime_margin": 60,
-                "lifetime_stagger": 0,
-                "death_timeout": 20,
-            },
-            "scaler": {
-                "minimum": 1,
-                "maximum": 3,
-                "interval": 0.5,
-                "scale_down_window": 4,
-                "startup_timeout": 120,
-                "metrics_port": None,
-                "cleanup_on_exit": True,
-                **scaler_overrides,
-            },
-        },
-        folder,
-    )
-    submitted = subprocess.run(
-        ["sbatch", "--parsable", "scheduler-job.sh"],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    deployed = Deployment(name, folder, submitted.stdout.strip().split(";")[0])
-    try:
+    scaler = {"minimum": 1, "maximum": 3, "scale_down_window": 4, "startup_timeout": 120}
+    scaler |= getattr(request, "param", {})
+    values = deployment_values(f"e2e-{uuid.uuid4().hex[:6]}", scaler)
+    with submitted(slurm, values, tmp_path / "rendered") as deployed:
         yield deployed
-    finally:
-        subprocess.run(["scancel", f"--name={name}-scheduler,{name}-worker"], check=False)
-        print(deployed.logs())  # shown by pytest when the test failed
-        print(slurm.log_tails())
 
 
 def connect(deployment: Deployment) -> Client:

@@ -16,25 +16,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from distributed import Client
-from distributed.security import Security
-from test_slurm_e2e import VENV, Deployment, render, wait_for, worker_names
+from slurm_deployment import Deployment, deployment_values, submitted, worker_names
 
-from tls_support import Certificates, make_certificates, refused_without_certificate
+from process_support import wait_for
+from slurm_support import Slurm
+from tls_support import (
+    Certificates,
+    assert_only_certified_clients_get_in,
+    client_security,
+    make_certificates,
+    worker_addresses,
+)
 
 pytestmark = pytest.mark.slurm
-
-
-def security(files: Certificates) -> Security:
-    return Security(  # type: ignore[no-untyped-call]
-        tls_ca_file=str(files.ca),
-        tls_client_cert=str(files.cert),
-        tls_client_key=str(files.key),
-        require_encryption=True,
-    )
 
 
 @pytest.fixture
@@ -43,56 +40,18 @@ def files(tmp_path: Path) -> Certificates:
 
 
 @pytest.fixture
-def deployment(slurm: Any, files: Certificates, tmp_path: Path) -> Iterator[Deployment]:
+def deployment(slurm: Slurm, files: Certificates, tmp_path: Path) -> Iterator[Deployment]:
     """Render with TLS on, sbatch the scheduler job, cancel everything afterwards."""
-    name = f"tls-{uuid.uuid4().hex[:6]}"
-    folder = tmp_path / "rendered"
-    render(
-        {
-            "deployment": name,
-            "python": {"venv": str(VENV)},
-            "scheduler": {"host": "127.0.0.1", "dashboard_port": None, "memory_mib": 512},
-            "worker": {
-                "host": "127.0.0.1",
-                "threads": 1,
-                "memory_mib": 512,
-                "walltime_minutes": 10,
-                "lifetime_margin": 60,
-                "lifetime_stagger": 0,
-                "death_timeout": 20,
-            },
-            "scaler": {
-                "minimum": 0,
-                "maximum": 2,
-                "interval": 0.5,
-                "scale_down_window": 2,
-                "startup_timeout": 60,
-                "metrics_port": None,
-                "cleanup_on_exit": True,
-            },
-            "tls": {
-                "enabled": True,
-                "ca_file": str(files.ca),
-                "cert_file": str(files.cert),
-                "key_file": str(files.key),
-            },
-        },
-        folder,
-    )
-    submitted = subprocess.run(
-        ["sbatch", "--parsable", "scheduler-job.sh"],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    deployed = Deployment(name, folder, submitted.stdout.strip().split(";")[0])
-    try:
+    tls = {
+        "enabled": True,
+        "ca_file": str(files.ca),
+        "cert_file": str(files.cert),
+        "key_file": str(files.key),
+    }
+    scaler = {"minimum": 0, "maximum": 2, "scale_down_window": 2, "startup_timeout": 60}
+    values = deployment_values(f"tls-{uuid.uuid4().hex[:6]}", scaler, tls=tls)
+    with submitted(slurm, values, tmp_path / "rendered") as deployed:
         yield deployed
-    finally:
-        subprocess.run(["scancel", f"--name={name}-scheduler,{name}-worker"], check=False)
-        print(deployed.logs())  # shown by pytest when the test failed
-        print(slurm.log_tails())
 
 
 def test_tls_scheduler_scaler_and_workers_refuse_clients_without_certificates(
@@ -107,7 +66,8 @@ def test_tls_scheduler_scaler_and_workers_refuse_clients_without_certificates(
     address = json.loads(scheduler_file.read_text())["address"]
     assert address.startswith("tls://127.0.0.1:"), address
 
-    with Client(scheduler_file=str(scheduler_file), security=security(files), timeout="30s") as c:
+    security = client_security(files)
+    with Client(scheduler_file=str(scheduler_file), security=security, timeout="30s") as c:
         squares = c.map(pow, range(12), [2] * 12)
         sleeps = c.map(time.sleep, [1.0] * 16, pure=False)
         wait_for(
@@ -116,19 +76,12 @@ def test_tls_scheduler_scaler_and_workers_refuse_clients_without_certificates(
         c.gather(sleeps)
         assert c.gather(squares) == [x * x for x in range(12)]
 
-        workers = {str(w["name"]): a for a, w in c.scheduler_info()["workers"].items()}
+        workers = worker_addresses(c)
         jobs = deployment.worker_jobs("all")
         assert set(workers) <= set(jobs), f"workers {workers} are not the jobs {jobs}"
         assert all(a.startswith("tls://127.0.0.1:") for a in workers.values()), workers
 
-        # A client without the certificates is refused, whatever it tries.
-        port = address.rsplit(":", 1)[1]
-        with pytest.raises(OSError):
-            Client(f"tcp://127.0.0.1:{port}", timeout="5s")
-        assert refused_without_certificate(int(port), files.ca)
-        stranger = make_certificates(tmp_path / "other-ca")
-        with pytest.raises(OSError):
-            Client(address, security=security(stranger), timeout="5s")
+        assert_only_certified_clients_get_in(address, files, tmp_path)
 
         # Idle: the scaler retires workers through the scheduler and cancels their jobs; the
         # results the client holds keep one worker, and survive the others' retirement.

@@ -1,0 +1,97 @@
+"""The rendered Kubernetes manifests, as the stand-in end-to-end and fault tests use them.
+
+A cluster would mount the worker-pod and scaler ConfigMaps into the scaler's pod and resolve
+the scheduler Service's DNS name; here ``Rendered`` reads those files out of the rendered
+manifests and ``local_worker_pod`` points the worker pods at the scheduler on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dask_deploy.render import render
+from dask_deploy.testing.kubernetes import KubernetesStandIn
+from dask_deploy.values import resolve_values
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def kubernetes_values(deployment: str, port: int, **sections: Any) -> dict[str, Any]:
+    """Values for a test deployment: single-threaded workers without nanny, quick to stop.
+
+    ``sections`` replace whole top-level sections (``scaler``, ``tls``, ``scheduler``).
+    """
+    return copy.deepcopy(
+        {
+            "deployment": deployment,
+            "scheduler": {"port": port},
+            "worker": {
+                "threads": 1,
+                "memory": "1Gi",
+                "death_timeout": 20,
+                "termination_grace_period": 10,
+                "extra_args": ["--no-nanny"],
+            },
+            **sections,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The folder `dask-deploy render --backend kubernetes` wrote, read as the cluster would."""
+
+    out: Path
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        return dict(yaml.safe_load((self.out / name).read_text()))
+
+    def configmap_file(self, manifest: str, key: str) -> dict[str, Any]:
+        """A file a ConfigMap mounts, parsed."""
+        return dict(yaml.safe_load(self.manifest(manifest)["data"][key]))
+
+    def granted(self) -> set[tuple[str, str]]:
+        """(verb, resource) pairs the rendered Role grants the scaler."""
+        rules = self.manifest("scaler-role.yaml")["rules"]
+        return {(v, r) for rule in rules for v in rule["verbs"] for r in rule["resources"]}
+
+    def worker_pod(self) -> dict[str, Any]:
+        return self.configmap_file("worker-configmap.yaml", "worker-pod.yaml")
+
+    def scaler_config(self) -> dict[str, Any]:
+        return self.configmap_file("scaler-configmap.yaml", "scaler-config.yaml")
+
+    def containers(self) -> dict[str, dict[str, Any]]:
+        """The scheduler pod's containers (scheduler, scaler) by name."""
+        pod = self.manifest("scheduler-deployment.yaml")["spec"]["template"]["spec"]
+        return {c["name"]: c for c in pod["containers"]}
+
+
+def render_kubernetes(values: dict[str, Any], out: Path) -> Rendered:
+    render(resolve_values("kubernetes", overrides=[values], root=REPO / "templates"), out)
+    return Rendered(out)
+
+
+def local_worker_pod(worker_pod: dict[str, Any], scheduler_address: str) -> str:
+    """Point the worker pod at ``scheduler_address`` (for the Service's DNS name, which only a
+    cluster resolves); returns the address the manifest had."""
+    for variable in worker_pod["spec"]["containers"][0]["env"]:
+        if variable["name"] == "DASK_SCHEDULER_ADDRESS":
+            rendered = str(variable["value"])
+            variable["value"] = scheduler_address
+            return rendered
+    raise AssertionError("the worker pod has no DASK_SCHEDULER_ADDRESS")
+
+
+def running_pods(api: KubernetesStandIn) -> set[str]:
+    """Pods that run and are not being deleted."""
+    return {
+        name
+        for name, pod in api.pods().items()
+        if pod["status"]["phase"] == "Running" and "deletionTimestamp" not in pod["metadata"]
+    }

@@ -1,0 +1,65 @@
+"""Values and logs for the tests that run rendered apps on the Marathon stand-in.
+
+The stand-in (dask_deploy.testing.marathon) runs each task as a local process in a sandbox
+folder, as a Mesos agent would; its stderr is where a task that did not come up says why.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import requests
+
+from dask_deploy.testing.marathon import MarathonStandIn
+
+
+def marathon_values(
+    deployment: str, standin: MarathonStandIn, port: int, dashboard_port: int, **sections: Any
+) -> dict[str, Any]:
+    """Values for a test deployment on ``standin``: every command runs this Python and binds
+    127.0.0.1; single-threaded workers without nanny. ``sections`` replace whole top-level
+    sections (``scaler``, ``tls``, ``image``)."""
+    return copy.deepcopy(
+        {
+            "deployment": deployment,
+            "python": sys.executable,
+            "marathon": {"url": standin.url},
+            "scheduler": {"host": "127.0.0.1", "port": port, "dashboard_port": dashboard_port},
+            "worker": {
+                "threads": 1,
+                "mem": 1024,
+                "nanny": False,
+                "death_timeout": 20,
+                "kill_grace_period": 30,
+            },
+            **sections,
+        }
+    )
+
+
+def post_app(standin: MarathonStandIn, app_json: bytes) -> None:
+    """``POST /v2/apps`` with a rendered app file, as ``curl --data @app.json`` sends it."""
+    answer = requests.post(
+        f"{standin.url}/v2/apps",
+        data=app_json,
+        headers={"Content-Type": "application/json"},
+        timeout=5,
+    )
+    assert answer.status_code == 201, answer.text
+
+
+def sandbox_logs(standin: MarathonStandIn, prefix: str = "") -> str:
+    """The tail of the stderr of every task whose sandbox starts with ``prefix``."""
+    parts = []
+    for stderr in sorted(standin.workdir.glob(f"{prefix}*/stderr")):
+        tail = stderr.read_text(errors="replace").splitlines()[-15:]
+        parts.append(f"--- {stderr.parent.name}\n" + "\n".join(tail))
+    return "\n".join(parts) or "(no task logs)"
+
+
+def worker_task_ids(standin: MarathonStandIn, app_id: str) -> set[str]:
+    """Ids of the app's tasks in TASK_RUNNING, as ``GET /v2/apps/{id}/tasks`` reports them."""
+    body = requests.get(f"{standin.url}/v2/apps{app_id}/tasks", timeout=5).json()
+    return {t["id"] for t in body["tasks"] if t["state"] == "TASK_RUNNING"}
