@@ -8,6 +8,7 @@ manifests and ``local_worker_pod`` points the worker pods at the scheduler on 12
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import yaml
 from dask_deploy.render import render
 from dask_deploy.testing.kubernetes import KubernetesStandIn
 from dask_deploy.values import resolve_values
+from process_support import tail
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,3 +97,14 @@ def running_pods(api: KubernetesStandIn) -> set[str]:
         for name, pod in api.pods().items()
         if pod["status"]["phase"] == "Running" and "deletionTimestamp" not in pod["metadata"]
     }
+
+
+def deployment_logs(api: KubernetesStandIn, logs_dir: Path) -> Callable[[], str]:
+    """What a failed wait prints: the scheduler's and scaler's logs, then each pod's tail."""
+
+    def logs() -> str:
+        parts = [tail(logs_dir / "scheduler.log"), tail(logs_dir / "scaler.log", 40)]
+        parts += [tail(api.log_path(name), 10) for name in api.created]
+        return "\n".join(parts)
+
+    return logs

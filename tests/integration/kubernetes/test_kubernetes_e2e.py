@@ -23,8 +23,14 @@ import yaml
 from distributed import Client
 
 from dask_deploy.testing.kubernetes import KubernetesStandIn
-from kubernetes_support import kubernetes_values, local_worker_pod, render_kubernetes, running_pods
-from process_support import BURST_SCALER_VALUES, free_port, start, tail, wait_for
+from kubernetes_support import (
+    deployment_logs,
+    kubernetes_values,
+    local_worker_pod,
+    render_kubernetes,
+    running_pods,
+)
+from process_support import BURST_SCALER_VALUES, free_port, start, wait_for
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.integration]
 
@@ -47,10 +53,7 @@ def test_burst_scales_up_idle_deletes_exactly_the_retired_pods(
         logs_dir = tmp_path / "logs"
         logs_dir.mkdir()
 
-        def logs() -> str:
-            parts = [tail(logs_dir / "scheduler.log"), tail(logs_dir / "scaler.log", 40)]
-            parts += [tail(api.log_path(name), 10) for name in api.created]
-            return "\n".join(parts)
+        logs = deployment_logs(api, logs_dir)
 
         # The ConfigMaps' files, as the scaler container would see them mounted.
         worker_pod = rendered.worker_pod()

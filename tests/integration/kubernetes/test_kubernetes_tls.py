@@ -23,7 +23,13 @@ import yaml
 from distributed import Client
 
 from dask_deploy.testing.kubernetes import ApiError, KubernetesStandIn, map_mounts
-from kubernetes_support import kubernetes_values, local_worker_pod, render_kubernetes, running_pods
+from kubernetes_support import (
+    deployment_logs,
+    kubernetes_values,
+    local_worker_pod,
+    render_kubernetes,
+    running_pods,
+)
 from process_support import BURST_SCALER_VALUES, free_port, start, tail, wait_for
 from tls_support import (
     Certificates,
@@ -174,10 +180,7 @@ def test_tls_scheduler_scaler_and_workers_from_a_secret(
         logs_dir = tmp_path / "logs"
         logs_dir.mkdir()
 
-        def logs() -> str:
-            parts = [tail(logs_dir / "scheduler.log"), tail(logs_dir / "scaler.log", 40)]
-            parts += [tail(api.log_path(name), 10) for name in api.created]
-            return "\n".join(parts)
+        logs = deployment_logs(api, logs_dir)
 
         owner_uid = api.add_owner()
         processes.append(
