@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_support import render_with_settings
+from render_support import render_with_settings
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = ("scheduler", "worker", "scaler")

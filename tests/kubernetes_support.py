@@ -15,12 +15,9 @@ from typing import Any
 
 import yaml
 
-from dask_deploy.render import render
 from dask_deploy.testing.kubernetes import KubernetesStandIn
-from dask_deploy.values import resolve_values
 from process_support import tail
-
-REPO = Path(__file__).resolve().parents[1]
+from render_support import render_over_defaults
 
 
 def kubernetes_values(deployment: str, port: int, **sections: Any) -> dict[str, Any]:
@@ -75,7 +72,7 @@ class Rendered:
 
 
 def render_kubernetes(values: dict[str, Any], out: Path) -> Rendered:
-    render(resolve_values("kubernetes", overrides=[values], root=REPO / "templates"), out)
+    render_over_defaults("kubernetes", values, out)
     return Rendered(out)
 
 

@@ -32,10 +32,8 @@ from distributed import Client, Future, wait
 from docker_fault_proxy import TIMEOUT, DockerFaultProxy
 from tally import TALLY, FaultRecord
 
-from dask_deploy.render import render
-from dask_deploy.values import resolve_values
-from docker_support import REPO
 from process_support import free_port, start, tail
+from render_support import render_over_defaults
 
 pytestmark = [
     pytest.mark.faults,
@@ -138,7 +136,7 @@ class Rig:
             "scaler": {"policy": "fixed", "interval": INTERVAL, "startup_timeout": 60},
         }
         out = self.tmp / "rendered"
-        render(resolve_values("docker", overrides=[values], root=REPO / "templates"), out)
+        render_over_defaults("docker", values, out)
         config: dict[str, Any] = yaml.safe_load((out / "scaler-config.yaml").read_text())
         config["metrics"] = {"host": "127.0.0.1", "port": self.metrics}
         config["backend"]["options"] |= {

@@ -43,15 +43,13 @@ from distributed import Client, Future
 from tally import TALLY, FaultRecord
 
 import process_support
-from dask_deploy.render import render
 from dask_deploy.testing.marathon import MarathonStandIn, find_schemas
-from dask_deploy.values import resolve_values
 from marathon_support import marathon_values
 from process_support import free_port, listening, start, tail
+from render_support import render_over_defaults
 
 pytestmark = [pytest.mark.faults, pytest.mark.marathon, pytest.mark.integration]
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LEDGER_PRELOAD = Path(__file__).resolve().parent / "ledger_preload.py"
 DEPLOYMENT = "faults"
@@ -128,7 +126,7 @@ class MarathonFaultRun:
             image={"repository": None},
             scaler=scaler,
         )
-        render(resolve_values("marathon", overrides=[values], root=REPO / "templates"), out)
+        render_over_defaults("marathon", values, out)
         self.worker_app = (out / "worker-app.json").read_bytes()
         rendered = yaml.safe_load((out / "scaler-config.yaml").read_text())
         assert rendered["backend"]["options"]["app_id"] == WORKER_APP

@@ -47,9 +47,8 @@ from distributed import Client, Future
 from tally import TALLY, FaultRecord
 
 import process_support
-from dask_deploy.render import render
-from dask_deploy.values import resolve_values
 from process_support import free_port, tail
+from render_support import render_over_defaults
 from slurm_support import REPO, STATE, Slurm
 
 pytestmark = [pytest.mark.faults, pytest.mark.slurm, pytest.mark.integration]
@@ -144,7 +143,7 @@ class SlurmDeployment:
                 "cleanup_on_exit": True,
             },
         }
-        render(resolve_values("slurm", overrides=[values], root=REPO / "templates"), folder)
+        render_over_defaults("slurm", values, folder)
         self.config = yaml.safe_load((folder / "scaler-config.yaml").read_text())
 
     # --- what SLURM and the scheduler report ------------------------------------------------

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cli_support import render_with_settings
 from dask_deploy.backends import BackendContext
 from dask_deploy.backends.docker import load_settings, worker_container_spec
 from docker_support import docker_compose
+from render_support import render_with_settings
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((REPO / "tests" / "scenarios" / "docker").glob("*-values.yaml"))

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cli_support import render_with_settings
 from dask_deploy.backends import BackendContext
 from dask_deploy.backends.marathon import load_settings
 from dask_deploy.config import parse_config
+from render_support import render_with_settings
 
 pytestmark = pytest.mark.marathon
 

@@ -17,11 +17,10 @@ import pytest
 import requests
 from distributed import Client
 
-from dask_deploy.render import render
 from dask_deploy.testing.marathon import MarathonStandIn, find_schemas
-from dask_deploy.values import resolve_values
 from marathon_support import marathon_values, post_app, sandbox_logs, worker_task_ids
 from process_support import BURST_SCALER_VALUES, free_port, listening, wait_for
+from render_support import render_over_defaults
 
 pytestmark = [pytest.mark.marathon, pytest.mark.integration]
 
@@ -78,7 +77,7 @@ def test_burst_scales_up_idle_retires_exactly_those_tasks_and_delete_leaves_noth
     )
     values["scheduler"]["env"] = values["worker"]["env"] = here
     out = tmp_path / "rendered"
-    render(resolve_values("marathon", overrides=[values], root=REPO / "templates"), out)
+    render_over_defaults("marathon", values, out)
     logs = lambda: sandbox_logs(marathon)  # noqa: E731
     for name in ("scheduler", "worker", "scaler"):
         post_app(marathon, (out / f"{name}-app.json").read_bytes())

@@ -18,11 +18,10 @@ import requests
 import yaml
 from distributed import Client
 
-from dask_deploy.render import render
 from dask_deploy.testing.marathon import MarathonStandIn
-from dask_deploy.values import resolve_values
 from marathon_support import marathon_values, post_app, sandbox_logs, worker_task_ids
 from process_support import BURST_SCALER_VALUES, free_port, listening, wait_for
+from render_support import render_over_defaults
 from tls_support import (
     assert_only_certified_clients_get_in,
     burst_scales_up_over_tls,
@@ -33,7 +32,6 @@ from tls_support import (
 
 pytestmark = [pytest.mark.marathon, pytest.mark.integration]
 
-REPO = Path(__file__).resolve().parents[3]
 HOST_PATH = "/etc/ssl/dask"  # on the agent
 MOUNT_PATH = "/etc/dask/tls"  # in the containers
 
@@ -90,7 +88,7 @@ def test_tls_scheduler_scaler_and_workers_from_agent_files(
         tls={"enabled": True, "host_path": HOST_PATH, "mount_path": MOUNT_PATH},
     )
     out = tmp_path / "rendered"
-    render(resolve_values("marathon", overrides=[values], root=REPO / "templates"), out)
+    render_over_defaults("marathon", values, out)
     config = yaml.safe_load((out / "scaler-config.yaml").read_text())
     assert config["scheduler"]["address"] == f"tls://127.0.0.1:{port}"
     assert config["scheduler"]["security"] == {

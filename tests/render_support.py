@@ -1,13 +1,22 @@
-"""`dask-deploy render` as a user runs it: the installed command, with ``--set key=value``."""
+"""Rendering a backend's templates in tests: as the library does it, or as a user runs it."""
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from dask_deploy.render import render
+from dask_deploy.values import resolve_values
 
 REPO = Path(__file__).resolve().parents[1]
 DASK_DEPLOY = REPO / ".venv" / "bin" / "dask-deploy"
+
+
+def render_over_defaults(backend: str, values: dict[str, Any], out: Path) -> None:
+    """Render ``templates/<backend>`` into ``out`` with ``values`` deep-merged over its defaults."""
+    render(resolve_values(backend, overrides=[values], root=REPO / "templates"), out)
 
 
 def render_with_settings(
