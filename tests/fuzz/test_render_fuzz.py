@@ -35,7 +35,7 @@ from dask_deploy.cli import main
 from dask_deploy.render import output_name, template_names
 
 from .strategies import leaf_paths, out_of_range_value, values_for, wrong_type_value
-from .validators import CHECKS, MARATHON_SCHEMAS, shellcheck
+from .validators import CHECKS, shellcheck
 
 pytestmark = pytest.mark.fuzz
 
@@ -182,8 +182,6 @@ SET_KEY = st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_values_from_the_schema_render_valid_output_or_name_the_key(backend: str) -> None:
-    if backend == "marathon" and not MARATHON_SCHEMAS.is_dir():
-        pytest.skip(f"Marathon JSON Schemas not found at {MARATHON_SCHEMAS}; cannot validate")
     values_schema = schema(backend)
 
     @settings(FUZZ, max_examples=VALID_CASES)

@@ -27,9 +27,10 @@ import yaml
 
 from dask_deploy.config import parse_config
 from dask_deploy.testing.kubernetes import KUBERNETES_VERSION
+from dask_deploy.testing.marathon import find_schemas
 
 REPO = Path(__file__).resolve().parents[2]
-MARATHON_SCHEMAS = REPO.parent / "shared" / "reference" / "marathon"
+MARATHON_SCHEMAS = find_schemas()
 
 Files = Mapping[str, str]
 

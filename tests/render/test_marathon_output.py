@@ -20,12 +20,13 @@ import yaml
 from dask_deploy.backends import BackendContext
 from dask_deploy.backends.marathon import load_settings
 from dask_deploy.config import parse_config
+from dask_deploy.testing.marathon import find_schemas
 from render_support import render_with_settings
 
 pytestmark = pytest.mark.marathon
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMAS = REPO.parent / "shared" / "reference" / "marathon"
+SCHEMAS = find_schemas()
 SCENARIOS = sorted((REPO / "tests" / "scenarios" / "marathon").glob("*-values.yaml"))
 APPS = ("scheduler", "scaler", "worker")
 #: distributed's Worker.close() waits up to 30 s; SIGKILL must not cut a graceful close short.
@@ -54,8 +55,6 @@ def option(args: list[str], name: str) -> str:
 def test_every_app_validates_against_marathons_api_definition(
     render_scenario: RenderScenario, values: Path, tmp_path: Path
 ) -> None:
-    if not (SCHEMAS / "App.schema.json").is_file():
-        pytest.skip(f"Marathon JSON Schemas not found at {SCHEMAS}; cannot validate")
     import jsonschema
 
     validator = jsonschema.Draft7Validator(json.loads((SCHEMAS / "App.schema.json").read_text()))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from dask_deploy.testing.marathon import MarathonStandIn, Validator, find_schemas
+from dask_deploy.testing.marathon import SCHEMAS, MarathonStandIn, Validator, find_schemas
 
 pytestmark = pytest.mark.marathon
 
@@ -163,9 +163,8 @@ def test_marathon_shaped_errors(marathon: MarathonStandIn) -> None:
     assert "already exists" in duplicate.json()["message"]
     missing = requests.get(f"{marathon.url}/v2/apps/t/missing", timeout=5)
     assert missing.status_code == 404 and "does not exist" in missing.json()["message"]
-    if find_schemas() is not None:  # without Marathon's schemas only the prose rules apply
-        scale = requests.put(f"{marathon.url}/v2/apps/t/dup", json={"instances": -1}, timeout=5)
-        assert scale.status_code == 422 and scale.json()["details"][0]["path"] == "/instances"
+    scale = requests.put(f"{marathon.url}/v2/apps/t/dup", json={"instances": -1}, timeout=5)
+    assert scale.status_code == 422 and scale.json()["details"][0]["path"] == "/instances"
     marathon.inject(409, method="PUT")
     locked = requests.put(f"{marathon.url}/v2/apps/t/dup", json={"instances": 1}, timeout=5)
     assert locked.status_code == 409 and locked.json()["deployments"][0]["id"]
@@ -173,12 +172,20 @@ def test_marathon_shaped_errors(marathon: MarathonStandIn) -> None:
     assert requests.get(f"{marathon.url}/v2/info", timeout=5).json()["name"] == "marathon"
 
 
-def test_without_schemas_it_says_so_and_still_applies_prose_rules(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    validator = Validator(None)
-    assert "NOT validated" in caplog.text
-    validator.check("App", {"id": "/UPPER", "cmd": "true"})  # only the schemas know ids
+def test_schemas_ship_in_the_package_with_their_provenance() -> None:
+    folder = find_schemas()
+    assert folder == SCHEMAS and (folder / "App.schema.json").is_file()
+    provenance = (folder / "README.md").read_text()
+    assert "90619da70d79" in provenance and "Apache-2.0" in provenance
+
+
+def test_a_folder_without_schemas_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        Validator(tmp_path)
+
+
+def test_prose_rules_apply_beside_the_schemas() -> None:
+    validator = Validator(find_schemas())
     with pytest.raises(Exception, match="not valid"):
         validator.check("App", {"id": "/x", "cmd": "true", "args": ["y"]})
 
@@ -204,8 +211,6 @@ def test_module_entry_point_serves_and_stops(tmp_path: Path) -> None:
 
 def test_answers_validate_against_marathons_response_schemas(marathon: MarathonStandIn) -> None:
     folder = find_schemas()
-    if folder is None:
-        pytest.skip("Marathon JSON Schemas (../shared/reference/marathon) absent: not validating")
     import json
 
     import jsonschema

@@ -15,9 +15,8 @@ What it implements: ``/ping``, ``/v2/info``; apps (``GET``/``POST /v2/apps``, ``
 (``GET /v2/tasks``, ``POST /v2/tasks/delete``); deployments (``GET``/``DELETE``; each finishes
 after ``deployment_seconds`` and locks its apps like Marathon's, answering 409 unless
 ``force=true``); groups (``GET``/``DELETE /v2/groups/{id}``). Every request body is validated
-against Marathon's API definition (the JSON Schemas in ``../shared/reference/marathon`` or
-``$DASK_DEPLOY_MARATHON_SCHEMAS``) and rejected with Marathon's 422 body; without the schemas it
-logs that it does not validate.
+against Marathon's API definition (the JSON Schemas shipped in ``marathon_schemas/`` or
+``$DASK_DEPLOY_MARATHON_SCHEMAS``) and rejected with Marathon's 422 body.
 
 Tasks run ``bash -c <cmd>`` (or ``args`` exec'd) in their own process group with Marathon's
 environment: ``MESOS_TASK_ID``, ``MARATHON_APP_ID``, ``MARATHON_APP_VERSION``,
@@ -82,16 +81,16 @@ _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
 DELAY_CLEANUP_SECONDS = 10.0
 
 
-def find_schemas() -> Path | None:
-    """The folder of Marathon's JSON Schemas: ``$DASK_DEPLOY_MARATHON_SCHEMAS``, else
-    ``<repo>/../shared/reference/marathon`` next to the cwd or this checkout; None if absent."""
-    candidates = [os.environ.get(SCHEMAS_ENV)]
-    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        candidates.append(str(root.parent / "shared" / "reference" / "marathon"))
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "App.schema.json").is_file():
-            return Path(candidate)
-    return None
+#: Marathon's API definition as JSON Schemas, shipped inside this package (see README.md there
+#: for provenance: derived from Marathon's RAML at commit 90619da70d79, Apache-2.0).
+SCHEMAS = Path(__file__).resolve().parent / "marathon_schemas"
+
+
+def find_schemas() -> Path:
+    """The folder of Marathon's JSON Schemas: ``$DASK_DEPLOY_MARATHON_SCHEMAS`` when set (to
+    validate against another Marathon release), else the copy shipped in this package."""
+    override = os.environ.get(SCHEMAS_ENV)
+    return Path(override) if override else SCHEMAS
 
 
 def _now() -> str:
@@ -126,23 +125,19 @@ def not_valid(details: list[dict[str, Any]]) -> HttpError:
 class Validator:
     """Marathon's request validation: the API definition's schemas, and the rules only in prose."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path) -> None:
+        if not (folder / "App.schema.json").is_file():
+            raise FileNotFoundError(f"no Marathon JSON Schemas in {folder} (check {SCHEMAS_ENV})")
         self.folder = folder
-        if folder is None:
-            log.warning(
-                "Marathon JSON Schemas not found (set %s): request bodies are NOT validated",
-                SCHEMAS_ENV,
-            )
 
     def check(self, schema: str, body: Any) -> None:
         details: dict[str, list[str]] = {}
-        if self.folder is not None:
-            import jsonschema
+        import jsonschema
 
-            document = json.loads((self.folder / f"{schema}.schema.json").read_text())
-            for error in jsonschema.Draft7Validator(document).iter_errors(body):
-                path = "/" + "/".join(str(part) for part in error.absolute_path)
-                details.setdefault(path, []).append(error.message)
+        document = json.loads((self.folder / f"{schema}.schema.json").read_text())
+        for error in jsonschema.Draft7Validator(document).iter_errors(body):
+            path = "/" + "/".join(str(part) for part in error.absolute_path)
+            details.setdefault(path, []).append(error.message)
         if schema == "App" and isinstance(body, dict):
             has_cmd, has_args = body.get("cmd") is not None, body.get("args") is not None
             if (has_cmd and has_args) or not (has_cmd or has_args or body.get("container")):

@@ -17,7 +17,7 @@ import pytest
 import requests
 from distributed import Client
 
-from dask_deploy.testing.marathon import MarathonStandIn, find_schemas
+from dask_deploy.testing.marathon import MarathonStandIn
 from marathon_support import marathon_values, post_app, sandbox_logs, worker_task_ids
 from process_support import BURST_SCALER_VALUES, free_port, listening, wait_for
 from render_support import render_over_defaults
@@ -48,8 +48,6 @@ def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
 
 
 def test_rejects_negative_instances_and_upper_case_ids(marathon: MarathonStandIn) -> None:
-    if find_schemas() is None:
-        pytest.skip("Marathon JSON Schemas (../shared/reference/marathon) absent: not validating")
     for app, path in (
         ({"id": "/e2e/bad", "cmd": "true", "instances": -1}, "/instances"),
         ({"id": "/E2E/Bad", "cmd": "true"}, "/id"),
