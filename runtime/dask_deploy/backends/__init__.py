@@ -22,12 +22,14 @@ from ._protocol import (
 #: Built-in backends, sorted. Each module exposes ``create(context) -> Backend``.
 #: Every key that has templates also has a folder of the same name under ``templates/``.
 BUILTIN = {
+    "command": "dask_deploy.backends.command:create",
     "docker": "dask_deploy.backends.docker:create",
     "fake": "dask_deploy.backends.fake:create",
     "kubernetes": "dask_deploy.backends.kubernetes:create",
     "local": "dask_deploy.backends.local:create",
     "marathon": "dask_deploy.backends.marathon:create",
     "slurm": "dask_deploy.backends.slurm:create",
+    "ssh": "dask_deploy.backends.ssh:create",
 }
 
 #: Built-in backends without a ``templates/`` folder: there is nothing to deploy with them.
