@@ -72,6 +72,8 @@ _KNOWN = {
 }
 #: ssh exits 255 for its own errors (refused connection, bad host key, failed login).
 SSH_ERROR = 255
+#: Seconds a host whose last start failed gets no new worker while another host has room.
+START_RETRY_AFTER = 60.0
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$")
 
 
@@ -354,6 +356,10 @@ class SshBackend:
         #: Names to stop on a host once it answers again (removed while it did not).
         self._stop_later: dict[str, set[str]] = {}
         self._silent: set[str] = set()
+        #: The last start failure per host and when: logged once, and the host gets no new
+        #: worker for START_RETRY_AFTER seconds while other hosts have room.
+        self._start_failed: dict[str, tuple[str, float]] = {}
+        self._full_logged = False
 
     def _host_of(self, name: str) -> str | None:
         for host in self.settings.hosts:
@@ -428,16 +434,25 @@ class SshBackend:
         if missing <= 0:
             return
         answering = [h for h in self.settings.hosts if h.host not in silent]
+        now = time.monotonic()
+        working = [
+            h
+            for h in answering
+            if now - self._start_failed.get(h.host, ("", -START_RETRY_AFTER))[1]
+            >= START_RETRY_AFTER
+        ]
         running = {
             host: count_requested(found) for host, found in listing.items() if found is not None
         }
-        chosen = placements(answering, running, missing)
-        if len(chosen) < missing:
+        chosen = placements(working, running, missing) or placements(answering, running, missing)
+        short = len(chosen) < missing
+        if short and not self._full_logged:
             logger.warning(
                 "only %d of %d more workers placed: every answering host is at its max_workers",
                 len(chosen),
                 missing,
             )
+        self._full_logged = short
         taken = {i.name for i in known}
         names = []
         for host in chosen:
@@ -452,9 +467,12 @@ class SshBackend:
         except RemoteError as error:
             if error.unreachable:
                 self._did_not_answer(error)
-            else:
+                return
+            if self._start_failed.get(host, ("", 0.0))[0] != error.message:
                 logger.warning("starting %s on %s failed: %s", name, host, error.message)
+            self._start_failed[host] = (error.message, time.monotonic())
             return
+        self._start_failed.pop(host, None)
         logger.info("started %s on %s", name, host)
 
     async def scale_down(self, names: Collection[str]) -> None:
