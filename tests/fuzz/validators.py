@@ -129,10 +129,49 @@ def check_docker(files: Files) -> None:
     _scaler_config(embedded, "docker")
 
 
+def _bash_n(files: Files) -> None:
+    for name in sorted(n for n in files if n.endswith(".sh")):
+        syntax = subprocess.run(
+            ["bash", "-n"], input=files[name], capture_output=True, text=True, check=False
+        )
+        assert syntax.returncode == 0, f"{name}: {syntax.stderr}"
+
+
+def _backend_accepts(text: str, backend: str) -> None:
+    """The scaler config loads and the backend itself accepts its options."""
+    from dask_deploy.backends import BackendContext
+    from dask_deploy.backends.command import load_settings as command_settings
+    from dask_deploy.backends.ssh import load_settings as ssh_settings
+
+    config = parse_config(yaml.safe_load(text))
+    assert config.backend.name == backend, f"scaler config names backend {config.backend.name}"
+    address = config.scheduler.address or "tcp://127.0.0.1:8786"
+    context = BackendContext(config.deployment, address, config.backend.options)
+    {"ssh": ssh_settings, "command": command_settings}[backend](context)
+
+
+def check_ssh(files: Files) -> None:
+    """scheduler-start.sh passes ``bash -n``; the config loads and the ssh backend takes it."""
+    assert sorted(files) == ["scaler-config.yaml", "scheduler-start.sh"]
+    _bash_n(files)
+    _backend_accepts(files["scaler-config.yaml"], "ssh")
+
+
+def check_command(files: Files) -> None:
+    """Every script passes ``bash -n``; the config loads and the command backend takes it."""
+    assert sorted(n for n in files if n.endswith(".sh")) == [
+        "docker-workers.sh",
+        "local-workers.sh",
+        "scheduler-start.sh",
+    ]
+    _bash_n(files)
+    _backend_accepts(files["scaler-config.yaml"], "command")
+
+
 def shellcheck(files: Files, shellcheck_path: Path) -> None:
-    """shellcheck on the job scripts (slow: used on a sample)."""
+    """shellcheck on every rendered shell script (slow: used on a sample)."""
     with tempfile.TemporaryDirectory() as folder:
-        for name in ("scheduler-job.sh", "worker-job.sh"):
+        for name in sorted(n for n in files if n.endswith(".sh")):
             script = Path(folder) / name
             script.write_text(files[name])
             lint = subprocess.run(
@@ -142,8 +181,10 @@ def shellcheck(files: Files, shellcheck_path: Path) -> None:
 
 
 CHECKS: dict[str, Callable[[Files], None]] = {
+    "command": check_command,
     "docker": check_docker,
     "kubernetes": check_kubernetes,
     "marathon": check_marathon,
     "slurm": check_slurm,
+    "ssh": check_ssh,
 }

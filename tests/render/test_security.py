@@ -291,6 +291,38 @@ def test_slurm_scripts_do_not_embed_certificates_or_keys(folder: Path) -> None:
         assert "chmod 777" not in text and "--uid=0" not in text, script.name
 
 
+SSH = sorted((GOLDEN / "ssh").iterdir())
+
+
+@pytest.mark.parametrize("folder", SSH, ids=lambda p: p.name)
+def test_ssh_verifies_host_keys_and_the_scheduler_stays_put(folder: Path) -> None:
+    from dask_deploy.backends import BackendContext
+    from dask_deploy.backends.ssh import load_settings, ssh_argv
+
+    config = yaml.safe_load((folder / "scaler-config.yaml").read_text())
+    options = config["backend"]["options"]
+    settings = load_settings(BackendContext(config["deployment"], "tcp://h:1", options))
+    argv = ssh_argv(settings, settings.hosts[0].host)
+    checking = argv[argv.index("BatchMode=yes") + 2]
+    assert checking in ("StrictHostKeyChecking=yes", "StrictHostKeyChecking=accept-new")
+    assert not any("stricthostkeychecking" in o.lower() for o in options["ssh_options"])
+    assert "-----BEGIN" not in (folder / "scheduler-start.sh").read_text()
+
+
+COMMAND = sorted((GOLDEN / "command").iterdir())
+
+
+@pytest.mark.parametrize("folder", COMMAND, ids=lambda p: p.name)
+def test_command_docker_example_runs_workers_non_root_read_only_bounded(folder: Path) -> None:
+    script = (folder / "docker-workers.sh").read_text().replace("\\\n", " ")
+    run = next(line for line in script.splitlines() if "docker run" in line).split()
+    assert run[run.index("--user") + 1].split(":")[0] != "0"
+    assert {"--read-only", "--cap-drop", "--memory", "--cpus"} <= set(run)
+    assert run[run.index("--cap-drop") + 1] == "ALL"
+    assert run[run.index("--security-opt") + 1] == "no-new-privileges:true"
+    assert run[run.index("--pull") + 1] == "never" and "-p" not in run and "--publish" not in run
+
+
 # --------------------------------------------------------------------------- checkov
 
 

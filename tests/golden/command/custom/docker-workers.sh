@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2016  # quoted values hold $ and ` literally, on purpose
 # Workers of deployment "nomad" as Docker containers through the docker CLI:
 # the command backend's second example. Rendered by dask-deploy 0.1.0; edit freely.
 #   docker-workers.sh start NAME      run one worker container, print its id

@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2016  # quoted values hold $ and ` literally, on purpose
 # Workers of deployment "dask" as `dask worker` processes on this machine:
 # the command backend's first example. Rendered by dask-deploy 0.1.0; edit freely.
 #   local-workers.sh start NAME      start one worker, print its process group id

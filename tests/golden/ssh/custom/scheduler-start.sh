@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2016  # quoted values hold $ and ` literally, on purpose
 # Dask scheduler and its scaler for deployment "lab" (ssh backend).
 # Rendered by dask-deploy 0.1.0 from templates/ssh; edit freely.
 # Run it on the head machine from the folder it was rendered into:
