@@ -69,7 +69,9 @@ class CommandSettings:
 
 
 def instance_name(deployment: str, index: int) -> str:
-    """>>> instance_name("dask", 2)
+    """The name of instance ``index``; the worker registers under it.
+
+    >>> instance_name("dask", 2)
     'dask-worker-2'
     """
     return f"{deployment}-worker-{index}"

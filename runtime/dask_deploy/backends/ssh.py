@@ -137,7 +137,9 @@ def ssh_argv(settings: SshSettings, host: str) -> list[str]:
 
 
 def worker_name(deployment: str, host: str, index: int) -> str:
-    """>>> worker_name("dask", "127.0.0.2", 0)
+    """The name of worker ``index`` on ``host``; also its Dask worker name.
+
+    >>> worker_name("dask", "127.0.0.2", 0)
     'dask-127.0.0.2-0'
     """
     return f"{deployment}-{host}-{index}"
@@ -219,7 +221,7 @@ def stop_script(settings: SshSettings, names: Collection[str]) -> str:
 groups=""
 for name in {quoted}; do
   [ -e "$name.pgid" ] || continue
-  read -r pgid at < "$name.pgid" || continue
+  read -r pgid _ < "$name.pgid" || continue
   kill -TERM "-$pgid" 2>/dev/null || true
   groups="$groups $pgid"
 done
