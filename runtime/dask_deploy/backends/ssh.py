@@ -388,8 +388,8 @@ class SshBackend:
                 self._stop_later.pop(host, None)
             listed = parse_listing(await self.runner.run(host, list_script(self.settings, host)))
         except RemoteError as error:
-            if not error.unreachable:
-                raise
+            # A host whose listing fails (unreachable, or a broken state folder) is skipped
+            # like a silent one: one host must not stop the scaling on the others.
             self._did_not_answer(error)
             return None
         self._answered(host)
