@@ -2,7 +2,7 @@
 
 One run = start a scheduler in this process, warm the cluster up to the policy's idle
 size, replay the trace with a client (sleeping tasks), drive the policy every second,
-and record what happened in a :class:`dask_deploy._sim_engine.RunRecord` (the same
+and record what happened in a :class:`dask_deploy.simulate.engine.RunRecord` (the same
 record the simulator fills, so both are measured by the same code).
 
 Policies:
@@ -32,9 +32,6 @@ from distributed.deploy.adaptive import Adaptive
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from dask_deploy import scheduler_preload
-from dask_deploy._sim_engine import RunRecord
-from dask_deploy._sim_trace import Trace
-from dask_deploy._sim_workload import BOOT_DELAY_FILE, sleep_task
 from dask_deploy.backends import BackendContext, Instance, InstanceState, local
 from dask_deploy.config import LoopSettings
 from dask_deploy.metrics import ScalerMetrics
@@ -50,6 +47,9 @@ from dask_deploy.policy import (
 )
 from dask_deploy.scaler import Scaler
 from dask_deploy.simulate import SimulationSettings
+from dask_deploy.simulate.engine import RunRecord
+from dask_deploy.simulate.trace import Trace
+from dask_deploy.simulate.workload import BOOT_DELAY_FILE, sleep_task
 
 DISTRIBUTED_ADAPTIVE = "distributed-adaptive"
 SCALER_HANDLERS = (
@@ -90,7 +90,7 @@ class HarnessSettings:
 class RecordedLocalWorkers:
     """``dask_deploy.backends.local`` (real ``dask worker`` processes), recording lifetimes.
 
-    Workers start with ``--preload dask_deploy._sim_workload``, which sleeps for the
+    Workers start with ``--preload dask_deploy.simulate.workload``, which sleeps for the
     seconds written in :attr:`delay_file` before registering: the injected boot delay.
     """
 
@@ -108,7 +108,7 @@ class RecordedLocalWorkers:
                     "state_dir": str(self.state_dir),
                     "threads": settings.threads,
                     "memory_limit": str(MEMORY_LIMIT),
-                    "worker_args": ["--preload", "dask_deploy._sim_workload"],
+                    "worker_args": ["--preload", "dask_deploy.simulate.workload"],
                 },
             )
         )

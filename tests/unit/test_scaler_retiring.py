@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dask_deploy.backends import Instance
-from dask_deploy.backends._protocol import InstanceState
+from dask_deploy.backends import Instance, InstanceState
 from dask_deploy.backends.fake import FakeBackend
 from dask_deploy.policy import (
     Hold,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dask_deploy._sim_engine import ModelSettings, SimCluster
-from dask_deploy._sim_trace import TaskGroup, Trace, load_trace, parse_trace
 from dask_deploy.cli import main
 from dask_deploy.simulate import DISTRIBUTED_ADAPTIVE, SimulationSettings, simulate
+from dask_deploy.simulate.engine import ModelSettings, SimCluster
+from dask_deploy.simulate.trace import TaskGroup, Trace, load_trace, parse_trace
 
 TRACES = Path(__file__).resolve().parents[2] / "bench" / "traces"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dask_deploy._sim_engine import RunRecord
-from dask_deploy._sim_metrics import compute_metrics
-from dask_deploy._sim_trace import TaskGroup, Trace, ideal_bounds
+from dask_deploy.simulate.engine import RunRecord
+from dask_deploy.simulate.metrics import compute_metrics
+from dask_deploy.simulate.trace import TaskGroup, Trace, ideal_bounds
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 

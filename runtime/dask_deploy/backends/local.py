@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._errors import SettingsError
-from ._protocol import BackendContext, Instance, InstanceState, count_requested
+from ..contract import BackendContext, Instance, InstanceState, count_requested
+from ..options import BACKEND_OPTIONS, reject_unknown
 
 _KNOWN = {"death_timeout", "memory_limit", "python", "state_dir", "threads", "worker_args"}
 
@@ -235,9 +236,7 @@ def _signal_group(pid: int, signum: int) -> None:
 
 def parse_options(deployment: str, options: Mapping[str, object]) -> LocalOptions:
     """Validate ``backend.options`` of the local backend."""
-    for key in sorted(options):
-        if key not in _KNOWN:
-            raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(_KNOWN)}")
+    reject_unknown(options, _KNOWN, prefix=BACKEND_OPTIONS)
     default_dir = Path(tempfile.gettempdir(), f"dask-deploy-{os.getuid()}", deployment)
     state_dir = options.get("state_dir", str(default_dir))
     threads = options.get("threads", 1)

@@ -7,8 +7,8 @@ import math
 import statistics
 from dataclasses import asdict, dataclass
 
-from ._sim_engine import RunRecord
-from ._sim_trace import Trace, ideal_bounds
+from .engine import RunRecord
+from .trace import Trace, ideal_bounds
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ._sim_trace import Trace
+from .trace import Trace
 
 UNKNOWN_TASK_DURATION = 0.5
 """distributed.scheduler.unknown-task-duration."""

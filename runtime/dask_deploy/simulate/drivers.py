@@ -1,34 +1,18 @@
-"""Evaluate a scaling policy on a virtual clock, at any scale, before deploying it.
+"""What the control loop does each tick, on the model: the policy drivers of the simulator.
 
-The simulator runs the *same* policy code as the sidecar (``dask_deploy.policy``)
-against a model of the scheduler, its workers and a resource manager
-(:mod:`dask_deploy._sim_engine`): task durations and thread slots, a boot-delay
-distribution, retirement that takes time proportional to the stored bytes, and keys
-lost (then recomputed) when a worker dies without being retired. Its metrics are
-computed by the same code as the real benchmark harness (``make bench``).
-
-Example::
-
-    >>> from dask_deploy.simulate import SimulationSettings, simulate
-    >>> from dask_deploy._sim_trace import load_trace
-    >>> trace = load_trace("bench/traces/bursty.json")  # doctest: +SKIP
-    >>> result = simulate(trace, SimulationSettings(policy="adaptive"))  # doctest: +SKIP
-    >>> result.metrics.makespan  # doctest: +SKIP
+:class:`PolicyDriver` runs a policy of the registry exactly as :mod:`dask_deploy.scaler`
+does; :class:`AdaptiveDriver` models ``distributed.deploy.Adaptive`` for comparison.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 
-from ._sim_engine import ModelSettings, RunRecord, SimCluster
-from ._sim_metrics import RunMetrics, compute_metrics
-from ._sim_trace import Trace
-from .backends._protocol import Instance, InstanceState
-from .policy._types import (
+from ..contract import (
     Decision,
     Hold,
+    Instance,
+    InstanceState,
     Observation,
     Policy,
     PolicySettings,
@@ -36,6 +20,7 @@ from .policy._types import (
     ScaleUp,
     WorkerSnapshot,
 )
+from .engine import ModelSettings, SimCluster
 
 DISTRIBUTED_ADAPTIVE = "distributed-adaptive"
 """The model of ``distributed.deploy.Adaptive`` with its defaults, for comparison."""
@@ -60,14 +45,6 @@ class SimulationSettings:
     loop; half an interval is the mean, and keeps ticks off the whole seconds at which the
     traces' tasks start and end (a tick racing a completion to the millisecond would
     decide the scheduler's estimate, and with it the scale-up, by chance)."""
-
-
-@dataclass(frozen=True)
-class SimulationResult:
-    record: RunRecord
-    metrics: RunMetrics
-    wall_seconds: float
-    ticks: int
 
 
 class _ObservationBuilder:
@@ -218,7 +195,7 @@ def _entry(now: float, decision: Decision) -> tuple[float, str, int, str]:
 
 def make_policy(settings: SimulationSettings) -> Policy:
     """Load a policy from the registry exactly as the sidecar does."""
-    from .policy import load_policy_factory
+    from ..policy import load_policy_factory
 
     factory = load_policy_factory(settings.policy, key="--policy")
     return factory(
@@ -229,43 +206,3 @@ def make_policy(settings: SimulationSettings) -> Policy:
             options=settings.options,
         )
     )
-
-
-def simulate(trace: Trace, settings: SimulationSettings) -> SimulationResult:
-    """Run ``trace`` under the policy on the model; return the record and its metrics."""
-    started = time.perf_counter()
-    # Both loops were started before the trace (the harness does the same): their first
-    # tick inside the trace comes tick_phase of an interval in, then one per interval.
-    adaptive = settings.policy == DISTRIBUTED_ADAPTIVE
-    cluster = SimCluster(trace, settings.model, first_tick=settings.tick_phase * settings.interval)
-    driver: PolicyDriver | AdaptiveDriver
-    if adaptive:
-        driver = AdaptiveDriver(settings)
-    else:
-        driver = PolicyDriver(make_policy(settings), settings, cluster)
-    if settings.warm_start:
-        cluster.warm_start(_idle_count(settings, driver, cluster))
-    record = cluster.run(driver)
-    record.scheduler_seconds_per_poll = math.nan
-    metrics = compute_metrics(
-        record,
-        trace,
-        boot_delay=settings.model.boot_delay,
-        maximum=settings.maximum,
-        threads=settings.model.threads,
-    )
-    return SimulationResult(record, metrics, time.perf_counter() - started, driver.ticks)
-
-
-def _idle_count(
-    settings: SimulationSettings, driver: PolicyDriver | AdaptiveDriver, cluster: SimCluster
-) -> int:
-    """How many workers the policy keeps on an idle cluster (its steady state)."""
-    if isinstance(driver, AdaptiveDriver):
-        return settings.minimum
-    observation = Observation(workers=(), instances=(), adaptive_target=0, tasks_processing=0)
-    probe = make_policy(settings)
-    decision = probe.decide(observation, 0.0)
-    if isinstance(decision, ScaleUp):
-        return decision.n
-    return settings.minimum
