@@ -19,11 +19,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from .backends import Backend, Instance
-from .config import LoopSettings
+from .backends import Backend, BackendContext, Instance, load_backend_factory
+from .config import LoopSettings, ScalerConfig
 from .metrics import ScalerMetrics
-from .observe import SchedulerLink
-from .policy import Decision, Hold, Observation, Policy, ScaleDown, ScaleUp, describe
+from .observe import SchedulerLink, connect, resolve_address
+from .options import BACKEND_OPTIONS, POLICY_OPTIONS, validate_plugin_options
+from .policy import (
+    Decision,
+    Hold,
+    Observation,
+    Policy,
+    PolicySettings,
+    ScaleDown,
+    ScaleUp,
+    describe,
+    load_policy_factory,
+)
 
 logger = logging.getLogger("dask_deploy.scaler")
 T = TypeVar("T")
@@ -386,3 +397,36 @@ class Scaler:
             await self.backend.scale_down(names)
         except Exception as error:
             logger.warning("cleanup on exit failed: %r", error)
+
+
+def build_scaler(
+    config: ScalerConfig, *, dry_run: bool = False, address: str | None = None
+) -> Scaler:
+    """Policy, backend and scheduler link for ``config``; ``SettingsError`` on bad options."""
+    policy_factory = load_policy_factory(config.policy.name)
+    backend_factory = load_backend_factory(config.backend.name)
+    validate_plugin_options(policy_factory, config.policy.options, prefix=POLICY_OPTIONS)
+    validate_plugin_options(backend_factory, config.backend.options, prefix=BACKEND_OPTIONS)
+    policy = policy_factory(
+        PolicySettings(
+            minimum=config.policy.minimum,
+            maximum=config.policy.maximum,
+            startup_timeout=config.loop.startup_timeout,
+            options=config.policy.options,
+        )
+    )
+    backend = backend_factory(
+        BackendContext(
+            deployment=config.deployment,
+            scheduler_address=address or resolve_address(config.scheduler),
+            options=config.backend.options,
+        )
+    )
+    return Scaler(
+        scheduler=connect(config.scheduler, address),
+        backend=backend,
+        policy=policy,
+        settings=config.loop,
+        metrics=ScalerMetrics(),
+        dry_run=dry_run,
+    )
