@@ -13,7 +13,7 @@ from dask_deploy.policy import (
     WorkerSnapshot,
 )
 from dask_deploy.policy import load_policy_factory as policy_factory
-from dask_deploy.scaler import without_retiring
+from dask_deploy.steps import without_retiring
 
 
 def observation(statuses: dict[str, str]) -> Observation:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import steps
 from ..contract import (
-    Decision,
-    Hold,
     Instance,
     InstanceState,
     Observation,
@@ -20,6 +19,7 @@ from ..contract import (
     ScaleUp,
     WorkerSnapshot,
 )
+from ..steps import Bounds, DecisionRecord, LoopMemory
 from .engine import ModelSettings, SimCluster
 
 DISTRIBUTED_ADAPTIVE = "distributed-adaptive"
@@ -101,20 +101,36 @@ class _ObservationBuilder:
 
 
 class PolicyDriver:
-    """What ``dask_deploy.scaler`` does each tick, on the model: observe, decide, act."""
+    """What ``dask_deploy.scaler`` does each tick, on the model: observe, decide, act.
+
+    The decision is taken by the loop's own step functions (:mod:`dask_deploy.steps`): the
+    same staleness clock, the same filter of workers already retiring, the same invariants and
+    the same hold after a refused retirement as the sidecar.
+    """
 
     def __init__(self, policy: Policy, settings: SimulationSettings, cluster: SimCluster) -> None:
         self.policy = policy
         self.settings = settings
+        self.bounds = Bounds(settings.minimum, settings.maximum)
         self.builder = _ObservationBuilder(cluster)
+        self.memory: LoopMemory | None = None
         self.ticks = 0
 
     def __call__(self, cluster: SimCluster) -> None:
         self.ticks += 1
         now = cluster.now
-        observation = self.builder.build(self.policy.target_duration)
-        decision: Decision = self.policy.decide(observation, now)
-        cluster.record.decisions.append(_entry(now, decision))
+        seen = self.builder.build(self.policy.target_duration)
+        memory = self.memory or LoopMemory(started_at=now)
+        memory, stale = steps.find_stale(memory, seen, now, self.settings.startup_timeout)
+        stale_names = [i.name for i in stale]
+        cluster.remove(stale_names)
+        observation = steps.without_instances(seen, stale_names)
+        step = steps.decide(
+            memory, observation, now, self.policy, self.bounds, self.settings.policy
+        )
+        self.memory = step.memory
+        cluster.record.decisions.append(step.record)
+        decision = step.decision
         next_tick = now + self.settings.interval
         if isinstance(decision, ScaleUp):
             cluster.scale_up(decision.n)
@@ -123,14 +139,10 @@ class PolicyDriver:
             cluster.remove(pending)  # cancel pending instances first
             others = [n for n in decision.names if n not in pending]
             if others:
-                _, finish = cluster.retire(others)
+                retired, finish = cluster.retire(others)
+                kept = [n for n in others if n not in retired]
+                self.memory = steps.remember_refused(self.memory, kept, now)
                 next_tick = max(next_tick, finish)
-        stale = [
-            w.name
-            for w in cluster.live.values()
-            if w.pending and now - w.requested_at > self.settings.startup_timeout
-        ]
-        cluster.remove(stale)
         cluster.schedule_tick(next_tick)
 
 
@@ -157,7 +169,9 @@ class AdaptiveDriver:
         next_tick = now + self.settings.interval
         if target > plan:
             self.close_counts.clear()
-            cluster.record.decisions.append((now, "up", target, "adaptive_target above plan"))
+            cluster.record.decisions.append(
+                DecisionRecord(now, "up", target, "adaptive_target above plan")
+            )
             cluster.scale_up(target)
         elif target == plan:
             self.close_counts.clear()
@@ -175,22 +189,15 @@ class AdaptiveDriver:
                 if name in firm or name not in to_close:
                     del self.close_counts[name]
             if firm:
-                cluster.record.decisions.append((now, "down", plan - len(firm), "wait_count"))
+                cluster.record.decisions.append(
+                    DecisionRecord(now, "down", plan - len(firm), "wait_count", tuple(firm))
+                )
                 _, finish = cluster.retire(firm)
                 # upstream closes the workers "more forcefully" even if not retired
                 unretired = [n for n in firm if n in cluster.live and not cluster.live[n].retiring]
                 cluster.remove(unretired)
                 next_tick = max(next_tick, finish)
         cluster.schedule_tick(next_tick)
-
-
-def _entry(now: float, decision: Decision) -> tuple[float, str, int, str]:
-    if isinstance(decision, ScaleUp):
-        return (now, "up", decision.n, decision.reason)
-    if isinstance(decision, ScaleDown):
-        return (now, "down", len(decision.names), decision.reason)
-    assert isinstance(decision, Hold)
-    return (now, "hold", 0, decision.reason)
 
 
 def make_policy(settings: SimulationSettings) -> Policy:
