@@ -161,6 +161,7 @@ class _Pod:
     manifest: dict[str, Any]
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     kill_at: float = 0.0
+    scheduled: bool = False
 
 
 class KubernetesStandIn:
@@ -187,6 +188,9 @@ class KubernetesStandIn:
         self._secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self._owners: set[str] = set()
         self._faults: list[_Fault] = []
+        #: False models a cluster without a free node: new pods stay Pending (Unschedulable)
+        #: until it is True again, as a real scheduler leaves them.
+        self.schedulable = True
         self._resource_version = 1000
         self._lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -424,8 +428,18 @@ class KubernetesStandIn:
         pod = _Pod(body)
         self._pods[(namespace, name)] = pod
         self.created.append(name)
-        self._start(pod)
+        if self.schedulable:
+            self._schedule(pod)
+        else:
+            message = "0/1 nodes are available: 1 Insufficient cpu."
+            condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+            body["status"]["conditions"] = [condition | {"message": message}]
         return 201, body
+
+    def _schedule(self, pod: _Pod) -> None:
+        pod.scheduled = True
+        pod.manifest["status"].pop("conditions", None)
+        self._start(pod)
 
     def _update(self, namespace: str, name: str, _: Any, body: Any) -> tuple[int, Any]:
         self._validate(body, "Pod")
@@ -583,6 +597,12 @@ class KubernetesStandIn:
         """Phases follow the processes; terminated pods go away; orphans are collected."""
         for key, pod in list(self._pods.items()):
             manifest = pod.manifest
+            if (
+                not pod.scheduled
+                and self.schedulable
+                and not manifest["metadata"].get("deletionTimestamp")
+            ):
+                self._schedule(pod)
             codes = [process.poll() for process in pod.processes]
             if manifest["status"]["phase"] == "Running" and None not in codes:
                 phase = "Succeeded" if not any(codes) else "Failed"
