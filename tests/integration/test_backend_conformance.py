@@ -130,12 +130,52 @@ async def slurm(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
         yield subject
 
 
+#: Workers of the ssh and command subjects give up on the missing scheduler after this long.
+WORKER_ARGS = ["--death-timeout", "30", "--nthreads", "1", "--no-dashboard"]
+
+
+@contextlib.asynccontextmanager
+async def ssh(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    servers = request.getfixturevalue("sshd")  # the project's sshd on 127.0.0.2-4
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    options = {
+        **servers.options(),
+        "hosts": [{"host": host, "max_workers": 2} for host in servers.hosts],
+        "state_dir": str(tmp_path / "ssh-state"),
+        "python": sys.executable,
+        "worker_args": WORKER_ARGS,
+    }
+    async with subject_of("ssh", options) as subject:
+        yield subject
+
+
+@contextlib.asynccontextmanager
+async def command(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    """The command backend running the rendered local example (local-workers.sh)."""
+    from render_support import render_over_defaults
+
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    out = tmp_path / "rendered"
+    values = {
+        "python": {"executable": sys.executable},
+        "local": {"state_dir": str(tmp_path / "workers")},
+        "worker": {"threads": 1, "memory": "512MiB", "death_timeout": 30},
+    }
+    render_over_defaults("command", values, out)
+    script = str(out / "local-workers.sh")
+    options = {"start": [script, "start"], "stop": [script, "stop"], "list": [script, "list"]}
+    async with subject_of("command", options) as subject:
+        yield subject
+
+
 SUBJECTS = [
     pytest.param(fake, id="fake"),
     pytest.param(local, id="local", marks=pytest.mark.integration),
     pytest.param(marathon, id="marathon", marks=pytest.mark.marathon),
     pytest.param(kubernetes, id="kubernetes", marks=pytest.mark.kubernetes),
     pytest.param(slurm, id="slurm", marks=pytest.mark.slurm),
+    pytest.param(ssh, id="ssh", marks=pytest.mark.ssh),
+    pytest.param(command, id="command", marks=pytest.mark.command),
 ]
 
 

@@ -42,7 +42,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .._errors import SettingsError
-from ._protocol import Backend, BackendContext, Instance, InstanceState, count_requested
+from ..contract import Backend, BackendContext, Instance, InstanceState, count_requested
+from ..options import BACKEND_OPTIONS, reject_unknown
 
 logger = logging.getLogger("dask_deploy.backends.command")
 
@@ -229,8 +230,7 @@ def _argv(options: Mapping[str, object], key: str) -> tuple[str, ...]:
 def load_settings(context: BackendContext) -> CommandSettings:
     """Validate ``backend.options``; raise :class:`SettingsError` naming the bad key."""
     options = dict(context.options)
-    for key in sorted(options.keys() - _KNOWN):
-        raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(_KNOWN)}")
+    reject_unknown(options, _KNOWN, prefix=BACKEND_OPTIONS)
     timeouts = {}
     for key, default in _TIMEOUTS.items():
         value = options.get(key, default)

@@ -50,7 +50,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from .._errors import SettingsError
-from ._protocol import Backend, BackendContext, Instance, InstanceState, count_requested
+from ..contract import Backend, BackendContext, Instance, InstanceState, count_requested
+from ..options import BACKEND_OPTIONS, reject_unknown
 
 logger = logging.getLogger("dask_deploy.backends.ssh")
 
@@ -544,8 +545,7 @@ def _hosts(value: object) -> tuple[Host, ...]:
 def load_settings(context: BackendContext) -> SshSettings:
     """Validate ``backend.options``; raise :class:`SettingsError` naming the bad key."""
     options = dict(context.options)
-    for key in sorted(options.keys() - _KNOWN):
-        raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(_KNOWN)}")
+    reject_unknown(options, _KNOWN, prefix=BACKEND_OPTIONS)
     port = options.get("port")
     if port is not None and (
         isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535
