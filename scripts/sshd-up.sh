@@ -27,7 +27,9 @@ exec 8>"$state.lock"
 flock 8
 
 # sshd refuses to start without its privilege separation directory.
-[ -d /run/sshd ] || mkdir -p /run/sshd
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+[ -d /run/sshd ] || $SUDO mkdir -p /run/sshd
 [ -f "$state/id_ed25519" ] || ssh-keygen -q -t ed25519 -N "" -C "dask-deploy-tests" -f "$state/id_ed25519"
 cp "$state/id_ed25519.pub" "$state/authorized_keys"
 chmod 600 "$state/authorized_keys"
