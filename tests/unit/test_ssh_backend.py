@@ -13,6 +13,8 @@ from dask_deploy import SettingsError
 from dask_deploy.backends import BackendContext, InstanceState
 from dask_deploy.backends.ssh import (
     Host,
+    RemoteError,
+    SshBackend,
     SshSettings,
     free_index,
     list_script,
@@ -134,3 +136,62 @@ def test_placement_is_least_loaded_first_and_respects_max_workers() -> None:
 
 def test_free_index_reuses_the_lowest_gap() -> None:
     assert free_index("d", "a", ["d-a-0", "d-a-1", "d-a-3", "d-b-2"]) == 2
+
+
+class ScriptedHosts:
+    """A runner that answers like the remote scripts would, for hosts that are up."""
+
+    def __init__(self, listings: dict[str, str]) -> None:
+        self.listings = listings
+        self.down: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+
+    async def run(self, host: str, script: str) -> str:
+        kind = "stop" if "kill -TERM" in script else "start" if "setsid" in script else "list"
+        self.calls.append((host, kind))
+        if host in self.down:
+            raise RemoteError(host, "Connection refused", unreachable=True)
+        return self.listings.get(host, "") if kind == "list" else ""
+
+
+async def test_a_silent_hosts_workers_count_while_the_scheduler_has_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ours = settings()
+    hosts = ScriptedHosts({"node1": "dask-node1-0 running 1\n", "10.0.0.2": ""})
+    connected = {"dask-node1-0"}
+
+    async def scheduler_workers() -> frozenset[str]:
+        return frozenset(connected)
+
+    backend = SshBackend(ours, hosts, scheduler_workers)  # type: ignore[arg-type]
+    assert [i.name for i in await backend.instances()] == ["dask-node1-0"]
+
+    hosts.down.add("node1")
+    found = await backend.instances()
+    assert [(i.name, i.state) for i in found] == [("dask-node1-0", InstanceState.RUNNING)]
+    await backend.scale_up(3)  # node1 silent: only 10.0.0.2 (max 1) gets a new worker
+    assert [c for c in hosts.calls if c[1] == "start"] == [("10.0.0.2", "start")]
+
+    connected.clear()  # the scheduler lost it: exited, reported once, then forgotten
+    found = await backend.instances()
+    assert [(i.name, i.state) for i in found] == [("dask-node1-0", InstanceState.EXITED)]
+    assert await backend.instances() == []
+    assert caplog.text.count("ssh host node1 skipped: Connection refused") == 1
+
+
+async def test_workers_removed_while_their_host_is_silent_are_stopped_when_it_answers() -> None:
+    hosts = ScriptedHosts({"node1": "dask-node1-0 running 1\n"})
+
+    async def scheduler_workers() -> frozenset[str]:
+        return frozenset({"dask-node1-0"})
+
+    backend = SshBackend(settings(), hosts, scheduler_workers)  # type: ignore[arg-type]
+    await backend.instances()
+    hosts.down.add("node1")
+    await backend.scale_down(["dask-node1-0"])  # does not raise: kept for later
+    assert await backend.instances() == []
+    hosts.down.clear()
+    hosts.calls.clear()
+    await backend.instances()
+    assert hosts.calls[:2] == [("node1", "stop"), ("node1", "list")]
