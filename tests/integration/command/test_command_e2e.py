@@ -182,3 +182,60 @@ async def test_docker_example_scales_up_and_removes_exactly_the_retired(
         names = list(listed(out, "docker-workers.sh", env))
         if names:
             example(out, "docker-workers.sh", "stop", *names, env=env)
+
+
+def test_scheduler_start_script_runs_the_deployment_and_sigterm_ends_it(tmp_path: Path) -> None:
+    """The head script as a user runs it: scheduler, scaler, a worker; SIGTERM stops all."""
+    import os
+    import signal
+
+    from distributed import Client as SyncClient
+
+    from process_support import free_port, wait_for
+
+    out = tmp_path / "rendered"
+    port = free_port()
+    render_over_defaults(
+        "command",
+        {
+            "python": {"executable": sys.executable},
+            "local": {"state_dir": str(tmp_path / "workers")},
+            "scheduler": {"port": port, "dashboard_port": None},
+            "worker": {"threads": 1, "memory": "512MiB", "death_timeout": 30},
+            "scaler": {"minimum": 1, "interval": 0.5, "metrics_port": None},
+        },
+        out,
+    )
+    log = tmp_path / "head.log"
+    with log.open("wb") as sink:
+        head = subprocess.Popen(
+            [str(out / "scheduler-start.sh")],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    env = {"DASK_DEPLOY_DEPLOYMENT": "dask"}
+    try:
+        with SyncClient(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            wait_for(
+                "the scaler brings the minimum worker",
+                lambda: (
+                    [w["name"] for w in client.scheduler_info()["workers"].values()]
+                    == ["dask-worker-0"]
+                ),
+                logs=lambda: log.read_text(errors="replace"),
+            )
+            assert client.submit(operator.add, 1, 2).result(timeout=60) == 3
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=60)
+        assert "running" not in listed(out, "local-workers.sh", env).values(), (
+            "cleanup_on_exit stops the workers\n" + log.read_text(errors="replace")
+        )
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        names = list(listed(out, "local-workers.sh", env))
+        if names:
+            example(out, "local-workers.sh", "stop", *names, env=env)
