@@ -8,6 +8,11 @@ Safe scale-down: instances whose worker never connected are cancelled first;
 connected workers are retired through the scheduler (``retire_workers`` by name,
 closing and removing them), and only the names the scheduler reports retired
 are removed from the backend. While the scheduler is unreachable the loop holds.
+
+Whatever the policy answers, the loop enforces the invariants (:func:`dask_deploy.steps.enforce`):
+targets within ``[minimum, maximum]``, scale-down only of instances this backend launched. Each
+tick's decision is taken by the pure steps of :mod:`dask_deploy.steps`, the same the simulator
+runs, and logged with the policy's registry name.
 """
 
 from __future__ import annotations
