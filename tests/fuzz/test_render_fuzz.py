@@ -297,8 +297,20 @@ def test_broken_input_exits_2_naming_the_key_and_writes_nothing(backend: str) ->
 # --------------------------------------------------------------------------- slow validators
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("command", "slurm", "ssh")])
-def test_sampled_shell_scripts_pass_shellcheck(backend: str) -> None:
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "slurm"])
+def test_sampled_slurm_scripts_pass_shellcheck(backend: str) -> None:
+    @settings(FUZZ, max_examples=25)
+    @given(override=values_for(schema(backend)))
+    def check(override: dict[str, Any]) -> None:
+        outcome = run_render(backend, values_text=yaml.safe_dump(override))
+        if outcome.code == 0:
+            shellcheck(outcome.files, SHELLCHECK)
+
+    check()
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("command", "ssh")])
+def test_sampled_ssh_and_command_scripts_pass_shellcheck(backend: str) -> None:
     @settings(FUZZ, max_examples=25)
     @given(override=values_for(schema(backend)))
     def check(override: dict[str, Any]) -> None:
