@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from .backends import BackendContext, load_backend_factory
+from .channel import ChannelScaler
 from .config import ScalerConfig, load_config
 from .metrics import ScalerMetrics
 from .observe import connect, resolve_address, wait_for_address
@@ -103,8 +104,13 @@ def build_scaler(
             options=config.backend.options,
         )
     )
-    return Scaler(
-        scheduler=connect(config.scheduler, address),
+    link = connect(config.scheduler, address)
+    # The scaler also takes adapt()/scale() requests from clients through the scheduler.
+    return ChannelScaler(
+        deployment=config.deployment,
+        policy_config=config.policy,
+        metadata=link,
+        scheduler=link,
         backend=backend,
         policy=policy,
         settings=config.loop,

@@ -20,6 +20,9 @@ SUBCOMMANDS = {
     "render": "dask_deploy._cli_render",
     "scale": "dask_deploy._cli_scale",
     "simulate": "dask_deploy._cli_simulate",
+    "up": "dask_deploy._cli_up",
+    "status": "dask_deploy._cli_status",
+    "down": "dask_deploy._cli_down",
 }
 
 
