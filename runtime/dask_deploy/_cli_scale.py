@@ -8,6 +8,7 @@ import logging
 import signal
 from pathlib import Path
 
+from ._extras import require_extra
 from .backends import BackendContext, load_backend_factory
 from .channel import ChannelScaler
 from .config import ScalerConfig, load_config
@@ -17,6 +18,7 @@ from .policy import PolicySettings, load_policy_factory
 from .scaler import Scaler
 
 HELP = "Run the scaler: keep the worker count right for the scheduler's load."
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 #: flag destination -> dotted configuration key it overrides
 _OVERRIDES = {
@@ -61,9 +63,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="use the in-memory fake backend and print decisions without acting",
+        help="print decisions without acting: the configured backend's options are checked "
+        "and its instances listed, read-only; nothing is started or stopped",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level (default INFO)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ScalerConfig:
@@ -79,9 +88,6 @@ def settings_from_args(args: argparse.Namespace) -> ScalerConfig:
         overrides["scheduler.address"] = None
     if args.cleanup_on_exit:
         overrides["loop.cleanup_on_exit"] = True
-    if args.dry_run:
-        overrides["backend.name"] = "fake"
-        overrides["backend.options"] = {}
     return load_config(args.config, overrides)
 
 
@@ -89,6 +95,7 @@ def build_scaler(
     config: ScalerConfig, *, dry_run: bool = False, address: str | None = None
 ) -> Scaler:
     """Policy, backend and scheduler link for ``config``; ``SettingsError`` on bad options."""
+    require_extra(config.backend.name)
     policy = load_policy_factory(config.policy.name)(
         PolicySettings(
             minimum=config.policy.minimum,
@@ -132,6 +139,8 @@ async def serve(config: ScalerConfig, *, dry_run: bool = False) -> None:
         logging.getLogger("dask_deploy.scaler").info(
             "metrics on http://%s:%d/metrics", config.metrics.host, port
         )
+    if dry_run:
+        await _list_instances(scaler, config.backend.name)
     try:
         await scaler.run(stop)
     finally:
@@ -143,11 +152,23 @@ async def serve(config: ScalerConfig, *, dry_run: bool = False) -> None:
         logging.getLogger("dask_deploy.scaler").info("scaler stopped")
 
 
+async def _list_instances(scaler: Scaler, backend: str) -> None:
+    """A dry run says what the real backend holds now (read-only)."""
+    log = logging.getLogger("dask_deploy.scaler")
+    try:
+        instances = await scaler.backend.instances()
+    except Exception as error:
+        log.warning("[dry-run] the %s backend could not list its instances: %r", backend, error)
+        return
+    shown = ", ".join(f"{i.name} ({i.state.value})" for i in instances) or "none"
+    log.info("[dry-run] the %s backend holds %d instances: %s", backend, len(instances), shown)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dask-deploy scale``."""
     config = settings_from_args(args)
     logging.basicConfig(
-        level=str(args.log_level).upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Validate the policy and backend options before starting anything.

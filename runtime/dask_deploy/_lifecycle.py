@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import yaml
 
 from ._errors import SettingsError, UserInputError
+from ._extras import require_extra
 from .backends import Backend, BackendContext, Instance, InstanceState, load_backend_factory
 from .backends.local import parse_options as parse_local_options
 from .channel import (
@@ -162,20 +163,36 @@ class Launcher(Protocol):
 
 # --------------------------------------------------------------------------- local
 
-#: Values of a local deployment; the keys follow the ``scaler`` and ``worker`` sections of
-#: the templated backends' values.yaml.
-LOCAL_DEFAULTS: dict[str, Any] = {
-    "scaler": {
-        "policy": "adaptive",
-        "minimum": 0,
-        "maximum": 4,
-        "interval": 1.0,
-        "startup_timeout": 120,
-        "options": {},
-        "metrics_port": 0,
-    },
-    "worker": {"threads": 1, "memory_limit": "1GiB", "death_timeout": 60},
-}
+#: Commented defaults of a local deployment (``dask-deploy show values local``); the keys
+#: follow the ``scaler`` and ``worker`` sections of the templated backends' values.yaml.
+LOCAL_VALUES_YAML = """\
+# Defaults of `dask-deploy up local` and DeployCluster("local"): a scheduler, its scaler and
+# `dask worker` processes on this machine, all on 127.0.0.1.
+scaler:
+  # Policy that decides the worker count: adaptive (follows the load) or fixed.
+  policy: adaptive
+  # Fewest workers to keep.
+  minimum: 0
+  # Most workers to run at once.
+  maximum: 4
+  # Seconds between scaler ticks.
+  interval: 1.0
+  # Seconds a worker may take to connect before it is replaced.
+  startup_timeout: 120
+  # The policy's own options (docs/scaler-config.md), e.g. {scale_down_window: 30}.
+  options: {}
+  # Port of the scaler's Prometheus metrics on 127.0.0.1; 0 picks a free one (the scaler's
+  # log names it); null turns them off.
+  metrics_port: 0
+worker:
+  # Threads of each worker.
+  threads: 1
+  # Memory limit of each worker.
+  memory_limit: 1GiB
+  # Seconds a worker keeps trying to reach a lost scheduler before it exits.
+  death_timeout: 60
+"""
+LOCAL_DEFAULTS: dict[str, Any] = yaml.safe_load(LOCAL_VALUES_YAML)
 
 
 def _process_start(pid: int) -> str | None:
@@ -403,6 +420,7 @@ def make_launcher(
     folder: Path,
 ) -> Launcher:
     """The launcher of ``backend``, with the values checked (nothing is started yet)."""
+    require_extra(backend)
     if backend == "local":
         return LocalLauncher(name, local_values(values, sets), folder)
     raise SettingsError("backend", backend, f"one of {', '.join(sorted(LAUNCHABLE))}")
