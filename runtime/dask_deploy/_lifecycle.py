@@ -33,6 +33,7 @@ import yaml
 
 from ._errors import SettingsError, UserInputError
 from ._extras import require_extra
+from ._launchers import LAUNCHERS, MANIFESTS
 from .backends import Backend, BackendContext, Instance, InstanceState, load_backend_factory
 from .backends.local import parse_options as parse_local_options
 from .channel import (
@@ -44,13 +45,12 @@ from .channel import (
     validate_request,
 )
 from .config import ScalerConfig, parse_config
+from .render import RECORD_FILE as RENDER_RECORD
 from .values import apply_set, deep_merge, load_values_file, parse_set
 
 STATE_ENV = "DASK_DEPLOY_STATE_DIR"
 RECORD_FILE = "deployment.json"
 SCALER_CONFIG_FILE = "scaler-config.yaml"
-#: Sub-folder of a deployment's folder holding the files it was launched from.
-MANIFESTS = "manifests"
 #: Seconds `down` waits for the scaler to retire every worker before stopping it.
 RETIRE_TIMEOUT = 120.0
 logger = logging.getLogger("dask_deploy.lifecycle")
@@ -423,15 +423,19 @@ def make_launcher(
     require_extra(backend)
     if backend == "local":
         return LocalLauncher(name, local_values(values, sets), folder)
-    raise SettingsError("backend", backend, f"one of {', '.join(sorted(LAUNCHABLE))}")
+    if backend in LAUNCHERS:
+        return LAUNCHERS[backend](name, values, sets, folder)
+    raise SettingsError("backend", backend, f"one of {', '.join(launchable())}")
+
+
+def launchable() -> list[str]:
+    """Backends ``up`` and ``DeployCluster`` can launch."""
+    return sorted({"local", *LAUNCHERS})
 
 
 def stopper(backend: str) -> Any:
     """The ``stop(record)`` of ``backend``'s launcher."""
-    return LAUNCHABLE[backend]
-
-
-LAUNCHABLE: dict[str, Any] = {"local": LocalLauncher.stop}
+    return LocalLauncher.stop if backend == "local" else LAUNCHERS[backend].stop
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -478,7 +482,7 @@ def manifests_of(record: DeploymentRecord) -> dict[str, str]:
     return {
         p.relative_to(folder).as_posix(): p.read_text()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != RENDER_RECORD
     }
 
 
@@ -499,11 +503,20 @@ def _forget(record: DeploymentRecord) -> None:
 
 def _backend_of(record: DeploymentRecord) -> Backend:
     config = record.scaler_config()
+    # Relative paths in a rendered scaler configuration are against the job's working
+    # directory (the scaler runs there); here they are made absolute against it.
+    base = Path(record.handles.get("workdir") or record.path / MANIFESTS)
+    options = {
+        key: str(base / value)
+        if isinstance(value, str) and not os.path.isabs(value) and (base / value).exists()
+        else value
+        for key, value in config.backend.options.items()
+    }
     return load_backend_factory(config.backend.name)(
         BackendContext(
             deployment=config.deployment,
             scheduler_address=record.scheduler_address or "tcp://127.0.0.1:0",
-            options=config.backend.options,
+            options=options,
         )
     )
 
