@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 from distributed.core import rpc
@@ -123,6 +123,15 @@ class DeployCluster(Cluster):
             raise
         self._cluster_info["backend"] = record.backend
 
+    def __await__(self) -> Generator[Any, None, DeployCluster]:
+        # `await cluster` / `async with` starts an asynchronous cluster (the base does not).
+        async def started() -> DeployCluster:
+            if self.status.name == "created":
+                await self._start()
+            return self
+
+        return started().__await__()
+
     @property
     def _comm(self) -> Any:
         """The scheduler RPC (set once started)."""
@@ -133,31 +142,32 @@ class DeployCluster(Cluster):
 
     def adapt(  # type: ignore[override]
         self, minimum: int = 0, maximum: int | None = None, **policy_options: Any
-    ) -> None:
+    ) -> Any:
         """Let the running scaler follow the load between ``minimum`` and ``maximum`` workers.
 
         ``policy_options`` are the adaptive policy's options (docs/scaler-config.md), for
         example ``scale_down_window=30``. ``maximum`` defaults to the current maximum. An
         invalid request raises :class:`~dask_deploy.SettingsError` here, with the line the
-        scaler would print for the same ``policy`` section of ``scaler.yaml``.
+        scaler would print for the same ``policy`` section of ``scaler.yaml``. With
+        ``asynchronous=True`` it returns an awaitable.
         """
         if maximum is None:
             current = self._current_policy()
             maximum = max(minimum, int(current["maximum"])) if current else max(minimum, 1)
-        self._request(
+        return self._request(
             {"name": "adaptive", "minimum": minimum, "maximum": maximum, "options": policy_options}
         )
 
-    def scale(self, n: int) -> None:
+    def scale(self, n: int) -> Any:
         """Keep exactly ``n`` workers (the ``fixed`` policy), whatever the load."""
-        self._request({"name": "fixed", "minimum": n, "maximum": n, "options": {}})
+        return self._request({"name": "fixed", "minimum": n, "maximum": n, "options": {}})
 
-    def _request(self, section: Mapping[str, Any]) -> None:
+    def _request(self, section: Mapping[str, Any]) -> Any:
         validated = validate_request(section)  # raises before anything is sent
         policy = policy_as_dict(validated)
         self._policy = policy
         request = {"id": new_request_id(), "policy": policy}
-        self.sync(self._send_request, request)  # type: ignore[no-untyped-call]
+        return self.sync(self._send_request, request)  # type: ignore[no-untyped-call]
 
     async def _send_request(self, request: Mapping[str, Any]) -> None:
         await self._comm.set_metadata(keys=request_key(self.name), value=dict(request))
@@ -165,20 +175,24 @@ class DeployCluster(Cluster):
     def _current_policy(self) -> dict[str, Any] | None:
         if self._policy is not None:
             return self._policy
-        status = self.scaler_status()
-        policy = status.get("policy") if status else None
-        return dict(policy) if isinstance(policy, Mapping) else None
+        if not self.asynchronous:
+            status = self.scaler_status()
+            policy = status.get("policy") if status else None
+            if isinstance(policy, Mapping):
+                return dict(policy)
+        if self._record is None:
+            return None
+        return policy_as_dict(self._record.scaler_config().policy)  # as launched
 
     # ----------------------------------------------------------------- what it is doing
 
-    def scaler_status(self) -> dict[str, Any] | None:
+    def scaler_status(self) -> Any:
         """What the scaler last published: policy, target, instances, last decisions.
 
         ``None`` until the scaler has finished its first tick. The fields are documented in
-        docs/python-api.md.
+        docs/python-api.md. With ``asynchronous=True`` it returns an awaitable.
         """
-        result: dict[str, Any] | None = self.sync(self._scaler_status)  # type: ignore[no-untyped-call]
-        return result
+        return self.sync(self._scaler_status)  # type: ignore[no-untyped-call]
 
     async def _scaler_status(self) -> dict[str, Any] | None:
         return await _lifecycle.published_status(self._comm, self.name)

@@ -144,3 +144,14 @@ def test_from_name_in_a_second_process_sees_the_same_workers(state_root: Path) -
         assert cluster.scaler_status() is not None
         with pytest.raises(SettingsError, match="'local', the backend 'shared' runs on"):
             DeployCluster.from_name("shared", backend="slurm")
+
+
+async def test_asynchronous_cluster_scales_and_closes(state_root: Path) -> None:
+    async with DeployCluster("local", set=FAST, name="aio", asynchronous=True) as cluster:
+        folder = cluster.record.folder
+        await cluster.scale(1)
+        await cluster._wait_for_workers(1, timeout=90)
+        status = await cluster.scaler_status()
+        assert status is not None and status["policy"]["name"] == "fixed"
+        await cluster.adapt(maximum=2)  # the maximum given, the minimum back to 0
+    assert processes_mentioning(folder) == []
