@@ -1,5 +1,14 @@
 """dask-deploy: readable Dask manifests for resource managers, and the scaler sidecar.
 
+The public face: :class:`DeployCluster` (a ``distributed`` cluster whose scheduler and
+scaler run on a resource manager), :func:`render_files` and :func:`resolve_values` (what
+``dask-deploy render`` does), the backend and policy registries, and the contract types a
+plug-in author implements.
+
+>>> from dask_deploy import resolve_values, render_files
+>>> sorted(render_files(resolve_values("slurm")))[:2]
+['scaler-config.yaml', 'scheduler-job.sh']
+
 The plug-in contract (:mod:`dask_deploy.contract`) is importable from here: a backend
 implements :class:`Backend`, a policy :class:`Policy`, and both are built by factories
 registered as entry points (``dask_deploy.backends``, ``dask_deploy.policies``).
@@ -7,7 +16,10 @@ registered as entry points (``dask_deploy.backends``, ``dask_deploy.policies``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._errors import SettingsError, UserInputError
+from .backends import registry as backend_registry
 from .contract import (
     Backend,
     BackendContext,
@@ -28,14 +40,31 @@ from .contract import (
     count_requested,
     describe,
 )
+from .policy import registry as policy_registry
+from .render import render_files
+from .values import resolve_values
+
+if TYPE_CHECKING:
+    from .cluster import DeployCluster
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # DeployCluster imports distributed; `dask-deploy render` should not pay for that.
+    if name == "DeployCluster":
+        from .cluster import DeployCluster
+
+        return DeployCluster
+    raise AttributeError(f"module 'dask_deploy' has no attribute {name!r}")
+
 
 __all__ = [
     "Backend",
     "BackendContext",
     "BackendFactory",
     "Decision",
+    "DeployCluster",
     "Hold",
     "Instance",
     "InstanceState",
@@ -50,7 +79,11 @@ __all__ = [
     "UserInputError",
     "WorkerSnapshot",
     "__version__",
+    "backend_registry",
     "by_state",
     "count_requested",
     "describe",
+    "policy_registry",
+    "render_files",
+    "resolve_values",
 ]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .render import render
-from .values import SET_SYNTAX, resolve_values, templates_root
+from .values import SET_SYNTAX, resolve_values, templates_roots
 
 HELP = "Render a backend's templates with your values into plain files you can read and apply."
 
@@ -40,8 +40,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--templates",
         default=None,
         metavar="DIR",
-        help="templates root holding <backend>/ folders (default: $DASK_DEPLOY_TEMPLATES "
-        "or the templates/ of this installation)",
+        help="a fork of the templates (as `dask-deploy templates pull` writes it), laid over "
+        "the installed ones: its files replace theirs, the rest still come from the "
+        "installation (default: $DASK_DEPLOY_TEMPLATES)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite files in OUT that were edited by hand since they were rendered",
     )
 
 
@@ -51,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
         args.backend,
         values_files=args.values,
         sets=args.sets,
-        root=templates_root(args.templates),
+        root=templates_roots(args.templates),
     )
     out = args.out if args.out is not None else Path("rendered") / args.backend
-    result = render(resolved, out)
+    result = render(resolved, out, force=args.force)
     for path in result.files:
         print(path)
     return 0

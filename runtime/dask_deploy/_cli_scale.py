@@ -8,11 +8,14 @@ import logging
 import signal
 from pathlib import Path
 
+from ._extras import require_extra
+from .channel import ChannelScaler
 from .config import ScalerConfig, load_config
 from .observe import wait_for_address
-from .scaler import build_scaler
+from .scaler import Scaler
 
 HELP = "Run the scaler: keep the worker count right for the scheduler's load."
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 #: flag destination -> dotted configuration key it overrides
 _OVERRIDES = {
@@ -57,9 +60,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="use the in-memory fake backend and print decisions without acting",
+        help="print decisions without acting: the configured backend's options are checked "
+        "and its instances listed, read-only; nothing is started or stopped",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level (default INFO)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ScalerConfig:
@@ -75,10 +85,16 @@ def settings_from_args(args: argparse.Namespace) -> ScalerConfig:
         overrides["scheduler.address"] = None
     if args.cleanup_on_exit:
         overrides["loop.cleanup_on_exit"] = True
-    if args.dry_run:
-        overrides["backend.name"] = "fake"
-        overrides["backend.options"] = {}
     return load_config(args.config, overrides)
+
+
+def build_scaler(
+    config: ScalerConfig, *, dry_run: bool = False, address: str | None = None
+) -> ChannelScaler:
+    """The scaler the command runs: the loop of :func:`dask_deploy.scaler.build_scaler`, also
+    taking adapt()/scale() requests from clients through the scheduler."""
+    require_extra(config.backend.name)
+    return ChannelScaler.from_config(config, dry_run=dry_run, address=address)
 
 
 async def serve(config: ScalerConfig, *, dry_run: bool = False) -> None:
@@ -94,6 +110,8 @@ async def serve(config: ScalerConfig, *, dry_run: bool = False) -> None:
         logging.getLogger("dask_deploy.scaler").info(
             "metrics on http://%s:%d/metrics", config.metrics.host, port
         )
+    if dry_run:
+        await _list_instances(scaler, config.backend.name)
     try:
         await scaler.run(stop)
     finally:
@@ -105,11 +123,23 @@ async def serve(config: ScalerConfig, *, dry_run: bool = False) -> None:
         logging.getLogger("dask_deploy.scaler").info("scaler stopped")
 
 
+async def _list_instances(scaler: Scaler, backend: str) -> None:
+    """A dry run says what the real backend holds now (read-only)."""
+    log = logging.getLogger("dask_deploy.scaler")
+    try:
+        instances = await scaler.backend.instances()
+    except Exception as error:
+        log.warning("[dry-run] the %s backend could not list its instances: %r", backend, error)
+        return
+    shown = ", ".join(f"{i.name} ({i.state.value})" for i in instances) or "none"
+    log.info("[dry-run] the %s backend holds %d instances: %s", backend, len(instances), shown)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dask-deploy scale``."""
     config = settings_from_args(args)
     logging.basicConfig(
-        level=str(args.log_level).upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Validate the policy and backend options before starting anything.

@@ -91,6 +91,11 @@ def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
     return settings
 
 
+def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
+    """NaN and infinities (a metric with nothing to measure) as null: JSON has no NaN."""
+    return {k: v if math.isfinite(v) else None for k, v in metrics.items()}
+
+
 def run(args: argparse.Namespace) -> int:
     """Simulate and print the metrics, the simulated cluster's size and the wall time."""
     settings = settings_from_args(args)
@@ -107,9 +112,10 @@ def run(args: argparse.Namespace) -> int:
                     "workers_launched": len(result.record.instances),
                     "completed": result.record.completed,
                     "wall_seconds": result.wall_seconds,
-                    "metrics": metrics,
+                    "metrics": _finite(metrics),
                 },
                 indent=2,
+                allow_nan=False,
             )
         )
     else:

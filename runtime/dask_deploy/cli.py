@@ -15,11 +15,17 @@ from types import ModuleType
 from typing import cast
 
 from ._errors import UserInputError
+from ._extras import explain_missing
 
 SUBCOMMANDS = {
     "render": "dask_deploy._cli_render",
     "scale": "dask_deploy._cli_scale",
     "simulate": "dask_deploy._cli_simulate",
+    "up": "dask_deploy._cli_up",
+    "status": "dask_deploy._cli_status",
+    "down": "dask_deploy._cli_down",
+    "templates": "dask_deploy._cli_templates",
+    "show": "dask_deploy._cli_show",
 }
 
 
@@ -39,7 +45,10 @@ class _ExitTwoParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _ExitTwoParser(prog="dask-deploy", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dask-deploy {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_ExitTwoParser)
     for name, module_name in SUBCOMMANDS.items():
         module = _import_subcommand(module_name)
@@ -59,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as error:
         print(f"dask-deploy {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except ModuleNotFoundError as error:
+        missing = explain_missing(error)
+        if missing is None:
+            raise
+        print(f"dask-deploy {args.command}: error: {missing}", file=sys.stderr)
+        return missing.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -38,7 +38,18 @@ class ScalerMetrics:
         self.scheduler_errors = Counter(
             "dask_deploy_scheduler_errors", "Failed scheduler calls", registry=r
         )
+        self.policy_minimum = Gauge(
+            "dask_deploy_policy_minimum_workers", "Lower bound of the running policy", registry=r
+        )
+        self.policy_maximum = Gauge(
+            "dask_deploy_policy_maximum_workers", "Upper bound of the running policy", registry=r
+        )
         self._server: Any = None
+
+    def set_bounds(self, minimum: int, maximum: int) -> None:
+        """The bounds of the running policy (they change when a client asks for others)."""
+        self.policy_minimum.set(minimum)
+        self.policy_maximum.set(maximum)
 
     def record(self, decision: Decision, requested: int, observed: int, pending: int) -> None:
         """Update the gauges and count the decision."""

@@ -155,6 +155,14 @@ class RpcScheduler:
         )
         return retired_names(reply)
 
+    async def get_metadata(self, keys: list[str]) -> Any:
+        """The scheduler's metadata under ``keys`` (``None`` when absent)."""
+        return await self._rpc.get_metadata(keys=keys, default=None)
+
+    async def set_metadata(self, keys: list[str], value: Any) -> None:
+        """Store ``value`` in the scheduler's metadata under ``keys``."""
+        await self._rpc.set_metadata(keys=keys, value=value)
+
     async def close(self) -> None:
         await self._rpc.close_rpc()  # type: ignore[no-untyped-call]
 

@@ -12,13 +12,14 @@ no partial folder and an existing OUT untouched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
 import shutil
 import tempfile
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -82,10 +83,15 @@ FILTERS = {
 }
 
 
-def make_environment(root: Path) -> jinja2.Environment:
-    """The Jinja environment of the render contract, loading templates relative to ``root``."""
+def make_environment(root: Path | Sequence[Path]) -> jinja2.Environment:
+    """The Jinja environment of the render contract, loading templates relative to ``root``.
+
+    With several roots, a template is taken from the first root that has it (a fork laid
+    over the installed templates).
+    """
+    roots = [root] if isinstance(root, Path) else list(root)
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(root)),
+        loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(r)) for r in roots]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -119,55 +125,82 @@ def render_files(resolved: ResolvedValues, version: str | None = None) -> dict[s
     """Render every template of the backend in memory: ``{output name: text}``."""
     from . import __version__
 
-    root = resolved.folder.parent
-    environment = make_environment(root)
+    roots = list(resolved.roots) or [resolved.folder.parent]
+    environment = make_environment(roots)
     context = {
         "values": resolved.values,
         "backend": resolved.backend,
         "version": version if version is not None else __version__,
     }
     rendered: dict[str, str] = {}
-    for name in template_names(resolved.folder):
+    names = sorted(
+        {
+            name
+            for one in roots
+            if (one / resolved.backend).is_dir()
+            for name in template_names(one / resolved.backend)
+        }
+    )
+    for name in names:
         template_path = f"{resolved.backend}/{name}"
         try:
             rendered[output_name(name)] = environment.get_template(template_path).render(context)
         except UserInputError:
             raise
         except jinja2.TemplateSyntaxError as error:
-            where = _relative(root, error.filename) if error.filename else template_path
+            where = _relative(roots, error.filename) if error.filename else template_path
             raise RenderError(
                 f"templates/{where}, line {error.lineno}: template syntax error: {error.message}"
             ) from None
         except jinja2.TemplateNotFound as error:
             raise RenderError(
-                f"{_template_location(error, root, template_path)}: it imports or includes "
-                f"{error.name}, which is not under {root}"
+                f"{_template_location(error, roots, template_path)}: it imports or includes "
+                f"{error.name}, which is not under {' or '.join(str(r) for r in roots)}"
             ) from None
         except jinja2.UndefinedError as error:
             raise RenderError(
-                f"{_template_location(error, root, template_path)}: {error.message} "
+                f"{_template_location(error, roots, template_path)}: {error.message} "
                 "(an undefined name in the template; the templates and values.yaml disagree)"
             ) from None
         except jinja2.TemplateError as error:
-            location = _template_location(error, root, template_path)
+            location = _template_location(error, roots, template_path)
             raise RenderError(f"{location}: {error}") from None
         except Exception as error:
             # e.g. a TypeError from `values.x + 1` on a string: still a template's line to fix.
-            location = _template_location(error, root, template_path)
+            location = _template_location(error, roots, template_path)
             raise RenderError(f"{location}: {type(error).__name__}: {error}") from None
     if not rendered:
         raise RenderError(f"{resolved.folder} holds no template (*{TEMPLATE_SUFFIX}) to render")
     return rendered
 
 
-def _relative(root: Path, filename: str) -> str:
-    try:
-        return Path(filename).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return filename
+def _relative(root: Path | Sequence[Path], filename: str) -> str:
+    for one in [root] if isinstance(root, Path) else root:
+        try:
+            return Path(filename).resolve().relative_to(one.resolve()).as_posix()
+        except ValueError:
+            continue
+    return filename
 
 
-def _template_location(error: BaseException, root: Path, template_path: str) -> str:
+def template_sources(resolved: ResolvedValues) -> dict[str, Path]:
+    """Each template of the backend (output name -> the file it is rendered from).
+
+    Shows which files of a fork are used and which come from the installed templates.
+    """
+    roots = list(resolved.roots) or [resolved.folder.parent]
+    found: dict[str, Path] = {}
+    for one in roots:
+        folder = one / resolved.backend
+        if folder.is_dir():
+            for name in template_names(folder):
+                found.setdefault(output_name(name), folder / name)
+    return dict(sorted(found.items()))
+
+
+def _template_location(
+    error: BaseException, root: Path | Sequence[Path], template_path: str
+) -> str:
     """``templates/<file>, line N`` of the innermost template frame of the error."""
     location = f"templates/{template_path}"
     for frame in traceback.extract_tb(error.__traceback__):
@@ -246,6 +279,61 @@ def _swap_into_place(staging: Path, out: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+#: Written into OUT beside the rendered files: the SHA-256 of each file as rendered, in
+#: ``sha256sum`` format (``sha256sum -c .dask-deploy.sha256`` checks it by hand). A later
+#: render compares OUT against it to find files edited by hand. The name has no .yaml or
+#: .json ending, so ``kubectl apply -f OUT/`` and ``docker compose`` ignore it.
+RECORD_FILE = ".dask-deploy.sha256"
+
+
+def _sha256(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()
+
+
+def checksums(files: Mapping[str, str]) -> str:
+    """The record of ``files`` in ``sha256sum`` format, sorted by name."""
+    return "".join(f"{_sha256(text)}  {name}\n" for name, text in sorted(files.items()))
+
+
+def read_checksums(out: Path) -> dict[str, str] | None:
+    """``{name: sha256}`` from OUT's record, or ``None`` when OUT has no record."""
+    try:
+        text = (out / RECORD_FILE).read_text()
+    except OSError:
+        return None
+    recorded = {}
+    for line in text.splitlines():
+        digest, _, name = line.partition("  ")
+        if digest and name:
+            recorded[name] = digest
+    return recorded
+
+
+def edited_files(out: Path, files: Mapping[str, str]) -> list[str]:
+    """Files in OUT that a render over it would lose: changed since they were rendered.
+
+    With a record, a file is edited when its content no longer matches the record. Without
+    one (an older render, or files put there by hand) a file that differs from what this
+    render writes may hold edits, and counts as edited too.
+    """
+    if not out.is_dir():
+        return []
+    recorded = read_checksums(out)
+    edited = []
+    for path in sorted(p for p in out.rglob("*") if p.is_file() and not p.is_symlink()):
+        name = path.relative_to(out).as_posix()
+        if name == RECORD_FILE:
+            continue
+        current = _sha256(path.read_bytes())
+        if recorded is not None and name in recorded:
+            if current != recorded[name]:
+                edited.append(name)
+        elif name not in files or current != _sha256(files[name]):
+            edited.append(name)
+    return edited
+
+
 @dataclass(frozen=True)
 class RenderResult:
     """What a render wrote."""
@@ -255,27 +343,50 @@ class RenderResult:
     files: list[Path]
 
 
-def render(resolved: ResolvedValues, out: Path, *, version: str | None = None) -> RenderResult:
+class EditedOutputError(UserInputError):
+    """OUT holds files edited since they were rendered; rendering would lose the edits."""
+
+
+def render(
+    resolved: ResolvedValues, out: Path, *, version: str | None = None, force: bool = False
+) -> RenderResult:
     """Render ``resolved`` into the folder ``out`` atomically; returns the files written.
+
+    Refuses (naming them) to replace files edited by hand since the last render, unless
+    ``force``; the files rendered are recorded in ``out/.dask-deploy.sha256``.
 
     >>> from dask_deploy.values import resolve_values
     >>> render(resolve_values("slurm"), Path("rendered/slurm")).files  # doctest: +SKIP
     [PosixPath('rendered/slurm/scaler-config.yaml'), ...]
     """
     files = render_files(resolved, version=version)
-    written = write_atomically(out, files)
-    return RenderResult(backend=resolved.backend, out=out, files=written)
+    _check_replaceable(out, {**files, RECORD_FILE: ""})  # foreign files first: a clearer error
+    edited = [] if force else edited_files(out, files)
+    if edited:
+        shown = ", ".join(edited[:8]) + (" ..." if len(edited) > 8 else "")
+        raise EditedOutputError(
+            f"--out: {out} holds files edited since they were rendered: {shown}; "
+            "rendering would lose those edits (copy them away, or pass --force to overwrite)"
+        )
+    written = write_atomically(out, {**files, RECORD_FILE: checksums(files)})
+    return RenderResult(
+        backend=resolved.backend, out=out, files=[p for p in written if p.name != RECORD_FILE]
+    )
 
 
 __all__ = [
     "FILTERS",
+    "RECORD_FILE",
+    "EditedOutputError",
     "RenderError",
     "RenderResult",
+    "edited_files",
     "make_environment",
     "render",
     "render_files",
     "shell_quote",
     "template_names",
+    "template_sources",
     "to_json",
     "to_yaml",
     "trunc63",

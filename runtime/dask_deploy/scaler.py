@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import steps
 from .backends import Backend, BackendContext, load_backend_factory
@@ -364,9 +364,18 @@ class Scaler:
 
 
 def build_scaler(
-    config: ScalerConfig, *, dry_run: bool = False, address: str | None = None
+    config: ScalerConfig,
+    *,
+    dry_run: bool = False,
+    address: str | None = None,
+    scaler_type: type[Scaler] = Scaler,
+    **extra: Any,
 ) -> Scaler:
-    """Policy, backend and scheduler link for ``config``; ``SettingsError`` on bad options."""
+    """Policy, backend and scheduler link for ``config``; ``SettingsError`` on bad options.
+
+    ``scaler_type`` (a subclass of :class:`Scaler`) is built with ``extra`` besides the loop's
+    own arguments.
+    """
     policy_factory = load_policy_factory(config.policy.name)
     backend_factory = load_backend_factory(config.backend.name)
     validate_plugin_options(policy_factory, config.policy.options, prefix=POLICY_OPTIONS)
@@ -386,7 +395,7 @@ def build_scaler(
             options=config.backend.options,
         )
     )
-    return Scaler(
+    return scaler_type(
         scheduler=connect(config.scheduler, address),
         backend=backend,
         policy=policy,
@@ -395,4 +404,5 @@ def build_scaler(
         bounds=Bounds(config.policy.minimum, config.policy.maximum),
         metrics=ScalerMetrics(),
         dry_run=dry_run,
+        **extra,
     )

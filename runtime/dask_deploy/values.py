@@ -50,14 +50,14 @@ def templates_root(override: str | os.PathLike[str] | None = None) -> Path:
     """The folder holding ``<backend>/`` template folders and ``_common/``.
 
     Looked up in this order: ``override`` (the ``--templates`` option), the environment
-    variable ``DASK_DEPLOY_TEMPLATES``, the ``templates/`` folder of the source checkout this
-    package runs from (an editable install), and ``templates/`` shipped inside the package.
+    variable ``DASK_DEPLOY_TEMPLATES``, then :func:`installed_templates_root`.
     """
-    if override is not None:
-        return _checked_root(Path(override), "--templates")
-    from_env = os.environ.get(TEMPLATES_ENV)
-    if from_env:
-        return _checked_root(Path(from_env), TEMPLATES_ENV)
+    return templates_roots(override)[0]
+
+
+def installed_templates_root() -> Path:
+    """The ``templates/`` of the source checkout this package runs from (an editable
+    install), else the ``templates/`` shipped inside the package."""
     package_dir = Path(__file__).resolve().parent
     for candidate in (package_dir.parents[1] / "templates", package_dir / "templates"):
         if (candidate / COMMON_FOLDER).is_dir():
@@ -68,28 +68,59 @@ def templates_root(override: str | os.PathLike[str] | None = None) -> Path:
     )
 
 
+def templates_roots(override: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Template roots in the order they are searched: a fork first, then the installed ones.
+
+    The fork is ``override`` (``--templates``) or ``$DASK_DEPLOY_TEMPLATES``. It is laid
+    *over* the installed templates: a file in the fork replaces the installed file of the
+    same path, and every other file (other backends, ``_common`` macros, a backend's
+    ``values.yaml``) still comes from the installation. So forking one template of one
+    backend is one file in the fork.
+    """
+    fork: Path | None = None
+    if override is not None:
+        fork = _checked_root(Path(override), "--templates")
+    elif os.environ.get(TEMPLATES_ENV):
+        fork = _checked_root(Path(os.environ[TEMPLATES_ENV]), TEMPLATES_ENV)
+    try:
+        installed = installed_templates_root()
+    except UserInputError:
+        if fork is None:
+            raise
+        return [fork]
+    if fork is None or fork.resolve() == installed.resolve():
+        return [installed]
+    return [fork, installed]
+
+
 def _checked_root(root: Path, source: str) -> Path:
     if not root.is_dir():
         raise SettingsError(source, str(root), "a folder that holds <backend>/values.yaml")
     return root
 
 
-def available_backends(root: Path) -> list[str]:
-    """Sorted names of the backends that have templates under ``root``."""
+def available_backends(root: Path | Sequence[Path]) -> list[str]:
+    """Sorted names of the backends that have templates under ``root`` (or any of them)."""
+    roots = [root] if isinstance(root, Path) else list(root)
     return sorted(
-        entry.name
-        for entry in root.iterdir()
-        if entry.is_dir() and not entry.name.startswith("_") and (entry / VALUES_FILE).is_file()
+        {
+            entry.name
+            for one in roots
+            for entry in one.iterdir()
+            if entry.is_dir() and not entry.name.startswith("_") and (entry / VALUES_FILE).is_file()
+        }
     )
 
 
-def backend_folder(root: Path, backend: str) -> Path:
-    """``root/backend``, or an error listing the backends that do have templates."""
-    backends = available_backends(root)
+def backend_folder(root: Path | Sequence[Path], backend: str) -> Path:
+    """The first ``<root>/backend`` holding a values.yaml, or an error listing the backends."""
+    roots = [root] if isinstance(root, Path) else list(root)
+    backends = available_backends(roots)
     if backend not in backends:
-        allowed = ", ".join(backends) if backends else f"(none: {root} holds no backend folder)"
+        shown = ", ".join(str(r) for r in roots)
+        allowed = ", ".join(backends) if backends else f"(none: {shown} holds no backend folder)"
         raise SettingsError("--backend", backend, f"one of the backends with templates: {allowed}")
-    return root / backend
+    return next(r / backend for r in roots if (r / backend / VALUES_FILE).is_file())
 
 
 # --------------------------------------------------------------------------- YAML files
@@ -394,6 +425,9 @@ class ResolvedValues:
     backend: str
     folder: Path
     values: Values = field(repr=False)
+    #: Template roots searched in order (a fork over the installed ones); empty means
+    #: ``folder.parent`` alone.
+    roots: tuple[Path, ...] = ()
 
 
 def resolve_values(
@@ -402,14 +436,15 @@ def resolve_values(
     values_files: Sequence[str | os.PathLike[str]] = (),
     sets: Sequence[str] = (),
     overrides: Sequence[Mapping[str, Any]] = (),
-    root: Path | None = None,
+    root: Path | Sequence[Path] | None = None,
 ) -> ResolvedValues:
     """Defaults, then each values file, then each override mapping, then each ``--set``.
 
     >>> resolve_values("slurm", sets=["scaler.maximum=20"]).values["scaler"]["maximum"]
     20
     """
-    folder = backend_folder(root if root is not None else templates_root(), backend)
+    roots = templates_roots() if root is None else [root] if isinstance(root, Path) else list(root)
+    folder = backend_folder(roots, backend)
     # Parse --set first: a typo there is reported before any file is read.
     assignments = [parse_set(expression) for expression in sets]
     values = load_values_file(folder / VALUES_FILE, what="defaults file")
@@ -419,5 +454,9 @@ def resolve_values(
         values = deep_merge(values, override)
     for assignment in assignments:
         values = apply_set(values, assignment)
-    validate_values(values, load_schema(folder / SCHEMA_FILE))
-    return ResolvedValues(backend=backend, folder=folder, values=values)
+    schema = next(
+        (r / backend / SCHEMA_FILE for r in roots if (r / backend / SCHEMA_FILE).is_file()),
+        folder / SCHEMA_FILE,
+    )
+    validate_values(values, load_schema(schema))
+    return ResolvedValues(backend=backend, folder=folder, values=values, roots=tuple(roots))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dask_deploy.render import render
+from dask_deploy.render import RECORD_FILE, render
 from dask_deploy.values import available_backends, resolve_values
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,8 +155,11 @@ def test_good_input_renders_and_lists_each_file(backend: str, tmp_path: Path) ->
     result = run_render(backend, ["--set", "scaler.maximum=3"], out, tmp_path)
     assert result.returncode == 0, result.stderr
     listed = sorted(result.stdout.splitlines())
-    written = sorted(str(path) for path in out.rglob("*") if path.is_file())
+    written = sorted(
+        str(path) for path in out.rglob("*") if path.is_file() and path.name != RECORD_FILE
+    )
     assert listed == written and written, result.stdout
+    assert (out / RECORD_FILE).is_file(), "the record of what was rendered is kept beside"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no temporary folder is left"
 
 

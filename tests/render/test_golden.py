@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dask_deploy.golden import SCENARIO_SUFFIX, Scenario, find_scenarios, golden_folders
+from dask_deploy.render import RECORD_FILE, checksums
 from dask_deploy.values import available_backends
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +54,9 @@ def test_scenario_renders_to_its_golden_files(
     golden = scenario.golden_folder(GOLDEN)
     assert golden.is_dir(), f"{golden} is missing; {FIX}"
     rendered = files_under(render_scenario(scenario.backend, scenario.values_file, tmp_path))
+    # The record of a render is derived from the other files: checked here, not committed.
+    record = rendered.pop(RECORD_FILE).decode()
+    assert record == checksums({k: v.decode() for k, v in rendered.items()})
     expected = files_under(golden)
     assert sorted(rendered) == sorted(expected), (
         f"{scenario.backend}/{scenario.name} renders files {sorted(rendered)} but "

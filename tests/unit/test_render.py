@@ -13,6 +13,7 @@ import yaml
 from dask_deploy import SettingsError
 from dask_deploy import render as render_module
 from dask_deploy.render import (
+    EditedOutputError,
     RenderError,
     make_environment,
     render,
@@ -137,6 +138,14 @@ def test_render_writes_each_template_without_j2(root: Path, tmp_path: Path) -> N
         "worker-job.sh",
     ]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        ".dask-deploy.sha256",
+        "app-config.yaml",
+        "sub/extra-pod.json",
+        "worker-job.sh",
+    ]
+    # The record of what was rendered, in sha256sum format.
+    record = (out / ".dask-deploy.sha256").read_text().splitlines()
+    assert [line.split("  ")[1] for line in record] == [
         "app-config.yaml",
         "sub/extra-pod.json",
         "worker-job.sh",
@@ -219,10 +228,43 @@ def test_failed_render_leaves_existing_out_untouched(tmp_path: Path) -> None:
 def test_rerender_replaces_out_as_a_whole(root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     render(resolve_values("toy", root=root), out)
-    (out / "worker-job.sh").write_text("edited\n")
+    (out / "worker-job.sh").unlink()  # a deleted file is no edit to keep
     render(resolve_values("toy", root=root), out)
     assert (out / "worker-job.sh").read_text().startswith("#!/bin/bash")
     assert sorted(os.listdir(tmp_path)) == ["out", "templates"]
+
+
+def test_rerender_over_hand_edits_refuses_and_names_them_unless_forced(
+    root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    render(resolve_values("toy", root=root), out)
+    (out / "worker-job.sh").write_text("edited\n")
+    (out / "sub" / "extra-pod.json").write_text("{}\n")
+    with pytest.raises(EditedOutputError) as error:
+        render(resolve_values("toy", root=root), out)
+    assert str(error.value) == (
+        f"--out: {out} holds files edited since they were rendered: sub/extra-pod.json, "
+        "worker-job.sh; rendering would lose those edits (copy them away, or pass --force "
+        "to overwrite)"
+    )
+    assert (out / "worker-job.sh").read_text() == "edited\n"  # untouched
+    render(resolve_values("toy", root=root), out, force=True)
+    assert (out / "worker-job.sh").read_text().startswith("#!/bin/bash")
+    assert sorted(os.listdir(tmp_path)) == ["out", "templates"]
+
+
+def test_rerender_over_files_without_a_record_refuses_those_that_differ(
+    root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    render(resolve_values("toy", root=root), out)
+    (out / ".dask-deploy.sha256").unlink()  # as an older dask-deploy left it
+    render(resolve_values("toy", root=root), out)  # nothing differs: nothing to lose
+    (out / ".dask-deploy.sha256").unlink()
+    (out / "app-config.yaml").write_text("mine\n")
+    with pytest.raises(EditedOutputError, match=r"rendered: app-config\.yaml;"):
+        render(resolve_values("toy", root=root), out)
 
 
 def test_out_holding_other_files_is_refused(root: Path, tmp_path: Path) -> None:

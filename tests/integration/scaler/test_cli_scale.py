@@ -35,6 +35,8 @@ async def test_dry_run_prints_decisions_and_stops_cleanly_on_sigterm(
                 assert process.poll() is None, log.read_text()
                 await asyncio.sleep(0.1)
             assert not scheduler.workers  # nothing was started
+            # The real backend was asked, read-only, what it holds.
+            assert "[dry-run] the local backend holds 0 instances: none" in log.read_text()
             await client.cancel(futures)
         process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 30

@@ -1,0 +1,382 @@
+"""Launchers of the templated backends: render, then apply with the resource manager's own tool.
+
+Each one renders the backend's templates exactly as ``dask-deploy render`` does (the
+deployment's name is its ``deployment`` value) into ``<deployment folder>/manifests/``,
+then does what the backend's README tells a user to do: ``sbatch scheduler-job.sh`` for
+SLURM, ``docker compose up`` for Docker. Commands are built by pure functions and run in
+one place (:func:`run_command`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._errors import SettingsError, UserInputError
+from .render import render, render_files
+from .values import ResolvedValues, load_values_file, resolve_values
+
+MANIFESTS = "manifests"
+
+
+class CommandError(UserInputError):
+    """A resource manager's command failed (exit 1): its own words, in one message."""
+
+    exit_code = 1
+
+
+def run_command(
+    argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> str:
+    """Run ``argv``; its standard output, or :class:`CommandError` with its standard error."""
+    try:
+        done = subprocess.run(
+            list(argv),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **(env or {})},
+        )
+    except FileNotFoundError:
+        raise CommandError(f"{argv[0]}: not found (is it installed and on PATH?)") from None
+    if done.returncode != 0:
+        raise CommandError(
+            f"`{' '.join(argv)}` failed (exit {done.returncode}): "
+            f"{(done.stderr or done.stdout).strip()[-2000:]}"
+        )
+    return done.stdout
+
+
+def resolve_for(
+    backend: str,
+    name: str,
+    values: Mapping[str, Any] | str | os.PathLike[str] | None,
+    sets: Sequence[str],
+) -> ResolvedValues:
+    """The backend's values with the user's over them and the deployment named ``name``."""
+    user: Mapping[str, Any] = (
+        {}
+        if values is None
+        else values
+        if isinstance(values, Mapping)
+        else load_values_file(values)
+    )
+    resolved = resolve_values(backend, overrides=[user, {"deployment": name}], sets=sets)
+    if resolved.values["deployment"] != name:
+        raise SettingsError(
+            "deployment",
+            resolved.values["deployment"],
+            f"the deployment's name {name!r} (choose it with --name, not with deployment)",
+        )
+    return resolved
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    if not path.is_file():
+        return f"  (no log at {path})"
+    return "\n".join(
+        f"  | {line}" for line in path.read_text(errors="replace").splitlines()[-lines:]
+    )
+
+
+class TemplatedLauncher:
+    """What every templated backend shares: the rendered files."""
+
+    backend = ""
+
+    def __init__(
+        self,
+        name: str,
+        values: Mapping[str, Any] | str | os.PathLike[str] | None,
+        sets: Sequence[str],
+        folder: Path,
+    ) -> None:
+        self.name = name
+        self.folder = folder
+        self.resolved = resolve_for(self.backend, name, values, sets)
+        self.files = render_files(self.resolved)  # a template error stops here, before launch
+
+    def manifests(self) -> dict[str, str]:
+        return dict(self.files)
+
+    def write(self, record_folder: Path) -> Path:
+        out = record_folder / MANIFESTS
+        render(self.resolved, out)
+        return out
+
+    def launch(self, record: Any, timeout: float) -> str:
+        """Apply the rendered files; the scheduler address once it listens."""
+        raise NotImplementedError
+
+    @staticmethod
+    def stop(record: Any) -> None:
+        """Take down what :meth:`launch` applied."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- SLURM
+
+
+def sbatch_command(script: str = "scheduler-job.sh") -> list[str]:
+    """Submit the scheduler job, as templates/slurm/README.md says."""
+    return ["sbatch", "--parsable", script]
+
+
+def parse_job_id(sbatch_output: str) -> str:
+    """``12345`` from ``sbatch --parsable`` output (``12345`` or ``12345;cluster``)."""
+    return sbatch_output.strip().split(";")[0]
+
+
+def squeue_job_command(job_id: str) -> list[str]:
+    return ["squeue", "--noheader", "--format=%T", f"--jobs={job_id}"]
+
+
+def scancel_commands(name: str, job_id: str | None) -> list[list[str]]:
+    """Cancel the scheduler job (its scaler cancels the workers), then any worker job left."""
+    commands = [] if job_id is None else [["scancel", job_id]]
+    return [*commands, ["scancel", f"--name={name}-worker"]]
+
+
+class SlurmLauncher(TemplatedLauncher):
+    """``sbatch scheduler-job.sh`` in the rendered folder; the address from the scheduler file."""
+
+    backend = "slurm"
+
+    def _workdir(self, manifests: Path) -> Path:
+        configured = self.resolved.values["slurm"]["workdir"]
+        return Path(configured) if configured else manifests
+
+    def launch(self, record: Any, timeout: float) -> str:
+        manifests = self.write(record.path)
+        workdir = self._workdir(manifests)
+        job_id = parse_job_id(run_command(sbatch_command(), cwd=manifests))
+        record.handles["scheduler_job"] = job_id
+        record.handles["workdir"] = str(workdir)
+        record.save()
+        scheduler_file = workdir / self.resolved.values["scheduler"]["scheduler_file"]
+        log = workdir / f"{self.name}-scheduler-{job_id}.log"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                address = str(json.loads(scheduler_file.read_text())["address"])
+                break
+            except (OSError, ValueError, KeyError):
+                pass
+            state = run_command(squeue_job_command(job_id)).strip()
+            if not state or time.monotonic() > deadline:
+                why = "ended" if not state else f"is still {state} after {timeout:g}s"
+                raise _launch_error(
+                    f"the scheduler job {job_id} of {self.name!r} {why} without writing "
+                    f"{scheduler_file}; its log:\n{_tail(log)}"
+                )
+            time.sleep(0.5)
+        record.scheduler_address = address
+        record.save()
+        return address
+
+    @staticmethod
+    def stop(record: Any) -> None:
+        job_id = record.handles.get("scheduler_job")
+        if job_id is not None:
+            run_command(["scancel", job_id])
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and run_command(squeue_job_command(job_id)).strip():
+                time.sleep(0.5)
+        # The scheduler is gone: a worker job still there holds nothing. Cancel it now.
+        run_command(scancel_commands(record.name, None)[-1])
+
+
+# --------------------------------------------------------------------------- Docker
+
+
+def compose_program() -> list[str]:
+    """``docker compose`` (the plugin) when it is there, else Debian's ``docker-compose``."""
+    if shutil.which("docker-compose") is not None:
+        return ["docker-compose"]
+    return ["docker", "compose"]
+
+
+def compose_command(name: str, compose_file: Path, *action: str) -> list[str]:
+    """``docker compose --project-name NAME --file compose.yaml ACTION...``."""
+    return [*compose_program(), "--project-name", name, "--file", str(compose_file), *action]
+
+
+def worker_containers_command(name: str) -> list[str]:
+    """Every container of the deployment's workers (by the labels the scaler gives them)."""
+    return [
+        "docker", "ps", "--all", "--quiet",
+        "--filter", f"label=dask-deploy.deployment={name}",
+        "--filter", "label=dask-deploy.role=worker",
+    ]  # fmt: skip
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((host, port)) == 0
+
+
+class DockerLauncher(TemplatedLauncher):
+    """``docker compose up --detach`` of the rendered compose.yaml (host network)."""
+
+    backend = "docker"
+
+    def launch(self, record: Any, timeout: float) -> str:
+        manifests = self.write(record.path)
+        scheduler = self.resolved.values["scheduler"]
+        tls = self.resolved.values["tls"]["enabled"]
+        host, port = scheduler["host"], int(scheduler["port"])
+        address = f"{'tls' if tls else 'tcp'}://{host}:{port}"
+        if _listening(host, port):
+            raise SettingsError(
+                "scheduler.port", port, f"a port nothing listens on yet ({host}:{port} is taken)"
+            )
+        env = {}
+        if self.resolved.values["docker"]["socket_gid"] is None:
+            socket_path = Path(self.resolved.values["docker"]["socket"])
+            env["DOCKER_SOCKET_GID"] = str(socket_path.stat().st_gid)
+        record.handles["compose_file"] = str(manifests / "compose.yaml")
+        record.handles["compose_env"] = env
+        record.save()
+        run_command(
+            compose_command(self.name, manifests / "compose.yaml", "up", "--detach"), env=env
+        )
+        deadline = time.monotonic() + timeout
+        while not _listening(host, port):
+            if time.monotonic() > deadline:
+                logs = run_command(
+                    compose_command(self.name, manifests / "compose.yaml", "logs", "--tail", "20"),
+                    env=env,
+                )
+                raise _launch_error(
+                    f"the scheduler of {self.name!r} does not listen on {host}:{port} after "
+                    f"{timeout:g}s; container logs:\n{logs}"
+                )
+            time.sleep(0.5)
+        record.scheduler_address = address
+        record.save()
+        return address
+
+    @staticmethod
+    def stop(record: Any) -> None:
+        compose_file = record.handles.get("compose_file")
+        if compose_file is not None:
+            env = record.handles.get("compose_env") or {}
+            run_command(
+                compose_command(record.name, Path(compose_file), "down", "--timeout", "30"),
+                env=env,
+            )
+        left = run_command(worker_containers_command(record.name)).split()
+        if left:
+            run_command(["docker", "rm", "--force", "--volumes", *left])
+
+
+# --------------------------------------------------------------------------- Marathon
+
+#: Rendered apps in the order they are posted; deleted in reverse (the scaler first).
+MARATHON_APPS = ("scheduler-app.json", "worker-app.json", "scaler-app.json")
+
+
+def marathon_request(
+    url: str, method: str, path: str, body: Mapping[str, Any] | None = None
+) -> urllib.request.Request:
+    """One request of Marathon's v2 API (built here, sent by :func:`send`)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url.rstrip('/')}{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    return request
+
+
+def send(request: urllib.request.Request) -> tuple[int, Any]:
+    """Send ``request``; the status and the decoded JSON body (errors too, as Marathon's)."""
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+    except urllib.error.URLError as error:
+        raise CommandError(f"{request.full_url}: {error.reason}") from None
+
+
+def scheduler_address_of(files: Mapping[str, str]) -> str:
+    """The scheduler address the rendered scaler configuration connects to."""
+    import yaml
+
+    return str(yaml.safe_load(files["scaler-config.yaml"])["scheduler"]["address"])
+
+
+class MarathonLauncher(TemplatedLauncher):
+    """``POST /v2/apps`` of each rendered app, as templates/marathon/README.md says."""
+
+    backend = "marathon"
+
+    def launch(self, record: Any, timeout: float) -> str:
+        self.write(record.path)
+        url = str(self.resolved.values["marathon"]["url"])
+        if self.resolved.values["marathon"]["credentials_file"] is not None:
+            raise SettingsError(
+                "marathon.credentials_file",
+                self.resolved.values["marathon"]["credentials_file"],
+                "null for `up` (post the rendered apps yourself when Marathon needs credentials)",
+            )
+        address = scheduler_address_of(self.files)
+        record.handles["marathon_url"] = url
+        record.handles["apps"] = []
+        for name in MARATHON_APPS:
+            app = json.loads(self.files[name])
+            status, body = send(marathon_request(url, "POST", "/v2/apps", app))
+            if status >= 300:
+                raise CommandError(f"POST {url}/v2/apps ({name}) answered {status}: {body}")
+            record.handles["apps"].append(app["id"])
+            record.save()
+        host, _, port = address.split("://", 1)[1].rpartition(":")
+        deadline = time.monotonic() + timeout
+        while not _listening(host, int(port)):
+            if time.monotonic() > deadline:
+                _, tasks = send(
+                    marathon_request(url, "GET", f"/v2/apps{record.handles['apps'][0]}/tasks")
+                )
+                raise _launch_error(
+                    f"the scheduler of {self.name!r} does not listen on {host}:{port} after "
+                    f"{timeout:g}s; Marathon's tasks of it: {tasks}"
+                )
+            time.sleep(0.5)
+        record.scheduler_address = address
+        record.save()
+        return address
+
+    @staticmethod
+    def stop(record: Any) -> None:
+        url = record.handles.get("marathon_url")
+        for app_id in reversed(record.handles.get("apps", [])):
+            send(marathon_request(url, "DELETE", f"/v2/apps{app_id}?force=true"))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                status, _ = send(marathon_request(url, "GET", f"/v2/apps{app_id}"))
+                if status == 404:
+                    break
+                time.sleep(0.5)
+
+
+def _launch_error(message: str) -> UserInputError:
+    from .lifecycle import LaunchError
+
+    return LaunchError(message)
+
+
+#: Templated backends that ``up`` and ``DeployCluster`` can launch.
+LAUNCHERS: dict[str, type[TemplatedLauncher]] = {
+    "docker": DockerLauncher,
+    "marathon": MarathonLauncher,
+    "slurm": SlurmLauncher,
+}

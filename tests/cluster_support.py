@@ -1,0 +1,58 @@
+"""Helpers for the DeployCluster and up/status/down tests: state folder, processes, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dask_deploy import lifecycle
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (a deployment's folder)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "cmdline").read_bytes()
+            state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        line = raw.decode(errors="replace").replace("\0", " ")
+        if text in line and state != "Z":
+            found.append(f"{entry.name}: {line}")
+    return found
+
+
+def metrics_url(scaler_log: Path) -> str | None:
+    """The scaler's metrics endpoint, as its log announces it."""
+    if not scaler_log.is_file():
+        return None
+    match = re.search(r"metrics on (http://\S+/metrics)", scaler_log.read_text())
+    return match.group(1) if match else None
+
+
+def metric(url: str, name: str) -> float | None:
+    """One unlabelled sample of the scaler's Prometheus endpoint."""
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+@pytest.fixture
+def state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private deployments folder; whatever a test left running is taken down after it."""
+    root = tmp_path / "state"
+    monkeypatch.setenv(lifecycle.STATE_ENV, str(root))
+    yield root
+    for name in lifecycle.list_names(root):
+        record = lifecycle.DeploymentRecord.load(name, root)
+        asyncio.run(lifecycle.retire_and_stop(record))
