@@ -14,7 +14,7 @@ import yaml
 from dask_deploy.backends import BackendContext
 from dask_deploy.backends import kubernetes as k8s
 from dask_deploy.config import parse_config
-from dask_deploy.testing.kubernetes import KUBERNETES_VERSION, KubernetesStandIn
+from dask_deploy.testing.kubernetes import KUBERNETES_VERSION, TOKEN_PATH, KubernetesStandIn
 
 pytestmark = pytest.mark.kubernetes
 
@@ -237,7 +237,7 @@ def test_scaler_config_is_accepted_by_the_scaler(
     scaler = rendered.container("scaler")
     mounts = {m["mountPath"] for m in scaler["volumeMounts"]}
     assert str(Path(config.backend.options["worker_template"]).parent) in mounts  # type: ignore[arg-type]
-    assert str(Path(scaler["command"][-1]).parent) in mounts
+    assert str(Path(option(scaler["args"], "--config")).parent) in mounts
 
 
 def role_rules(rendered: Rendered) -> set[tuple[str, str]]:
@@ -290,3 +290,74 @@ def test_role_grants_exactly_what_the_backend_calls(
         assert len(launched) == 2
         for pod in launched:
             assert pod["metadata"]["ownerReferences"][0]["uid"] == owner_uid
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_containers_run_their_images_entrypoint_under_tini(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    # `command:` replaces the image's ENTRYPOINT (tini, which forwards SIGTERM and reaps).
+    rendered = Rendered(render_scenario("kubernetes", values, tmp_path))
+    for spec in rendered.pod_specs():
+        for container in spec["containers"]:
+            assert "command" not in container, container["name"]
+            assert container["args"], container["name"]
+    assert option(rendered.container("scaler")["args"], "--config").endswith(".yaml")
+    assert rendered.worker["args"][0] == "$(DASK_SCHEDULER_ADDRESS)"
+
+
+def token_volumes(spec: dict[str, Any]) -> set[str]:
+    return {
+        volume["name"]
+        for volume in spec.get("volumes", [])
+        if any(
+            "serviceAccountToken" in s for s in (volume.get("projected") or {}).get("sources", [])
+        )
+    }
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_only_the_scaler_container_mounts_the_service_account_token(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    rendered = Rendered(render_scenario("kubernetes", values, tmp_path))
+    spec = rendered.deployment["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    (token,) = token_volumes(spec)
+    mounting = {
+        container["name"]: mount
+        for container in spec["containers"]
+        for mount in container.get("volumeMounts", [])
+        if mount["name"] == token
+    }
+    assert mounting == {"scaler": {"name": token, "mountPath": TOKEN_PATH, "readOnly": True}}
+    sources = next(v for v in spec["volumes"] if v["name"] == token)["projected"]["sources"]
+    # What the in-cluster client reads: token, ca.crt, namespace.
+    paths = {item["path"] for s in sources for item in (next(iter(s.values())).get("items") or [])}
+    assert paths | {sources[0]["serviceAccountToken"]["path"]} == {"token", "ca.crt", "namespace"}
+    assert not token_volumes(rendered.worker_pod["spec"])
+
+
+def test_in_the_stand_in_the_scheduler_container_has_no_token(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    """The scheduler pod as its Deployment creates it, admitted and started by the stand-in
+    (which mounts a token into every container unless the pod opts out, as the API server's
+    ServiceAccount admission does): only the scaler sees a token."""
+    rendered = render(render_scenario, "defaults", tmp_path)
+    template = rendered.deployment["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"]}}
+    pod["metadata"]["name"] = "dask-scheduler-5d8f7-abcde"
+    pod["spec"] = template["spec"]
+    sleeper = ["python3", "-c", "import time; time.sleep(60)"]
+    entrypoints = {c["image"]: sleeper for c in template["spec"]["containers"]}
+    with KubernetesStandIn(tmp_path / "api", entrypoints=entrypoints) as api:
+        code, answer = api.handle("POST", "/api/v1/namespaces/default/pods", pod)
+        assert code == 201, answer
+        name = pod["metadata"]["name"]
+        assert api.pods()[name]["status"]["phase"] == "Running"
+        assert TOKEN_PATH not in api.mounts(name, "scheduler")
+        token = api.mounts(name, "scaler")[TOKEN_PATH]
+        assert (token / "token").read_text()
+        assert (token / "namespace").read_text() == "default"
+        assert (token / "ca.crt").is_file()

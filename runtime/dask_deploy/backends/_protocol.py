@@ -33,6 +33,12 @@ class Instance:
     state: InstanceState
     requested_at: float
     """Unix time at which the backend asked the resource manager for it."""
+    reason: str | None = None
+    """Why a pending instance cannot start, in the resource manager's words (as
+    cluster-autoscaler's ``ErrorInfo``), e.g. ``Unschedulable: 0/1 nodes are available: 1
+    Insufficient cpu.``; ``None`` while nothing is known to hold it back. The loop does not
+    replace such an instance at ``startup_timeout`` (a copy would be stuck the same way), and
+    holds scale-ups while any is stuck."""
 
 
 @dataclass(frozen=True)
