@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -149,11 +150,49 @@ def test_ended_pods_are_the_finished_ones_not_yet_deleted_and_say_how() -> None:
     assert k8s.how_it_ended(pod("g", "Succeeded")) == "Succeeded"
 
 
-def test_forbidden_names_verb_and_resource() -> None:
-    body = b'{"kind":"Status","reason":"Forbidden","message":"pods is forbidden","code":403}'
-    error = k8s.api_error(k8s.delete_request(settings(), "p"), 403, body)
+def forbidden(message: str) -> bytes:
+    return json.dumps(
+        {
+            "kind": "Status",
+            "status": "Failure",
+            "reason": "Forbidden",
+            "code": 403,
+            "message": message,
+        }
+    ).encode()
+
+
+def test_forbidden_by_rbac_names_verb_and_resource() -> None:
+    message = (
+        'pods "p" is forbidden: User "system:serviceaccount:default:dask-scaler" cannot delete '
+        'resource "pods" in API group "" in the namespace "default"'
+    )
+    error = k8s.api_error(k8s.delete_request(settings(), "p"), 403, forbidden(message))
     assert isinstance(error, k8s.KubernetesPermissionError)
+    assert message in str(error)
     assert 'grant verb "delete" on resource "pods"' in str(error)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'pods "dask-worker-x7k2q" is forbidden: exceeded quota: compute, requested: '
+        "limits.cpu=2, used: limits.cpu=8, limited: limits.cpu=8",
+        'pods "dask-worker-x7k2q" is forbidden: violates PodSecurity "restricted:latest": '
+        'allowPrivilegeEscalation != false (container "worker" must set '
+        "securityContext.allowPrivilegeEscalation=false)",
+    ],
+    ids=["quota", "admission"],
+)
+def test_forbidden_by_quota_or_admission_reports_the_apis_message(message: str) -> None:
+    error = k8s.api_error(k8s.create_request(settings(), "p"), 403, forbidden(message))
+    assert not isinstance(error, k8s.KubernetesPermissionError)
+    assert (error.status, error.reason) == (403, "Forbidden")
+    assert str(error).endswith(f"403 Forbidden: {message}")
+    assert "grant" not in str(error) and "Role" not in str(error)
+
+
+def test_api_errors_other_than_forbidden() -> None:
     conflict = k8s.api_error(k8s.list_request(settings()), 409, b'{"reason":"Conflict"}')
     assert k8s.is_retryable(conflict)
     exists = k8s.api_error(k8s.list_request(settings()), 409, b'{"reason":"AlreadyExists"}')
@@ -290,6 +329,24 @@ async def test_forbidden_reports_verb_and_resource(tmp_path: Path) -> None:
                 await backend.scale_up(1)
         finally:
             await backend.close()
+
+
+async def test_quota_rejection_reports_the_quota_not_rbac(tmp_path: Path) -> None:
+    quota = (
+        'pods "dask-worker-x7k2q" is forbidden: exceeded quota: compute, requested: '
+        "requests.cpu=1, used: requests.cpu=4, limited: requests.cpu=4"
+    )
+    with KubernetesStandIn(tmp_path / "api", allowed=set(k8s.RBAC_RULES)) as api:
+        api.inject("create", 403, message=quota)
+        backend = backend_for(api, tmp_path)
+        try:
+            with pytest.raises(k8s.KubernetesApiError) as caught:
+                await backend.scale_up(1)
+        finally:
+            await backend.close()
+    assert "exceeded quota: compute" in str(caught.value)
+    assert not isinstance(caught.value, k8s.KubernetesPermissionError)
+    assert "Role" not in str(caught.value)
 
 
 async def test_stand_in_rejects_invalid_pods_and_collects_orphans(

@@ -110,7 +110,7 @@ class KubernetesApiError(RuntimeError):
 
 
 class KubernetesPermissionError(KubernetesApiError):
-    """403: the scaler's service account lacks a verb on a resource."""
+    """403 from RBAC: the scaler's service account lacks a verb on a resource."""
 
 
 def selector_labels(deployment: str) -> dict[str, str]:
@@ -217,20 +217,27 @@ def parse_pods(pod_list: Mapping[str, Any]) -> list[Instance]:
 
 
 def api_error(request: Request, status: int, body: bytes) -> KubernetesApiError:
-    """The error for a non-2xx answer, from its Status body; 403 names the missing permission."""
+    """The error for a non-2xx answer, in the API's own words (its Status message).
+
+    A 403 is not always RBAC: a ResourceQuota (``exceeded quota: ...``) and admission (Pod
+    Security, policy webhooks: ``violates PodSecurity ...``) answer 403 Forbidden too. Only an
+    RBAC denial (``User "..." cannot create resource "pods" ...``) adds which grant is missing.
+    """
     try:
         status_object = json.loads(body)
         reason, message = status_object.get("reason", ""), status_object.get("message", "")
     except (ValueError, AttributeError):
         reason, message = "", body.decode(errors="replace")[:200]
-    if status == 403:
+    if status == 403 and f'cannot {request.verb} resource "{request.resource}"' in message:
         message = (
-            f"the scaler's service account may not {request.verb} {request.resource}; "
-            f'grant verb "{request.verb}" on resource "{request.resource}" in its Role '
-            f"({message})"
+            f"{message} (the scaler's service account may not {request.verb} "
+            f'{request.resource}: grant verb "{request.verb}" on resource "{request.resource}" '
+            "in its Role)"
         )
         return KubernetesPermissionError(request, status, reason or "Forbidden", message)
-    return KubernetesApiError(request, status, reason, message)
+    return KubernetesApiError(
+        request, status, reason or ("Forbidden" if status == 403 else ""), message
+    )
 
 
 def is_retryable(error: KubernetesApiError) -> bool:

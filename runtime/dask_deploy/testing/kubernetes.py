@@ -115,6 +115,7 @@ class _Fault:
     verb: str
     status: int | None
     reason: str
+    message: str
     delay: float
     drop: bool
     times: int
@@ -366,6 +367,7 @@ class KubernetesStandIn:
         *,
         delay: float = 0.0,
         drop: bool = False,
+        message: str = "injected fault",
     ) -> None:
         """Fail the next ``times`` calls of ``verb`` (create, list, delete, get, update).
 
@@ -382,7 +384,7 @@ class KubernetesStandIn:
             raise ValueError("a dropped request has no status")
         reason = reason or _REASONS.get(status or 500, "InternalError")
         with self._lock:
-            self._faults.append(_Fault(verb, status, reason, delay, drop, times))
+            self._faults.append(_Fault(verb, status, reason, message, delay, drop, times))
 
     def pending_faults(self) -> int:
         """Injected failures not over yet: still to be served, or being held right now."""
@@ -475,7 +477,8 @@ class KubernetesStandIn:
             if fault is not None:
                 self._closed.wait(fault.delay)  # outside the lock: other calls go on meanwhile
                 if fault.status is not None:
-                    return fault.status, status_object(fault.status, fault.reason, "injected fault")
+                    answer = status_object(fault.status, fault.reason, fault.message)
+                    return fault.status, answer
                 if fault.drop:
                     raise DroppedConnection(f"{verb} dropped after {fault.delay} s")
             with self._lock:
