@@ -117,6 +117,7 @@ class Scaler:
         self._last_line = ""
         self._started_at: float | None = None
         self._last_connected: dict[str, float] = {}
+        self._stuck: dict[str, str] = {}
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed.
@@ -155,6 +156,11 @@ class Scaler:
             self._started_at = now
         for name in observation.registered_names:
             self._last_connected[name] = now
+        for instance in observation.instances:
+            if instance.reason is not None:
+                # Stuck for a reason a replacement would share: not stale; its startup clock
+                # starts again once the resource manager lets it go.
+                self._last_connected[instance.name] = now
         current = {i.name for i in observation.instances}
         self._last_connected = {n: t for n, t in self._last_connected.items() if n in current}
 
@@ -184,6 +190,38 @@ class Scaler:
             tasks_queued=observation.tasks_queued,
             tasks_unrunnable=observation.tasks_unrunnable,
             workers_to_close=observation.workers_to_close,
+        )
+
+    def _log_stuck(self, observation: Observation) -> None:
+        """Say once, per change, which instances cannot start and why (``Instance.reason``)."""
+        stuck = {i.name: i.reason for i in observation.pending if i.reason is not None}
+        changed: dict[str, list[str]] = {}
+        for name, reason in sorted(stuck.items()):
+            if self._stuck.get(name) != reason:
+                changed.setdefault(reason, []).append(name)
+        for reason, names in changed.items():
+            logger.warning(
+                "cannot start %s: %s; not replacing them, and no more are asked for meanwhile",
+                ", ".join(names),
+                reason,
+            )
+        present = {i.name for i in observation.instances}
+        released = sorted(n for n in self._stuck if n not in stuck and n in present)
+        if released:
+            logger.info("%s no longer held back; waiting for them to start", ", ".join(released))
+        self._stuck = stuck
+        self.metrics.stuck.set(len(stuck))
+
+    def _hold_if_stuck(self, decision: Decision, observation: Observation) -> Decision:
+        """No more instances while those asked for cannot start: they would be stuck too."""
+        stuck = [i for i in observation.pending if i.reason is not None]
+        if not isinstance(decision, ScaleUp) or not stuck:
+            return decision
+        reasons = sorted({str(i.reason) for i in stuck})
+        return Hold(
+            f"scale-up to {decision.n} held: {len(stuck)} requested instance(s) cannot start "
+            f"({'; '.join(reasons)})",
+            decision.numbers,
         )
 
     def _hold_if_refused(self, decision: Decision, now: float) -> Decision:
@@ -279,7 +317,9 @@ class Scaler:
             self._log_decision(hold)
             return TickResult(hold, seen, ok=False)
         self._log_unknown(observation)
+        self._log_stuck(observation)
         decision = self._hold_if_refused(self.policy.decide(observation, now), now)
+        decision = self._hold_if_stuck(decision, observation)
         self._log_decision(decision)
         self.metrics.record(
             decision,

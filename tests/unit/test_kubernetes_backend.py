@@ -15,7 +15,12 @@ import yaml
 from dask_deploy import SettingsError
 from dask_deploy.backends import BackendContext, Instance, InstanceState
 from dask_deploy.backends import kubernetes as k8s
-from dask_deploy.testing.kubernetes import KubernetesStandIn, expand, matches_selector
+from dask_deploy.testing.kubernetes import (
+    TOKEN_PATH,
+    KubernetesStandIn,
+    expand,
+    matches_selector,
+)
 
 pytestmark = pytest.mark.kubernetes
 
@@ -497,3 +502,86 @@ async def test_scaling_deletes_ended_pods_and_listing_changes_nothing(
         await wait_for(lambda: len(stand_in.pods()) == 1)
     finally:
         await backend.close()
+
+
+def test_pending_reason_from_the_schedulers_condition_or_a_stuck_container() -> None:
+    unschedulable = pod("a", "Pending")
+    message = "0/3 nodes are available: 1 Insufficient memory, 2 Insufficient cpu."
+    unschedulable["status"]["conditions"] = [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+    ]
+    bad_image = pod("b", "Pending")
+    bad_image["status"]["containerStatuses"] = [
+        {"name": "worker", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "x"}}}
+    ]
+    starting = pod("c", "Pending")
+    starting["status"]["containerStatuses"] = [
+        {"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    ]
+    reasons = {
+        i.name: i.reason for i in k8s.parse_pods({"items": [unschedulable, bad_image, starting]})
+    }
+    assert reasons == {"a": f"Unschedulable: {message}", "b": "ImagePullBackOff: x", "c": None}
+
+
+def hungry(name: str, cpu: str, **spec: Any) -> dict[str, Any]:
+    manifest = json.loads(json.dumps(SLEEPER))
+    manifest["metadata"]["name"] = name
+    manifest["spec"] |= {"automountServiceAccountToken": False, **spec}
+    manifest["spec"]["containers"][0]["resources"] = {"requests": {"cpu": cpu, "memory": "1Gi"}}
+    return manifest
+
+
+def test_stand_in_schedules_like_kube_scheduler(tmp_path: Path) -> None:
+    allocatable = {"cpu": "2", "memory": "4Gi", "pods": "110"}
+    with KubernetesStandIn(tmp_path / "api", allocatable=allocatable) as api:
+        post = "/api/v1/namespaces/default/pods"
+        assert api.handle("POST", post, hungry("fits", "1500m"))[0] == 201
+        assert api.handle("POST", post, hungry("waits", "1"))[0] == 201
+        gpu = hungry("gpu", "100m")
+        gpu["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpu": "1"}
+        assert api.handle("POST", post, gpu)[0] == 201
+        away = hungry("away", "100m", nodeSelector={"pool": "gpu"})
+        assert api.handle("POST", post, away)[0] == 201
+        pods = api.pods()
+        assert pods["fits"]["status"]["phase"] == "Running"
+        assert pods["fits"]["spec"]["nodeName"] == "stand-in"
+
+        def condition(name: str) -> dict[str, Any]:
+            (scheduled,) = api.pods()[name]["status"]["conditions"]
+            return dict(scheduled)
+
+        assert condition("waits") | {"lastTransitionTime": None} == {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient cpu.",
+            "lastProbeTime": None,
+            "lastTransitionTime": None,
+        }
+        assert condition("gpu")["message"] == (
+            "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+        )
+        assert condition("away")["message"] == (
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+        )
+        assert "nodeName" not in pods["waits"]["spec"] and not api.log_path("waits").exists()
+        # Capacity freed: the waiting pod is scheduled and started.
+        api.kill_containers("fits")
+        deadline = time.monotonic() + 20
+        while api.pods()["waits"]["status"]["phase"] != "Running":
+            assert time.monotonic() < deadline, api.pods()["waits"]["status"]
+            time.sleep(0.05)
+        assert condition("waits")["status"] == "True"
+
+
+def test_stand_in_mounts_a_token_unless_the_pod_opts_out(tmp_path: Path) -> None:
+    with KubernetesStandIn(tmp_path / "api") as api:
+        post = "/api/v1/namespaces/default/pods"
+        default = hungry("default", "100m")
+        del default["spec"]["automountServiceAccountToken"]
+        assert api.handle("POST", post, default)[0] == 201
+        assert api.handle("POST", post, hungry("opted-out", "100m"))[0] == 201
+        token = api.mounts("default", "worker")[TOKEN_PATH]
+        assert (token / "token").read_text() == "stand-in-token-for-default"
+        assert TOKEN_PATH not in api.mounts("opted-out", "worker")
