@@ -121,16 +121,30 @@ def test_memory_limit_is_derived_from_mem(render_scenario: RenderScenario, tmp_p
     assert worker["cpus"] == int(option(words(worker), "--nthreads")) == 8
 
 
-def test_health_checks_probe_dask_health_endpoints(
+def test_the_health_check_asks_where_the_dashboard_listens(
     render_scenario: RenderScenario, tmp_path: Path
 ) -> None:
+    # MESOS_HTTP goes to the task's loopback; the dashboard listens on $HOST. A COMMAND check
+    # runs inside the task with its environment and asks $HOST.
     rendered = apps(render_scenario("marathon", scenario("defaults"), tmp_path))
-    for name in ("scheduler", "worker"):
-        app = rendered[name]
-        (check,) = app["healthChecks"]
-        port = app["portDefinitions"][check["portIndex"]]["name"]
-        assert check["path"] == "/health"
-        assert f"$PORT_{port.upper()}" in option(words(app), "--dashboard-address")
+    scheduler = rendered["scheduler"]
+    (check,) = scheduler["healthChecks"]
+    assert check["protocol"] == "COMMAND"
+    command = check["command"]["value"]
+    assert 'os.environ["HOST"], os.environ["PORT_DASHBOARD"]' in command and "/health" in command
+    assert option(words(scheduler), "--dashboard-address") == "$HOST:$PORT_DASHBOARD"
+    assert (check["gracePeriodSeconds"], check["maxConsecutiveFailures"]) == (120, 3)
+    # Workers: the scheduler judges them; a health check would hold the app's deployment lock.
+    assert rendered["worker"]["healthChecks"] == []
+
+
+def test_default_fixed_ports_are_inside_the_agents_default_offer(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    for name, app in apps(render_scenario("marathon", scenario("defaults"), tmp_path)).items():
+        fixed = [p["port"] for p in app.get("portDefinitions", []) if p["port"]]
+        assert not fixed or app["requirePorts"] is True, name
+        assert all(31000 <= port <= 32000 for port in fixed), f"{name}: {fixed}"
 
 
 def test_labels_name_the_deployment_and_component(
@@ -166,7 +180,9 @@ def test_without_tls_nothing_is_mounted_and_addresses_are_tcp(
 ) -> None:
     rendered = apps(render_scenario("marathon", scenario("defaults"), tmp_path))
     assert all(not app["container"]["volumes"] for app in rendered.values())
-    assert option(words(rendered["worker"]), "worker") == "tcp://scheduler-dask.marathon.mesos:8786"
+    assert (
+        option(words(rendered["worker"]), "worker") == "tcp://scheduler-dask.marathon.mesos:31786"
+    )
 
 
 @pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.name)
