@@ -170,8 +170,11 @@ def test_containers_are_non_root_read_only_and_bounded(
             assert security["allowPrivilegeEscalation"] is False
             assert security["readOnlyRootFilesystem"] is True
             assert security["capabilities"] == {"drop": ["ALL"]}
-            assert set(container["resources"]["requests"]) == {"cpu", "memory"}
-            assert container["resources"]["limits"] == container["resources"]["requests"]
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"])
+            assert {"cpu", "memory"} <= set(resources["limits"])
+            # Memory is never overcommitted: Dask's --memory-limit is the request.
+            assert resources["limits"]["memory"] == resources["requests"]["memory"]
 
 
 def test_each_container_runs_its_roles_image_as_the_images_user(
@@ -190,7 +193,10 @@ def test_each_container_runs_its_roles_image_as_the_images_user(
 
 def test_custom_resources_and_extra_args(render_scenario: RenderScenario, tmp_path: Path) -> None:
     rendered = render(render_scenario, "custom", tmp_path)
-    assert rendered.worker["resources"]["limits"] == {"cpu": "8", "memory": "32Gi"}
+    assert rendered.worker["resources"] == {
+        "requests": {"cpu": "7500m", "memory": "32Gi", "ephemeral-storage": "100Gi"},
+        "limits": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"},
+    }
     assert option(rendered.worker["args"], "--memory-limit") == "32Gi"
     assert option(rendered.worker["args"], "--nthreads") == "8"
     assert rendered.worker["args"][-2:] == ["--resources", "GPU=1"]
@@ -361,3 +367,136 @@ def test_in_the_stand_in_the_scheduler_container_has_no_token(
         assert (token / "token").read_text()
         assert (token / "namespace").read_text() == "default"
         assert (token / "ca.crt").is_file()
+
+
+def render_values(
+    render_scenario: RenderScenario, values: dict[str, object], tmp_path: Path
+) -> Rendered:
+    """Render ``values`` over the defaults; every object must still validate (strict)."""
+    rendered = Rendered(render_scenario("kubernetes", values, tmp_path))
+    for document in [*rendered.objects.values(), rendered.worker_pod]:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    return rendered
+
+
+PLACEMENT = {
+    "node_selector": {"node-pool": "dask"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "dask"}],
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                ]
+            }
+        }
+    },
+    "priority_class_name": "dask-high",
+    "annotations": {"example.org/cost-center": "42"},
+    "labels": {"team": "data"},
+}
+
+
+def test_placement_pull_secrets_annotations_and_labels_reach_both_pods(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    values = {
+        "image": {"pull_secrets": ["registry-a", "registry-b"]},
+        "scheduler": PLACEMENT,
+        "worker": {**PLACEMENT, "node_selector": {"node-pool": "workers"}},
+    }
+    rendered = render_values(render_scenario, values, tmp_path)
+    template = rendered.deployment["spec"]["template"]
+    for pod, selector in ((template, "dask"), (rendered.worker_pod, "workers")):
+        spec = pod["spec"]
+        assert spec["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}]
+        assert spec["nodeSelector"] == {"node-pool": selector}
+        assert spec["tolerations"] == PLACEMENT["tolerations"]
+        assert spec["affinity"] == PLACEMENT["affinity"]
+        assert spec["priorityClassName"] == "dask-high"
+        assert pod["metadata"]["annotations"] == {"example.org/cost-center": "42"}
+        assert pod["metadata"]["labels"]["team"] == "data"
+    # The selector still matches only what dask-deploy labels.
+    assert "team" not in rendered.deployment["spec"]["selector"]["matchLabels"]
+    defaults = render_values(render_scenario, {}, tmp_path).pod_specs()
+    for spec in defaults:
+        assert not {"imagePullSecrets", "nodeSelector", "tolerations", "affinity"} & set(spec)
+
+
+def test_worker_cpu_request_without_limit_gpus_and_bounded_scratch(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    values = {
+        "worker": {"threads": 2, "cpu": "500m", "cpu_limit": False, "gpus": 2},
+    }
+    values["worker"]["local_storage"] = "20Gi"
+    rendered = render_values(render_scenario, values, tmp_path)
+    assert rendered.worker["resources"] == {
+        "requests": {"cpu": "500m", "memory": "4Gi", "ephemeral-storage": "20Gi"},
+        "limits": {"memory": "4Gi", "nvidia.com/gpu": "2"},
+    }
+    assert option(rendered.worker["args"], "--nthreads") == "2"
+    tmp = next(v for v in rendered.worker_pod["spec"]["volumes"] if v["name"] == "tmp")
+    assert tmp == {"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}}
+    # By default: the thread count, requested and limited.
+    default = render_values(render_scenario, {}, tmp_path).worker["resources"]
+    assert default == {
+        "requests": {"cpu": "2", "memory": "4Gi"},
+        "limits": {"cpu": "2", "memory": "4Gi"},
+    }
+
+
+def test_prometheus_annotations_point_at_the_scalers_metrics(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    values = {"scaler": {"prometheus_annotations": True, "metrics_port": 9100}}
+    template = render_values(render_scenario, values, tmp_path).deployment["spec"]["template"]
+    assert template["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9100",
+        "prometheus.io/path": "/metrics",
+    }
+    scaler = next(c for c in template["spec"]["containers"] if c["name"] == "scaler")
+    assert scaler["ports"] == [{"name": "metrics", "containerPort": 9100}]
+    off = render_values(render_scenario, {}, tmp_path).deployment["spec"]["template"]
+    assert "annotations" not in off["metadata"]
+
+
+def test_disruption_budget_protects_the_scheduler_only_when_asked(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    protected = render_values(render_scenario, {"scheduler": {"disruption_budget": True}}, tmp_path)
+    budget = protected.files["scheduler-poddisruptionbudget.yaml"]
+    assert budget["spec"]["maxUnavailable"] == 0
+    pod_labels = protected.deployment["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert not budget["spec"]["selector"]["matchLabels"].items() <= (
+        protected.worker_pod["metadata"]["labels"].items()
+    )
+    default = render_values(render_scenario, {}, tmp_path)
+    assert default.files["scheduler-poddisruptionbudget.yaml"]["spec"]["maxUnavailable"] == 1
+
+
+def test_load_balancer_without_tls_warns_and_can_limit_its_sources(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    values = {
+        "scheduler": {"service_type": "LoadBalancer", "service_source_ranges": ["10.1.0.0/16"]}
+    }
+    rendered = render_values(render_scenario, values, tmp_path)
+    text = (rendered.out / "scheduler-service.yaml").read_text()
+    assert "# WARNING: a LoadBalancer without TLS" in text
+    service = rendered.files["scheduler-service.yaml"]
+    assert service["spec"]["loadBalancerSourceRanges"] == ["10.1.0.0/16"]
+    open_lb = render_values(
+        render_scenario, {"scheduler": {"service_type": "LoadBalancer"}}, tmp_path
+    )
+    assert "every address is let in" in (open_lb.out / "scheduler-service.yaml").read_text()
+    with_tls = render_values(
+        render_scenario,
+        {"scheduler": {"service_type": "LoadBalancer"}, "tls": {"enabled": True}},
+        tmp_path,
+    )
+    assert "WARNING" not in (with_tls.out / "scheduler-service.yaml").read_text()
+    cluster_ip = render_values(render_scenario, {}, tmp_path)
+    assert "loadBalancerSourceRanges" not in cluster_ip.files["scheduler-service.yaml"]["spec"]

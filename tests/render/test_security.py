@@ -157,7 +157,10 @@ def test_kubernetes_pods_use_runtime_default_seccomp_and_private_secret_files(
                 assert mode & 0o007 == 0, f"{volume['name']}: readable by others ({mode:o})"
         for container in spec["containers"]:
             resources = container["resources"]
-            assert resources["requests"] == resources["limits"], container["name"]
+            # Memory is never overcommitted (Dask's --memory-limit is the request); CPU may be
+            # requested below its limit (worker.cpu), never without one in these scenarios.
+            assert resources["requests"]["memory"] == resources["limits"]["memory"]
+            assert resources["requests"]["cpu"] and resources["limits"]["cpu"], container["name"]
 
 
 @pytest.mark.parametrize("folder", KUBERNETES, ids=lambda p: p.name)
