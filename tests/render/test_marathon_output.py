@@ -117,7 +117,8 @@ def test_scheduler_ports_are_required_so_its_address_is_stable(
 def test_memory_limit_is_derived_from_mem(render_scenario: RenderScenario, tmp_path: Path) -> None:
     worker = apps(render_scenario("marathon", scenario("custom"), tmp_path))["worker"]
     assert worker["mem"] == 32768
-    assert option(words(worker), "--memory-limit") == f"{worker['mem']}MiB"
+    # Headroom for the nanny and the shell: Mesos kills the task at mem, Dask pauses before.
+    assert option(words(worker), "--memory-limit") == f"{worker['mem'] - 256}MiB"
     assert worker["cpus"] == int(option(words(worker), "--nthreads")) == 8
 
 
@@ -297,3 +298,46 @@ def test_root_user_is_refused_naming_the_key(tmp_path: Path) -> None:
     assert rendered.returncode == 2, rendered.stderr
     assert "security.user: got 'root', expected a string other than \"root\"" in rendered.stderr
     assert "Traceback" not in rendered.stderr and not out.exists()
+
+
+def test_the_scaler_container_sees_its_credentials_file_and_ca_bundle(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    values = {
+        "marathon": {
+            "url": "https://marathon.mesos:8443",
+            "credentials_file": "/etc/dask-deploy/marathon.yaml",
+            "tls_verify": "/etc/ssl/marathon-ca.pem",
+        }
+    }
+    out = render_scenario("marathon", values, tmp_path)
+    rendered = apps(out)
+    volumes = rendered["scaler"]["container"]["volumes"]
+    for path in ("/etc/dask-deploy/marathon.yaml", "/etc/ssl/marathon-ca.pem"):
+        assert {"containerPath": path, "hostPath": path, "mode": "RO"} in volumes
+    for other in ("scheduler", "worker"):
+        assert not rendered[other]["container"]["volumes"], f"{other} gets no credentials"
+    config = yaml.safe_load((out / "scaler-config.yaml").read_text())
+    options = config["backend"]["options"]
+    assert options["credentials_file"] == "/etc/dask-deploy/marathon.yaml"
+    assert options["tls_verify"] == "/etc/ssl/marathon-ca.pem"
+    # Without credentials or a bundle, nothing is mounted.
+    plain = apps(render_scenario("marathon", scenario("defaults"), tmp_path))
+    assert plain["scaler"]["container"]["volumes"] == []
+
+
+def test_worker_resources_placement_and_relaunch_settings(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    rendered = apps(render_scenario("marathon", scenario("custom"), tmp_path))
+    worker = rendered["worker"]
+    assert (worker["disk"], worker["gpus"]) == (20480, 1)
+    assert worker["constraints"] == [["rack_id", "GROUP_BY", "2"]]
+    assert rendered["scheduler"]["constraints"] == [["hostname", "UNIQUE"]]
+    assert option(words(worker), "--local-directory") == "$MESOS_SANDBOX"
+    for app in rendered.values():
+        assert (app["backoffSeconds"], app["maxLaunchDelaySeconds"]) == (1, 300)
+        assert app["unreachableStrategy"] == {
+            "inactiveAfterSeconds": 60,
+            "expungeAfterSeconds": 120,
+        }
