@@ -2,7 +2,7 @@
 
 One run = start a scheduler in this process, warm the cluster up to the policy's idle
 size, replay the trace with a client (sleeping tasks), drive the policy every second,
-and record what happened in a :class:`dask_deploy._sim_engine.RunRecord` (the same
+and record what happened in a :class:`dask_deploy.simulate.engine.RunRecord` (the same
 record the simulator fills, so both are measured by the same code).
 
 Policies:
@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,6 @@ from distributed.deploy.adaptive import Adaptive
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from dask_deploy import scheduler_preload
-from dask_deploy._sim_engine import RunRecord
-from dask_deploy._sim_trace import Trace
-from dask_deploy._sim_workload import BOOT_DELAY_FILE, sleep_task
 from dask_deploy.backends import BackendContext, Instance, InstanceState, local
 from dask_deploy.config import LoopSettings
 from dask_deploy.metrics import ScalerMetrics
@@ -44,12 +41,16 @@ from dask_deploy.policy import (
     Observation,
     Policy,
     PolicySettings,
-    ScaleDown,
     ScaleUp,
     load_policy_factory,
 )
 from dask_deploy.scaler import Scaler
 from dask_deploy.simulate import SimulationSettings
+from dask_deploy.simulate.engine import RunRecord
+from dask_deploy.simulate.trace import Trace
+from dask_deploy.simulate.workload import BOOT_DELAY_FILE, sleep_task
+from dask_deploy.steps import Bounds, DecisionRecord
+from dask_deploy.steps import record as record_decision
 
 DISTRIBUTED_ADAPTIVE = "distributed-adaptive"
 SCALER_HANDLERS = (
@@ -90,7 +91,7 @@ class HarnessSettings:
 class RecordedLocalWorkers:
     """``dask_deploy.backends.local`` (real ``dask worker`` processes), recording lifetimes.
 
-    Workers start with ``--preload dask_deploy._sim_workload``, which sleeps for the
+    Workers start with ``--preload dask_deploy.simulate.workload``, which sleeps for the
     seconds written in :attr:`delay_file` before registering: the injected boot delay.
     """
 
@@ -108,7 +109,7 @@ class RecordedLocalWorkers:
                     "state_dir": str(self.state_dir),
                     "threads": settings.threads,
                     "memory_limit": str(MEMORY_LIMIT),
-                    "worker_args": ["--preload", "dask_deploy._sim_workload"],
+                    "worker_args": ["--preload", "dask_deploy.simulate.workload"],
                 },
             )
         )
@@ -223,7 +224,7 @@ class RecordingPolicy:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.decisions: list[tuple[float, str, int, str]] = []
+        self.decisions: list[DecisionRecord] = []
 
     @property
     def target_duration(self) -> float | None:
@@ -231,12 +232,7 @@ class RecordingPolicy:
 
     def decide(self, observation: Observation, now: float) -> Decision:
         decision = self.policy.decide(observation, now)
-        if isinstance(decision, ScaleUp):
-            self.decisions.append((now, "up", decision.n, decision.reason))
-        elif isinstance(decision, ScaleDown):
-            self.decisions.append((now, "down", len(decision.names), decision.reason))
-        else:
-            self.decisions.append((now, "hold", 0, decision.reason))
+        self.decisions.append(record_decision(now, decision, observation))
         return decision
 
 
@@ -344,6 +340,8 @@ async def run_once(
                 scheduler=link,
                 backend=backend,
                 policy=policy,
+                policy_name=spec.policy,
+                bounds=Bounds(settings.minimum, settings.maximum),
                 settings=LoopSettings(interval=settings.interval),
                 metrics=ScalerMetrics(),
             )
@@ -444,15 +442,19 @@ async def run_once(
             )
         if adaptive is not None:
             for at, rec in adaptive.log:
-                kind = str(rec.get("status"))
-                n = int(rec.get("n", len(rec.get("workers", ()))))
-                record.decisions.append((at - t0, kind, n, "distributed Adaptive"))
+                # upstream logs the target of a scale-up, only the workers of a scale-down
+                kind = "up" if rec.get("status") == "up" else "down"
+                target = rec.get("n") if kind == "up" else None
+                released = tuple(str(w) for w in rec.get("workers", ()))
+                record.decisions.append(
+                    DecisionRecord(at - t0, kind, target, "distributed Adaptive", released)
+                )
             polls = max(1, int(end / settings.interval))
             record.scheduler_seconds_per_poll = sum(handler_seconds) / polls
         else:
             assert policy is not None
-            ticks = [d for d in policy.decisions if d[0] >= t0]
-            record.decisions = [(t - t0, k, n, r) for t, k, n, r in ticks]
+            ticks = [d for d in policy.decisions if d.at >= t0]
+            record.decisions = [replace(d, at=d.at - t0) for d in ticks]
             record.scheduler_seconds_per_poll = sum(handler_seconds) / max(1, len(ticks))
         record.tasks_recomputed = sum(c - 1 for c in recorder.executions.values() if c > 1)
         record.keys_lost = recorder.keys_lost

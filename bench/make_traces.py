@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dask_deploy._sim_trace import TaskGroup, Trace, save_trace
+from dask_deploy.simulate.trace import TaskGroup, Trace, save_trace
 
 HERE = Path(__file__).parent / "traces"
 

@@ -25,10 +25,10 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dask_deploy._sim_engine import ModelSettings, RunRecord
-from dask_deploy._sim_metrics import compute_metrics
-from dask_deploy._sim_trace import Trace, load_trace
 from dask_deploy.simulate import SimulationSettings, simulate
+from dask_deploy.simulate.engine import ModelSettings, RunRecord
+from dask_deploy.simulate.metrics import compute_metrics
+from dask_deploy.simulate.trace import Trace, load_trace
 from harness import DISTRIBUTED_ADAPTIVE, HarnessSettings, PolicySpec, run_once
 
 HERE = Path(__file__).parent

@@ -8,12 +8,9 @@ import logging
 import signal
 from pathlib import Path
 
-from .backends import BackendContext, load_backend_factory
 from .config import ScalerConfig, load_config
-from .metrics import ScalerMetrics
-from .observe import connect, resolve_address, wait_for_address
-from .policy import PolicySettings, load_policy_factory
-from .scaler import Scaler
+from .observe import wait_for_address
+from .scaler import build_scaler
 
 HELP = "Run the scaler: keep the worker count right for the scheduler's load."
 
@@ -82,35 +79,6 @@ def settings_from_args(args: argparse.Namespace) -> ScalerConfig:
         overrides["backend.name"] = "fake"
         overrides["backend.options"] = {}
     return load_config(args.config, overrides)
-
-
-def build_scaler(
-    config: ScalerConfig, *, dry_run: bool = False, address: str | None = None
-) -> Scaler:
-    """Policy, backend and scheduler link for ``config``; ``SettingsError`` on bad options."""
-    policy = load_policy_factory(config.policy.name)(
-        PolicySettings(
-            minimum=config.policy.minimum,
-            maximum=config.policy.maximum,
-            startup_timeout=config.loop.startup_timeout,
-            options=config.policy.options,
-        )
-    )
-    backend = load_backend_factory(config.backend.name)(
-        BackendContext(
-            deployment=config.deployment,
-            scheduler_address=address or resolve_address(config.scheduler),
-            options=config.backend.options,
-        )
-    )
-    return Scaler(
-        scheduler=connect(config.scheduler, address),
-        backend=backend,
-        policy=policy,
-        settings=config.loop,
-        metrics=ScalerMetrics(),
-        dry_run=dry_run,
-    )
 
 
 async def serve(config: ScalerConfig, *, dry_run: bool = False) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 
 from ._errors import SettingsError, UserInputError
-from ._sim_engine import ModelSettings
-from ._sim_trace import load_trace
 from .simulate import DISTRIBUTED_ADAPTIVE, SimulationSettings, make_policy, simulate
+from .simulate.engine import ModelSettings
+from .simulate.trace import load_trace
 
 HELP = (
     "Simulate a scaling policy on a workload trace (virtual clock, same policy code as the "

@@ -31,9 +31,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ._cli_scale import build_scaler
 from .config import parse_config
 from .observe import RpcScheduler
+from .scaler import build_scaler
 
 console = Console()
 

@@ -8,6 +8,11 @@ Safe scale-down: instances whose worker never connected are cancelled first;
 connected workers are retired through the scheduler (``retire_workers`` by name,
 closing and removing them), and only the names the scheduler reports retired
 are removed from the backend. While the scheduler is unreachable the loop holds.
+
+Whatever the policy answers, the loop enforces the invariants (:func:`dask_deploy.steps.enforce`):
+targets within ``[minimum, maximum]``, scale-down only of instances this backend launched. Each
+tick's decision is taken by the pure steps of :mod:`dask_deploy.steps`, the same the simulator
+runs, and logged with the policy's registry name.
 """
 
 from __future__ import annotations
@@ -16,14 +21,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TypeVar
 
-from .backends import Backend, Instance
-from .config import LoopSettings
+from . import steps
+from .backends import Backend, BackendContext, load_backend_factory
+from .config import LoopSettings, ScalerConfig
 from .metrics import ScalerMetrics
-from .observe import SchedulerLink
-from .policy import Decision, Hold, Observation, Policy, ScaleDown, ScaleUp, describe
+from .observe import SchedulerLink, connect, resolve_address
+from .options import BACKEND_OPTIONS, POLICY_OPTIONS, validate_plugin_options
+from .policy import (
+    Decision,
+    Hold,
+    Observation,
+    Policy,
+    PolicySettings,
+    ScaleDown,
+    ScaleUp,
+    describe,
+    load_policy_factory,
+)
+from .steps import Bounds, DecisionRecord, LoopMemory
 
 logger = logging.getLogger("dask_deploy.scaler")
 T = TypeVar("T")
@@ -35,26 +53,6 @@ PROMPT_RETRY_WINDOW = 30.0
 MAX_BACKOFF = 30.0
 #: Seconds a tick in progress may still take once the scaler is asked to stop.
 STOP_GRACE = 5.0
-#: Seconds before a worker the scheduler refused to retire is asked again.
-RETRY_REFUSED_AFTER = 30.0
-
-
-def without_retiring(observation: Observation) -> Observation:
-    """The observation without the workers the scheduler is retiring, nor their instances.
-
-    A retiring worker (``closing_gracefully``: its data is being moved away) is already on its
-    way out. Counted as requested, it makes the policy release another worker for the same
-    decrease: a scaler restarted during a long retirement (or whose retire call timed out)
-    would retire two workers where one was asked.
-    """
-    retiring = {w.name for w in observation.workers if w.status == "closing_gracefully"}
-    if not retiring:
-        return observation
-    return replace(
-        observation,
-        workers=tuple(w for w in observation.workers if w.name not in retiring),
-        instances=tuple(i for i in observation.instances if i.name not in retiring),
-    )
 
 
 class SchedulerCallError(Exception):
@@ -75,6 +73,8 @@ class TickResult:
     decision: Decision
     observation: Observation | None
     ok: bool
+    record: DecisionRecord | None = None
+    """The decision as the simulator records it (``None`` when the tick could not decide)."""
 
 
 class Scaler:
@@ -86,6 +86,8 @@ class Scaler:
             scheduler=connect(SchedulerSettings(address="tcp://127.0.0.1:8786")),
             backend=FakeBackend("dask"),
             policy=load_policy_factory("adaptive")(PolicySettings(maximum=4)),
+            policy_name="adaptive",
+            bounds=Bounds(minimum=0, maximum=4),
             settings=LoopSettings(interval=1.0),
         )
         await scaler.run(stop)  # until the asyncio.Event ``stop`` is set
@@ -97,6 +99,8 @@ class Scaler:
         scheduler: SchedulerLink,
         backend: Backend,
         policy: Policy,
+        policy_name: str,
+        bounds: Bounds,
         settings: LoopSettings,
         metrics: ScalerMetrics | None = None,
         clock: Callable[[], float] = time.time,
@@ -105,6 +109,8 @@ class Scaler:
         self.scheduler = scheduler
         self.backend = backend
         self.policy = policy
+        self.policy_name = policy_name
+        self.bounds = bounds
         self.settings = settings
         self.metrics = metrics or ScalerMetrics()
         self.clock = clock
@@ -113,10 +119,8 @@ class Scaler:
         self._failing_since: float | None = None
         self._last_hold = ""
         self._unknown_logged: set[str] = set()
-        self._refused: dict[str, float] = {}
         self._last_line = ""
-        self._started_at: float | None = None
-        self._last_connected: dict[str, float] = {}
+        self._memory: LoopMemory | None = None
         self._stuck: dict[str, str] = {}
 
     async def observe(self) -> Observation | Hold:
@@ -146,51 +150,21 @@ class Scaler:
         )
 
     async def _replace_stale(self, observation: Observation, now: float) -> Observation:
-        """Remove instances that stayed unconnected for longer than the startup timeout.
-
-        The clock of an instance starts at the latest of: its request, the start of this
-        scaler (a restarted scaler gives every instance a full timeout) and the last time
-        its worker was seen connected (a scheduler restart is not a startup failure).
-        """
-        if self._started_at is None:
-            self._started_at = now
-        for name in observation.registered_names:
-            self._last_connected[name] = now
-        for instance in observation.instances:
-            if instance.reason is not None:
-                # Stuck for a reason a replacement would share: not stale; its startup clock
-                # starts again once the resource manager lets it go.
-                self._last_connected[instance.name] = now
-        current = {i.name for i in observation.instances}
-        self._last_connected = {n: t for n, t in self._last_connected.items() if n in current}
-
-        def unconnected_since(instance: Instance) -> float:
-            assert self._started_at is not None
-            connected = self._last_connected.get(instance.name, instance.requested_at)
-            return max(instance.requested_at, self._started_at, connected)
-
+        """Remove instances that stayed unconnected for longer than the startup timeout."""
+        memory = self._memory or LoopMemory(started_at=now)
         timeout = self.settings.startup_timeout
-        stale = [i for i in observation.pending if now - unconnected_since(i) > timeout]
+        self._memory, stale = steps.find_stale(memory, observation, now, timeout)
         if not stale or self.dry_run:
             return observation
         names = sorted(i.name for i in stale)
         logger.warning(
             "removing %s: not connected for %.0fs (startup_timeout=%gs); they will be replaced",
             ", ".join(names),
-            now - max(unconnected_since(i) for i in stale),
+            now - max(steps.unconnected_since(self._memory, i) for i in stale),
             timeout,
         )
         await self.backend.scale_down(names)
-        kept: tuple[Instance, ...] = tuple(i for i in observation.instances if i.name not in names)
-        return Observation(
-            workers=observation.workers,
-            instances=kept,
-            adaptive_target=observation.adaptive_target,
-            tasks_processing=observation.tasks_processing,
-            tasks_queued=observation.tasks_queued,
-            tasks_unrunnable=observation.tasks_unrunnable,
-            workers_to_close=observation.workers_to_close,
-        )
+        return steps.without_instances(observation, names)
 
     def _log_stuck(self, observation: Observation) -> None:
         """Say once, per change, which instances cannot start and why (``Instance.reason``)."""
@@ -211,31 +185,6 @@ class Scaler:
             logger.info("%s no longer held back; waiting for them to start", ", ".join(released))
         self._stuck = stuck
         self.metrics.stuck.set(len(stuck))
-
-    def _hold_if_stuck(self, decision: Decision, observation: Observation) -> Decision:
-        """No more instances while those asked for cannot start: they would be stuck too."""
-        stuck = [i for i in observation.pending if i.reason is not None]
-        if not isinstance(decision, ScaleUp) or not stuck:
-            return decision
-        reasons = sorted({str(i.reason) for i in stuck})
-        return Hold(
-            f"scale-up to {decision.n} held: {len(stuck)} requested instance(s) cannot start "
-            f"({'; '.join(reasons)})",
-            decision.numbers,
-        )
-
-    def _hold_if_refused(self, decision: Decision, now: float) -> Decision:
-        """Do not ask the scheduler again and again to retire workers it just refused."""
-        self._refused = {
-            name: at for name, at in self._refused.items() if now - at < RETRY_REFUSED_AFTER
-        }
-        if isinstance(decision, ScaleDown) and all(n in self._refused for n in decision.names):
-            return Hold(
-                f"scale-down of {', '.join(decision.names)} held: the scheduler refused to "
-                f"retire them; asking again {RETRY_REFUSED_AFTER:g}s after the refusal",
-                decision.numbers,
-            )
-        return decision
 
     def _log_unknown(self, observation: Observation) -> None:
         for worker in observation.unknown_workers:
@@ -260,7 +209,9 @@ class Scaler:
             self._last_hold = decision.reason
         else:
             self._last_hold = ""
-        logger.info("%s%s", "[dry-run] " if self.dry_run else "", line)
+        logger.info(
+            "%s%s (policy %s)", "[dry-run] " if self.dry_run else "", line, self.policy_name
+        )
 
     async def act(self, decision: Decision, observation: Observation) -> None:
         """Carry out a decision against the backend and the scheduler."""
@@ -287,8 +238,8 @@ class Scaler:
             return
         retired = await _asking_scheduler(self.scheduler.retire(to_retire))
         kept = [name for name in to_retire if name not in retired]
-        now = self.clock()
-        self._refused.update({name: now for name in kept})
+        if self._memory is not None:
+            self._memory = steps.remember_refused(self._memory, kept, self.clock())
         if kept:
             self.metrics.retire_failures.inc(len(kept))
             logger.warning(
@@ -310,16 +261,20 @@ class Scaler:
             self.metrics.decisions.labels(kind=seen.kind).inc()
             return TickResult(seen, None, ok=False)
         try:
-            observation = without_retiring(await self._replace_stale(seen, now))
+            current = await self._replace_stale(seen, now)
         except Exception as error:
             self.metrics.backend_errors.inc()
             hold = Hold(f"backend error while replacing stale instances: {error!r}")
             self._log_decision(hold)
             return TickResult(hold, seen, ok=False)
-        self._log_unknown(observation)
-        self._log_stuck(observation)
-        decision = self._hold_if_refused(self.policy.decide(observation, now), now)
-        decision = self._hold_if_stuck(decision, observation)
+        assert self._memory is not None  # set by _replace_stale
+        self._log_unknown(steps.without_retiring(current))
+        self._log_stuck(steps.without_retiring(current))
+        step = steps.decide(self._memory, current, now, self.policy, self.bounds, self.policy_name)
+        self._memory = step.memory
+        observation, decision = step.observation, step.decision
+        for note in step.notes:
+            logger.warning("%s", note)
         self._log_decision(decision)
         self.metrics.record(
             decision,
@@ -336,8 +291,8 @@ class Scaler:
                 else self.metrics.backend_errors
             ).inc()
             logger.warning("acting on %r failed, will retry: %r", describe(decision), error)
-            return TickResult(decision, observation, ok=False)
-        return TickResult(decision, observation, ok=True)
+            return TickResult(decision, observation, ok=False, record=step.record)
+        return TickResult(decision, observation, ok=True, record=step.record)
 
     def next_delay(self, ok: bool) -> float:
         """Seconds until the next tick: the interval, backing off only in a long outage.
@@ -364,8 +319,10 @@ class Scaler:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set; then, with ``cleanup_on_exit``, remove every instance."""
         logger.info(
-            "scaler started: policy=%s interval=%gs startup_timeout=%gs%s",
-            type(self.policy).__name__,
+            "scaler started: policy=%s (minimum=%d maximum=%d) interval=%gs startup_timeout=%gs%s",
+            self.policy_name,
+            self.bounds.minimum,
+            self.bounds.maximum,
             self.settings.interval,
             self.settings.startup_timeout,
             " (dry run: no action is taken)" if self.dry_run else "",
@@ -426,3 +383,38 @@ class Scaler:
             await self.backend.scale_down(names)
         except Exception as error:
             logger.warning("cleanup on exit failed: %r", error)
+
+
+def build_scaler(
+    config: ScalerConfig, *, dry_run: bool = False, address: str | None = None
+) -> Scaler:
+    """Policy, backend and scheduler link for ``config``; ``SettingsError`` on bad options."""
+    policy_factory = load_policy_factory(config.policy.name)
+    backend_factory = load_backend_factory(config.backend.name)
+    validate_plugin_options(policy_factory, config.policy.options, prefix=POLICY_OPTIONS)
+    validate_plugin_options(backend_factory, config.backend.options, prefix=BACKEND_OPTIONS)
+    policy = policy_factory(
+        PolicySettings(
+            minimum=config.policy.minimum,
+            maximum=config.policy.maximum,
+            startup_timeout=config.loop.startup_timeout,
+            options=config.policy.options,
+        )
+    )
+    backend = backend_factory(
+        BackendContext(
+            deployment=config.deployment,
+            scheduler_address=address or resolve_address(config.scheduler),
+            options=config.backend.options,
+        )
+    )
+    return Scaler(
+        scheduler=connect(config.scheduler, address),
+        backend=backend,
+        policy=policy,
+        settings=config.loop,
+        policy_name=config.policy.name,
+        bounds=Bounds(config.policy.minimum, config.policy.maximum),
+        metrics=ScalerMetrics(),
+        dry_run=dry_run,
+    )

@@ -15,11 +15,10 @@ SetAssignment(path=('worker', 'extra_args', 0), value='--no-nanny')
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import jsonschema
 import yaml
 
 from ._errors import SettingsError, UserInputError
+from .options import PathSegment, format_path, problems, raise_problems, type_name
 
 #: Overrides where the templates are found (a folder holding ``<backend>/values.yaml``).
 TEMPLATES_ENV = "DASK_DEPLOY_TEMPLATES"
@@ -36,7 +36,6 @@ SCHEMA_FILE = "values.schema.json"
 #: Folders under the templates root that hold shared macros, not a backend.
 COMMON_FOLDER = "_common"
 
-PathSegment = str | int
 Values = dict[str, Any]
 
 
@@ -148,7 +147,7 @@ def load_values_file(path: str | os.PathLike[str], *, what: str = "--values") ->
         return {}
     if not isinstance(data, dict):
         raise ValuesError(
-            f"{what} {file}: got a {_type_name(data)} at the top level, "
+            f"{what} {file}: got a {type_name(data)} at the top level, "
             "expected a mapping of keys to values (e.g. `scaler: {maximum: 20}`)"
         )
     _check_string_keys(data, (), f"{what} {file}")
@@ -160,7 +159,7 @@ def _check_string_keys(node: object, path: tuple[PathSegment, ...], source: str)
     if isinstance(node, dict):
         for key, value in node.items():
             if not isinstance(key, str):
-                where = f" in {_format_path(path)}" if path else ""
+                where = f" in {format_path(path)}" if path else ""
                 raise SettingsError(
                     f"{source}: key{where}",
                     key,
@@ -193,7 +192,7 @@ def load_schema(path: Path) -> dict[str, Any]:
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as error:
-        where = _format_path(error.absolute_path) or "(top level)"
+        where = format_path(error.absolute_path) or "(top level)"
         raise ValuesError(f"{path}: not a valid JSON Schema at {where}: {error.message}") from None
     if not isinstance(schema, dict):
         raise ValuesError(f"{path}: the schema must be a JSON object")
@@ -338,9 +337,9 @@ def apply_set(values: Mapping[str, Any], assignment: SetAssignment) -> Values:
         fresh: Any = [] if isinstance(following, int) else {}
         if isinstance(segment, int):
             if segment > len(container):
-                where = _format_path(path[:depth])
+                where = format_path(path[:depth])
                 raise SettingsError(
-                    _format_path(path),
+                    format_path(path),
                     assignment.value,
                     f"an index from 0 to {len(container)} ({where} has {len(container)} items)",
                 )
@@ -360,180 +359,10 @@ def apply_set(values: Mapping[str, Any], assignment: SetAssignment) -> Values:
 # --------------------------------------------------------------------------- validation
 
 
-class _Missing:
-    def __repr__(self) -> str:
-        return "nothing"
-
-
-def _format_path(path: Iterable[PathSegment]) -> str:
-    text = ""
-    for segment in path:
-        if isinstance(segment, int):
-            text += f"[{segment}]"
-        else:
-            text += f".{segment}" if text else str(segment)
-    return text
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "mapping"
-    if isinstance(value, list | tuple):
-        return "list"
-    return type(value).__name__
-
-
-_TYPE_WORDS = {
-    "integer": "an integer",
-    "number": "a number",
-    "string": "a string",
-    "boolean": "true or false",
-    "null": "null",
-    "object": "a mapping",
-    "array": "a list",
-}
-
-
-def _describe_type(schema: Mapping[str, Any]) -> str:
-    kinds = schema.get("type")
-    if kinds is None:
-        return "a value"
-    if isinstance(kinds, str):
-        kinds = [kinds]
-    return " or ".join(_TYPE_WORDS.get(kind, kind) for kind in kinds)
-
-
-def _describe_bounds(schema: Mapping[str, Any]) -> str:
-    kinds = schema.get("type")
-    noun = "an integer" if kinds == "integer" or kinds == ["integer"] else "a number"
-    parts = []
-    for keyword, sign in (
-        ("minimum", ">="),
-        ("exclusiveMinimum", ">"),
-        ("maximum", "<="),
-        ("exclusiveMaximum", "<"),
-    ):
-        if keyword in schema:
-            parts.append(f"{sign} {schema[keyword]}")
-    nullable = " (or null)" if isinstance(kinds, list) and "null" in kinds else ""
-    return f"{noun} {' and '.join(parts)}{nullable}"
-
-
-def _error_to_settings(error: jsonschema.ValidationError) -> list[SettingsError]:
-    """Turn one schema error into messages naming key path, value and what is allowed."""
-    path = tuple(error.absolute_path)
-    key = _format_path(path) or "(top level)"
-    schema: Mapping[str, Any] = error.schema if isinstance(error.schema, Mapping) else {}
-    value = error.instance
-    keyword = error.validator
-    if keyword == "additionalProperties" and isinstance(value, Mapping):
-        known = list(schema.get("properties", {}))
-        patterns = [re.compile(pattern) for pattern in schema.get("patternProperties", {})]
-        unknown = [
-            name
-            for name in value
-            if name not in known and not any(pattern.search(name) for pattern in patterns)
-        ]
-        where = f"in {key}" if path else "at the top level"
-        listed = ", ".join(known) if known else "none"
-        problems = []
-        for name in unknown:
-            guess = difflib.get_close_matches(str(name), known, n=1)
-            hint = f"; did you mean {guess[0]}?" if guess else ""
-            allowed = f"a known key (unknown key; allowed keys {where} are {listed}{hint})"
-            problems.append(SettingsError(_format_path((*path, name)), value[name], allowed))
-        return problems
-    if keyword == "required" and isinstance(value, Mapping):
-        required = error.validator_value if isinstance(error.validator_value, list) else []
-        missing = [name for name in required if name not in value]
-        return [
-            SettingsError(
-                _format_path((*path, name)),
-                _Missing(),
-                f"a value: {key} requires it"
-                + (
-                    f" ({_describe_type(schema['properties'][name])})"
-                    if name in schema.get("properties", {})
-                    else ""
-                ),
-            )
-            for name in missing
-        ]
-    if keyword == "type":
-        allowed = _describe_type(schema)
-        if "string" in str(schema.get("type")) and isinstance(value, int | float | bool):
-            allowed += f' (quote it to keep it a string: {key}="{value}")'
-        return [SettingsError(key, value, allowed)]
-    if keyword in ("enum", "const"):
-        options = schema.get("enum", [schema.get("const")])
-        return [SettingsError(key, value, "one of " + ", ".join(map(json.dumps, options)))]
-    if keyword == "not" and isinstance(error.validator_value, Mapping):
-        refused = error.validator_value.get("enum", [error.validator_value.get("const")])
-        return [
-            SettingsError(
-                key,
-                value,
-                f"{_describe_type(schema)} other than " + ", ".join(map(json.dumps, refused)),
-            )
-        ]
-    if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        return [SettingsError(key, value, _describe_bounds(schema))]
-    if "propertyNames" in error.relative_schema_path:
-        allowed = f"a key name matching {schema['pattern']}" if keyword == "pattern" else ""
-        return [
-            SettingsError(
-                _format_path((*path, str(value))),
-                value,
-                allowed or f"a valid key name ({error.message})",
-            )
-        ]
-    if keyword == "pattern":
-        return [SettingsError(key, value, f"a string matching {schema['pattern']}")]
-    if keyword in ("minLength", "maxLength"):
-        bounds = []
-        if "minLength" in schema:
-            bounds.append(f"at least {schema['minLength']}")
-        if "maxLength" in schema:
-            bounds.append(f"at most {schema['maxLength']}")
-        return [SettingsError(key, value, f"a string of {' and '.join(bounds)} characters")]
-    if keyword in ("minItems", "maxItems"):
-        bounds = []
-        if "minItems" in schema:
-            bounds.append(f"at least {schema['minItems']}")
-        if "maxItems" in schema:
-            bounds.append(f"at most {schema['maxItems']}")
-        return [SettingsError(key, value, f"a list of {' and '.join(bounds)} items")]
-    if keyword == "uniqueItems":
-        return [SettingsError(key, value, "a list without repeated items")]
-    return [SettingsError(key, value, f"a value that passes the schema ({error.message})")]
-
-
 def validate_values(values: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
     """Raise one error naming every problem of ``values`` against ``schema``."""
-    validator = jsonschema.Draft202012Validator(schema)
-    problems: list[SettingsError] = []
-    for error in sorted(validator.iter_errors(values), key=lambda e: list(map(str, e.path))):
-        problems.extend(_error_to_settings(error))
-    if not problems:
-        problems = _cross_field_problems(values)
-    if not problems:
-        return
-    if len(problems) == 1:
-        raise problems[0]
-    first, *others = problems
-    raise ValuesError(
-        f"{first}; and {len(others)} more: " + "; ".join(str(other) for other in others)
-    )
+    found = problems(values, schema) or _cross_field_problems(values)
+    raise_problems(found, ValuesError)
 
 
 def _cross_field_problems(values: Mapping[str, Any]) -> list[SettingsError]:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from dask_deploy._sim_engine import ModelSettings
-from dask_deploy._sim_metrics import compute_metrics
-from dask_deploy._sim_trace import load_trace
 from dask_deploy.simulate import SimulationSettings, simulate
+from dask_deploy.simulate.engine import ModelSettings
+from dask_deploy.simulate.metrics import compute_metrics
+from dask_deploy.simulate.trace import load_trace
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))

@@ -118,3 +118,45 @@ def test_cli_unknown_policy_option_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "policy.options.growth_factor" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_misspelt_key_in_scaler_yaml_is_one_line_naming_key_value_and_allowed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "scaler.yaml"
+    path.write_text(FULL.replace("cleanup_on_exit: true", "cleanup_on_exti: true"))
+    result = subprocess.run(
+        [sys.executable, "-m", "dask_deploy.cli", "scale", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "loop.cleanup_on_exti: got True" in line
+    assert "did you mean cleanup_on_exit?" in line
+
+
+def test_scaler_yaml_errors_read_like_values_file_errors() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_config(None, {**flat(MINIMAL), "loop.interval": "fast"}, environ={})
+    assert str(raised.value) == "loop.interval: got 'fast', expected a number"
+    with pytest.raises(SettingsError) as raised:
+        load_config(None, {**flat(MINIMAL), "metrics.port": 70000}, environ={})
+    assert str(raised.value) == "metrics.port: got 70000, expected an integer >= 0 and <= 65535"
+
+
+def test_the_documented_example_passes_the_schema() -> None:
+    text = Path(__file__).parents[2].joinpath("docs", "scaler-config.md").read_text()
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = load_config(None, {}, environ={ENV_VAR: example})
+    assert config.backend.name == "marathon"
+
+
+def flat(mapping: dict[str, dict[str, str]]) -> dict[str, object]:
+    return {
+        f"{section}.{key}": value
+        for section, keys in mapping.items()
+        for key, value in keys.items()
+    }

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dask_deploy import SettingsError
 from dask_deploy import render as render_module
-from dask_deploy._errors import SettingsError
 from dask_deploy.render import (
     RenderError,
     make_environment,

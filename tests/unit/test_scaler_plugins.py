@@ -13,6 +13,7 @@ from dask_deploy.backends import registry as backend_registry
 from dask_deploy.config import parse_config
 from dask_deploy.policy import Observation, PolicySettings, ScaleUp, load_policy_factory
 from dask_deploy.policy import registry as policy_registry
+from dask_deploy.scaler import build_scaler
 
 PLUGIN = """
 from dask_deploy.backends.fake import FakeBackend
@@ -83,3 +84,77 @@ def test_without_the_plugin_its_name_is_a_settings_error() -> None:
     with pytest.raises(SettingsError) as raised:
         load_policy_factory("always-two")
     assert raised.value.key == "policy.name"
+
+
+SCHEMA_PLUGIN = """
+from dask_deploy.backends.fake import FakeBackend
+from dask_deploy.policy import Hold
+
+
+class Never:
+    target_duration = None
+
+    def decide(self, observation, now):
+        return Hold("never")
+
+
+def create_policy(settings):
+    return Never()
+
+
+create_policy.options_schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"patience": {"type": "integer", "minimum": 1}},
+}
+
+
+def create_backend(context):
+    return FakeBackend(context.deployment)
+
+
+create_backend.options_schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"zone": {"enum": ["north", "south"]}},
+}
+"""
+
+
+@pytest.fixture
+def schema_plugin_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "dd_schema_plugin.py").write_text(SCHEMA_PLUGIN)
+    info = tmp_path / "dd_schema_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dd-schema-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[dask_deploy.policies]\npatient = dd_schema_plugin:create_policy\n\n"
+        "[dask_deploy.backends]\nzoned = dd_schema_plugin:create_backend\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.usefixtures("schema_plugin_on_path")
+@pytest.mark.parametrize(
+    ("section", "options", "message"),
+    [
+        ("policy", {"patience": 0}, "policy.options.patience: got 0, expected an integer >= 1"),
+        (
+            "backend",
+            {"zone": "east"},
+            "backend.options.zone: got 'east', expected one of \"north\"",
+        ),
+    ],
+)
+def test_a_plugin_publishes_its_options_schema_and_the_loop_validates_with_it(
+    section: str, options: dict[str, object], message: str
+) -> None:
+    raw = {
+        "scheduler": {"address": "tcp://127.0.0.1:8786"},
+        "policy": {"name": "patient"},
+        "backend": {"name": "zoned"},
+    }
+    raw[section] = {**raw[section], "options": options}
+    with pytest.raises(SettingsError) as raised:
+        build_scaler(parse_config(raw), address="tcp://127.0.0.1:8786")
+    assert str(raised.value).startswith(message)

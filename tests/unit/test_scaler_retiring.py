@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dask_deploy.backends import Instance
-from dask_deploy.backends._protocol import InstanceState
+from dask_deploy.backends import Instance, InstanceState
 from dask_deploy.backends.fake import FakeBackend
 from dask_deploy.policy import (
     Hold,
@@ -14,7 +13,7 @@ from dask_deploy.policy import (
     WorkerSnapshot,
 )
 from dask_deploy.policy import load_policy_factory as policy_factory
-from dask_deploy.scaler import without_retiring
+from dask_deploy.steps import without_retiring
 
 
 def observation(statuses: dict[str, str]) -> Observation:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dask_deploy._sim_engine import ModelSettings, SimCluster
-from dask_deploy._sim_trace import TaskGroup, Trace, load_trace, parse_trace
 from dask_deploy.cli import main
 from dask_deploy.simulate import DISTRIBUTED_ADAPTIVE, SimulationSettings, simulate
+from dask_deploy.simulate.engine import ModelSettings, SimCluster
+from dask_deploy.simulate.trace import TaskGroup, Trace, load_trace, parse_trace
 
 TRACES = Path(__file__).resolve().parents[2] / "bench" / "traces"
 
@@ -40,7 +40,7 @@ def test_adaptive_scales_up_for_a_long_burst_and_beats_the_minimum() -> None:
     trace = Trace("t", "", 0, (_group("a", 0, 60, 1.0),))
     fixed = simulate(trace, SimulationSettings(policy="fixed", minimum=1, maximum=6))
     adaptive = simulate(trace, SimulationSettings(policy="adaptive", minimum=1, maximum=6))
-    assert any(kind == "up" for _, kind, _, _ in adaptive.record.decisions)
+    assert any(d.kind == "up" for d in adaptive.record.decisions)
     assert adaptive.metrics.makespan < fixed.metrics.makespan
     assert adaptive.metrics.time_to_first_worker >= 5.0 * 0.9  # not before the boot delay
 
@@ -162,5 +162,5 @@ def test_idle_workers_go_after_two_boot_times_not_after_a_minute() -> None:
 def test_ticks_fall_half_an_interval_after_the_trace_starts() -> None:
     trace = Trace("t", "", 0, (_group("a", 0, 4, 1.0),))
     result = simulate(trace, SimulationSettings(policy="fixed", minimum=1, maximum=1))
-    ticks = [t for t, _, _, _ in result.record.decisions]
+    ticks = [d.at for d in result.record.decisions]
     assert ticks[:3] == [0.5, 1.5, 2.5]

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from dask_deploy._sim_engine import RunRecord
-from dask_deploy._sim_metrics import compute_metrics
-from dask_deploy._sim_trace import TaskGroup, Trace, ideal_bounds
+from dask_deploy.simulate.engine import RunRecord
+from dask_deploy.simulate.metrics import compute_metrics
+from dask_deploy.simulate.trace import TaskGroup, Trace, ideal_bounds
+from dask_deploy.steps import DecisionRecord
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -36,10 +37,10 @@ def test_worker_seconds_run_from_request_to_exit_clipped_to_the_trace() -> None:
 def test_reversal_is_a_scale_down_followed_by_a_scale_up_within_the_boot_delay() -> None:
     record = RunRecord(
         decisions=[
-            (1.0, "up", 2, ""),
-            (5.0, "down", 1, ""),
-            (8.0, "up", 2, ""),
-            (30, "down", 1, ""),
+            DecisionRecord(1.0, "up", 2, ""),
+            DecisionRecord(5.0, "down", 1, ""),
+            DecisionRecord(8.0, "up", 2, ""),
+            DecisionRecord(30, "down", 1, ""),
         ],
         instances=[("w1", 0.0, 0.0, None), ("w2", 1.0, 6.5, None), ("w3", 8.0, 13.0, None)],
         makespan=40.0,

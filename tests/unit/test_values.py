@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dask_deploy._errors import SettingsError, UserInputError
+from dask_deploy import SettingsError, UserInputError
 from dask_deploy.values import (
     SetAssignment,
     apply_set,

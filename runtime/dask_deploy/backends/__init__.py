@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import cast
 
 from .._registry import Registry
-from ._protocol import (
+from ..contract import (
     Backend,
     BackendContext,
     BackendFactory,

@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import SettingsError
-from ._protocol import Backend, BackendContext, Instance, InstanceState, count_requested
+from ..contract import Backend, BackendContext, Instance, InstanceState, count_requested
+from ..options import BACKEND_OPTIONS, reject_unknown
 
 DEPLOYMENT_LABEL = "dask-deploy.deployment"
 ROLE_LABEL = "dask-deploy.role"
@@ -95,8 +96,7 @@ def load_settings(context: BackendContext) -> DockerSettings:
     allowed = {"image", "worker_args", "environment", "volumes", "base_url", "stop_timeout"}
     allowed |= {"request_timeout"}
     allowed |= CONFINEMENT_OPTIONS
-    for key in sorted(options.keys() - allowed):
-        raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(allowed)}")
+    reject_unknown(options, allowed, prefix=BACKEND_OPTIONS)
     image = options.get("image")
     if not isinstance(image, str) or not image.strip():
         raise SettingsError("backend.options.image", image, "an image reference, e.g. name:tag")

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable, Collection
 
 from .._errors import SettingsError
-from ._protocol import BackendContext, Instance, InstanceState, count_requested
+from ..contract import BackendContext, Instance, InstanceState, count_requested
+from ..options import BACKEND_OPTIONS, reject_unknown
 
 _METHODS = ("instances", "scale_down", "scale_up")
 
@@ -79,10 +80,7 @@ class FakeBackend:
 def create(context: BackendContext) -> FakeBackend:
     """A fresh fake backend for ``context.deployment``."""
     fail = context.options.get("fail", [])
-    unknown = set(context.options) - {"fail"}
-    if unknown:
-        key = sorted(unknown)[0]
-        raise SettingsError(f"backend.options.{key}", context.options[key], "only 'fail'")
+    reject_unknown(context.options, {"fail"}, prefix=BACKEND_OPTIONS)
     if not isinstance(fail, list) or not set(fail) <= set(_METHODS):
         raise SettingsError("backend.options.fail", fail, f"a list of {', '.join(_METHODS)}")
     return FakeBackend(context.deployment, fail=[str(m) for m in fail])

@@ -49,7 +49,8 @@ from typing import Any
 import yaml
 
 from .._errors import SettingsError
-from ._protocol import Backend, BackendContext, Instance, InstanceState, count_requested
+from ..contract import Backend, BackendContext, Instance, InstanceState, count_requested
+from ..options import BACKEND_OPTIONS, reject_unknown
 from ._retry import retry_with_backoff
 
 log = logging.getLogger(__name__)
@@ -308,8 +309,7 @@ def _default_namespace(kubeconfig: str | None, context: str | None) -> str:
 def load_settings(context: BackendContext) -> KubernetesSettings:
     """Validate ``backend.options``; raise :class:`SettingsError` naming the bad key."""
     options = dict(context.options)
-    for key in options.keys() - _OPTIONS:
-        raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(_OPTIONS)}")
+    reject_unknown(options, _OPTIONS, prefix=BACKEND_OPTIONS)
     template_path = options.get("worker_template")
     allowed = "the path of a YAML file holding one v1 Pod manifest with spec.containers"
     try:

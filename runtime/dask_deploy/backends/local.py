@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._errors import SettingsError
-from ._protocol import BackendContext, Instance, InstanceState, count_requested
+from ..contract import BackendContext, Instance, InstanceState, count_requested
+from ..options import BACKEND_OPTIONS, reject_unknown
 
 _KNOWN = {"death_timeout", "memory_limit", "python", "state_dir", "threads", "worker_args"}
 
@@ -104,7 +105,7 @@ def _index(name: str, deployment: str) -> int:
     return int(suffix) if suffix.isdigit() else -1
 
 
-def _running_workers(state_dir: Path) -> dict[str, int]:
+def running_workers(state_dir: Path) -> dict[str, int]:
     """Worker name -> pid of every live process whose command line marks it as ours."""
     found: dict[str, int] = {}
     for entry in os.scandir("/proc"):
@@ -139,7 +140,7 @@ class LocalBackend:
         for name, child in list(self._children.items()):
             if child.poll() is not None:  # reap exited children
                 del self._children[name]
-        running = _running_workers(self.options.state_dir)
+        running = running_workers(self.options.state_dir)
         result = []
         for name, pid in sorted(running.items()):
             result.append(Instance(name, InstanceState.RUNNING, self._requested_at(name, pid)))
@@ -191,7 +192,7 @@ class LocalBackend:
                 self._launch(name)
 
     def _scale_down(self, names: Collection[str]) -> None:
-        running = _running_workers(self.options.state_dir)
+        running = running_workers(self.options.state_dir)
         targets = {name: running[name] for name in names if name in running}
         for pid in targets.values():
             _signal_group(pid, signal.SIGTERM)
@@ -199,7 +200,7 @@ class LocalBackend:
         while time.monotonic() < deadline:
             for child in self._children.values():
                 child.poll()
-            alive = _running_workers(self.options.state_dir)
+            alive = running_workers(self.options.state_dir)
             if not any(name in alive for name in targets):
                 break
             time.sleep(0.1)
@@ -235,9 +236,7 @@ def _signal_group(pid: int, signum: int) -> None:
 
 def parse_options(deployment: str, options: Mapping[str, object]) -> LocalOptions:
     """Validate ``backend.options`` of the local backend."""
-    for key in sorted(options):
-        if key not in _KNOWN:
-            raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(_KNOWN)}")
+    reject_unknown(options, _KNOWN, prefix=BACKEND_OPTIONS)
     default_dir = Path(tempfile.gettempdir(), f"dask-deploy-{os.getuid()}", deployment)
     state_dir = options.get("state_dir", str(default_dir))
     threads = options.get("threads", 1)

@@ -48,7 +48,8 @@ from typing import Any, TypeVar
 import yaml
 
 from .._errors import SettingsError
-from ._protocol import Backend, BackendContext, Instance, InstanceState
+from ..contract import Backend, BackendContext, Instance, InstanceState
+from ..options import BACKEND_OPTIONS, reject_unknown
 from ._retry import retry_with_backoff
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,7 @@ def load_credentials(path: str | None, env: Mapping[str, str]) -> Credentials:
 def load_settings(context: BackendContext, env: Mapping[str, str] = os.environ) -> MarathonSettings:
     """Validate ``backend.options``; raise :class:`SettingsError` naming the bad key."""
     options = dict(context.options)
-    for key in sorted(options.keys() - _OPTIONS):
-        raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(_OPTIONS)}")
+    reject_unknown(options, _OPTIONS, prefix=BACKEND_OPTIONS)
     url = options.get("url")
     urls = tuple(url) if isinstance(url, list) else (url,)
     if not urls or not all(

@@ -39,7 +39,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .._errors import SettingsError
-from ._protocol import Backend, BackendContext, Instance, InstanceState, count_requested
+from ..contract import Backend, BackendContext, Instance, InstanceState, count_requested
+from ..options import BACKEND_OPTIONS, reject_unknown
 
 #: squeue's long state names; anything not listed counts as running, so a state added by a
 #: later SLURM holds its job instead of starting a duplicate. A job that is ending (COMPLETING,
@@ -111,8 +112,7 @@ def load_settings(context: BackendContext) -> SlurmSettings:
     """Validate ``backend.options``; raise :class:`SettingsError` naming the bad key."""
     options = dict(context.options)
     allowed = {"worker_script", "job_name", "submit_args", "replace_before_end", "command_timeout"}
-    for key in options.keys() - allowed:
-        raise SettingsError(f"backend.options.{key}", options[key], f"one of {sorted(allowed)}")
+    reject_unknown(options, allowed, prefix=BACKEND_OPTIONS)
     script = options.get("worker_script")
     if not isinstance(script, str) or not Path(script).is_file():
         raise SettingsError("backend.options.worker_script", script, "the path of an sbatch script")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import cast
 
 from .._registry import Registry
-from ._types import (
+from ..contract import (
     Decision,
     Hold,
     Numbers,

@@ -46,9 +46,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from .._errors import SettingsError
-from . import _options
-from ._select import choose_release
-from ._types import Decision, Hold, Observation, PolicySettings, ScaleDown, ScaleUp
+from ..contract import Decision, Hold, Observation, PolicySettings, ScaleDown, ScaleUp
+from ..options import POLICY_OPTIONS, integer, number, reject_unknown
+from .select import choose_release
 
 OPTIONS = frozenset(
     {
@@ -256,28 +256,40 @@ def _window_source(boot: float | None, options: AdaptiveOptions) -> str:
 def create(settings: PolicySettings) -> AdaptivePolicy:
     """The adaptive policy for these settings; raises ``SettingsError`` on bad options."""
     opts = settings.options
-    _options.reject_unknown(opts, OPTIONS)
+    reject_unknown(opts, OPTIONS, prefix=POLICY_OPTIONS)
     target_duration = opts.get("target_duration")
-    window = _options.number(opts, "scale_down_window", 60.0, at_least=0.0)
-    window_min = _options.number(opts, "scale_down_window_min", min(5.0, window), at_least=0.0)
+    window = number(opts, "scale_down_window", 60.0, prefix=POLICY_OPTIONS, at_least=0.0)
+    window_min = number(
+        opts, "scale_down_window_min", min(5.0, window), prefix=POLICY_OPTIONS, at_least=0.0
+    )
     if window_min > window:
         raise SettingsError(
-            f"{_options.PREFIX}.scale_down_window_min",
+            f"{POLICY_OPTIONS}.scale_down_window_min",
             opts.get("scale_down_window_min"),
             f"a number of seconds between 0 and scale_down_window ({window:g})",
         )
     return AdaptivePolicy(
         settings,
         AdaptiveOptions(
-            growth_factor=_options.number(opts, "growth_factor", 2.0, at_least=1.0, above=True),
-            growth_floor=_options.integer(opts, "growth_floor", 4, at_least=1),
+            growth_factor=number(
+                opts, "growth_factor", 2.0, prefix=POLICY_OPTIONS, at_least=1.0, above=True
+            ),
+            growth_floor=integer(opts, "growth_floor", 4, prefix=POLICY_OPTIONS, at_least=1),
             scale_down_window=window,
             scale_down_window_min=window_min,
-            memory_threshold=_options.number(
-                opts, "memory_threshold", 0.5, at_least=0.0, above=True, at_most=1.0
+            memory_threshold=number(
+                opts,
+                "memory_threshold",
+                0.5,
+                prefix=POLICY_OPTIONS,
+                at_least=0.0,
+                above=True,
+                at_most=1.0,
             ),
             target_duration=None
             if target_duration is None
-            else _options.number(opts, "target_duration", 5.0, at_least=0.0, above=True),
+            else number(
+                opts, "target_duration", 5.0, prefix=POLICY_OPTIONS, at_least=0.0, above=True
+            ),
         ),
     )

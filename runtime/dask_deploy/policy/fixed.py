@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._errors import SettingsError
-from . import _options
-from ._select import choose_release
-from ._types import Decision, Hold, Observation, PolicySettings, ScaleDown, ScaleUp
+from ..contract import Decision, Hold, Observation, PolicySettings, ScaleDown, ScaleUp
+from ..options import POLICY_OPTIONS, integer, reject_unknown
+from .select import choose_release
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,13 @@ class FixedPolicy:
 
 def create(settings: PolicySettings) -> FixedPolicy:
     """The fixed policy; ``policy.options.workers`` defaults to ``policy.minimum``."""
-    _options.reject_unknown(settings.options, {"workers"})
-    workers = _options.integer(settings.options, "workers", settings.minimum, at_least=0)
+    reject_unknown(settings.options, {"workers"}, prefix=POLICY_OPTIONS)
+    workers = integer(
+        settings.options, "workers", settings.minimum, prefix=POLICY_OPTIONS, at_least=0
+    )
     if not settings.minimum <= workers <= settings.maximum:
         raise SettingsError(
-            "policy.options.workers",
+            f"{POLICY_OPTIONS}.workers",
             workers,
             f"an integer between policy.minimum ({settings.minimum}) "
             f"and policy.maximum ({settings.maximum})",

@@ -293,6 +293,9 @@ class KubernetesStandIn:
             name: quantity(value) for name, value in (allocatable or NODE_ALLOCATABLE).items()
         }
         self.node_labels = dict(node_labels or NODE_LABELS)
+        #: False models a cluster without a free node: new pods stay Pending (Unschedulable,
+        #: Insufficient cpu) until it is True again, as a real scheduler leaves them.
+        self.schedulable = True
         self.allowed = allowed
         self.version = version
         self.host_env = dict(host_env or {k: os.environ[k] for k in _PASS_ENV if k in os.environ})
@@ -564,6 +567,8 @@ class KubernetesStandIn:
         selector = spec.get("nodeSelector") or {}
         matches = all(self.node_labels.get(k) == v for k, v in selector.items())
         message = unschedulable_message(pod_requests(spec), used, self.allocatable, matches)
+        if not self.schedulable:
+            message = "0/1 nodes are available: 1 Insufficient cpu."
         status = pod.manifest["status"]
         condition = {"type": "PodScheduled", "lastProbeTime": None, "lastTransitionTime": _now()}
         if message is not None:

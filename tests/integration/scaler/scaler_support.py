@@ -23,7 +23,7 @@ import yaml
 from distributed import Scheduler
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from dask_deploy.backends.local import _running_workers
+from dask_deploy.backends.local import running_workers
 
 HERE = str(Path(__file__).parent)
 
@@ -146,7 +146,7 @@ class Deployment:
 
     def processes(self) -> dict[str, int]:
         """Worker name -> pid of every live worker process of this deployment."""
-        return _running_workers(self.state_dir)
+        return running_workers(self.state_dir)
 
     def connected(self) -> set[str]:
         return {str(ws.name) for ws in self.scheduler.workers.values()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._types import Observation
+from ..contract import Observation
 
 
 def choose_release(observation: Observation, count: int, *, idle_only: bool) -> tuple[str, ...]:

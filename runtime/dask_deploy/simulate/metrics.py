@@ -7,8 +7,8 @@ import math
 import statistics
 from dataclasses import asdict, dataclass
 
-from ._sim_engine import RunRecord
-from ._sim_trace import Trace, ideal_bounds
+from .engine import RunRecord
+from .trace import Trace, ideal_bounds
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ def compute_metrics(
         starts.setdefault(group.burst, group.submit_at)
     bursts = trace.bursts
     burst_spans = [record.burst_end[b] - starts[b] for b in bursts if b in record.burst_end]
-    ups = sorted(t for t, kind, _, _ in record.decisions if kind == "up")
-    downs = sorted(t for t, kind, _, _ in record.decisions if kind == "down")
+    ups = sorted(d.at for d in record.decisions if d.kind == "up")
+    downs = sorted(d.at for d in record.decisions if d.kind == "down")
     registrations = sorted((req, r) for _, req, r, _ in record.instances if r is not None)
     to_decision, to_worker = [], []
     for index, burst in enumerate(bursts):

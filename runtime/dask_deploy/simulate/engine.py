@@ -18,7 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ._sim_trace import Trace
+from ..steps import DecisionRecord
+from .trace import Trace
 
 UNKNOWN_TASK_DURATION = 0.5
 """distributed.scheduler.unknown-task-duration."""
@@ -81,8 +82,8 @@ class RunRecord:
 
     instances: list[tuple[str, float, float | None, float | None]] = field(default_factory=list)
     """(name, requested_at, registered_at, exited_at) relative to the trace start."""
-    decisions: list[tuple[float, str, int, str]] = field(default_factory=list)
-    """(time, kind up/down/hold, target count, reason)."""
+    decisions: list[DecisionRecord] = field(default_factory=list)
+    """Every tick's decision, its time relative to the trace start."""
     samples: list[tuple[float, int, int, int, int]] = field(default_factory=list)
     """(time, requested, registered, idle registered, tasks submitted and not finished)."""
     burst_end: dict[str, float] = field(default_factory=dict)

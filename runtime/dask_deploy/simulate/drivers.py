@@ -1,34 +1,17 @@
-"""Evaluate a scaling policy on a virtual clock, at any scale, before deploying it.
+"""What the control loop does each tick, on the model: the policy drivers of the simulator.
 
-The simulator runs the *same* policy code as the sidecar (``dask_deploy.policy``)
-against a model of the scheduler, its workers and a resource manager
-(:mod:`dask_deploy._sim_engine`): task durations and thread slots, a boot-delay
-distribution, retirement that takes time proportional to the stored bytes, and keys
-lost (then recomputed) when a worker dies without being retired. Its metrics are
-computed by the same code as the real benchmark harness (``make bench``).
-
-Example::
-
-    >>> from dask_deploy.simulate import SimulationSettings, simulate
-    >>> from dask_deploy._sim_trace import load_trace
-    >>> trace = load_trace("bench/traces/bursty.json")  # doctest: +SKIP
-    >>> result = simulate(trace, SimulationSettings(policy="adaptive"))  # doctest: +SKIP
-    >>> result.metrics.makespan  # doctest: +SKIP
+:class:`PolicyDriver` runs a policy of the registry exactly as :mod:`dask_deploy.scaler`
+does; :class:`AdaptiveDriver` models ``distributed.deploy.Adaptive`` for comparison.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 
-from ._sim_engine import ModelSettings, RunRecord, SimCluster
-from ._sim_metrics import RunMetrics, compute_metrics
-from ._sim_trace import Trace
-from .backends._protocol import Instance, InstanceState
-from .policy._types import (
-    Decision,
-    Hold,
+from .. import steps
+from ..contract import (
+    Instance,
+    InstanceState,
     Observation,
     Policy,
     PolicySettings,
@@ -36,6 +19,8 @@ from .policy._types import (
     ScaleUp,
     WorkerSnapshot,
 )
+from ..steps import Bounds, DecisionRecord, LoopMemory
+from .engine import ModelSettings, SimCluster
 
 DISTRIBUTED_ADAPTIVE = "distributed-adaptive"
 """The model of ``distributed.deploy.Adaptive`` with its defaults, for comparison."""
@@ -60,14 +45,6 @@ class SimulationSettings:
     loop; half an interval is the mean, and keeps ticks off the whole seconds at which the
     traces' tasks start and end (a tick racing a completion to the millisecond would
     decide the scheduler's estimate, and with it the scale-up, by chance)."""
-
-
-@dataclass(frozen=True)
-class SimulationResult:
-    record: RunRecord
-    metrics: RunMetrics
-    wall_seconds: float
-    ticks: int
 
 
 class _ObservationBuilder:
@@ -124,20 +101,36 @@ class _ObservationBuilder:
 
 
 class PolicyDriver:
-    """What ``dask_deploy.scaler`` does each tick, on the model: observe, decide, act."""
+    """What ``dask_deploy.scaler`` does each tick, on the model: observe, decide, act.
+
+    The decision is taken by the loop's own step functions (:mod:`dask_deploy.steps`): the
+    same staleness clock, the same filter of workers already retiring, the same invariants and
+    the same hold after a refused retirement as the sidecar.
+    """
 
     def __init__(self, policy: Policy, settings: SimulationSettings, cluster: SimCluster) -> None:
         self.policy = policy
         self.settings = settings
+        self.bounds = Bounds(settings.minimum, settings.maximum)
         self.builder = _ObservationBuilder(cluster)
+        self.memory: LoopMemory | None = None
         self.ticks = 0
 
     def __call__(self, cluster: SimCluster) -> None:
         self.ticks += 1
         now = cluster.now
-        observation = self.builder.build(self.policy.target_duration)
-        decision: Decision = self.policy.decide(observation, now)
-        cluster.record.decisions.append(_entry(now, decision))
+        seen = self.builder.build(self.policy.target_duration)
+        memory = self.memory or LoopMemory(started_at=now)
+        memory, stale = steps.find_stale(memory, seen, now, self.settings.startup_timeout)
+        stale_names = [i.name for i in stale]
+        cluster.remove(stale_names)
+        observation = steps.without_instances(seen, stale_names)
+        step = steps.decide(
+            memory, observation, now, self.policy, self.bounds, self.settings.policy
+        )
+        self.memory = step.memory
+        cluster.record.decisions.append(step.record)
+        decision = step.decision
         next_tick = now + self.settings.interval
         if isinstance(decision, ScaleUp):
             cluster.scale_up(decision.n)
@@ -146,14 +139,10 @@ class PolicyDriver:
             cluster.remove(pending)  # cancel pending instances first
             others = [n for n in decision.names if n not in pending]
             if others:
-                _, finish = cluster.retire(others)
+                retired, finish = cluster.retire(others)
+                kept = [n for n in others if n not in retired]
+                self.memory = steps.remember_refused(self.memory, kept, now)
                 next_tick = max(next_tick, finish)
-        stale = [
-            w.name
-            for w in cluster.live.values()
-            if w.pending and now - w.requested_at > self.settings.startup_timeout
-        ]
-        cluster.remove(stale)
         cluster.schedule_tick(next_tick)
 
 
@@ -180,7 +169,9 @@ class AdaptiveDriver:
         next_tick = now + self.settings.interval
         if target > plan:
             self.close_counts.clear()
-            cluster.record.decisions.append((now, "up", target, "adaptive_target above plan"))
+            cluster.record.decisions.append(
+                DecisionRecord(now, "up", target, "adaptive_target above plan")
+            )
             cluster.scale_up(target)
         elif target == plan:
             self.close_counts.clear()
@@ -198,7 +189,9 @@ class AdaptiveDriver:
                 if name in firm or name not in to_close:
                     del self.close_counts[name]
             if firm:
-                cluster.record.decisions.append((now, "down", plan - len(firm), "wait_count"))
+                cluster.record.decisions.append(
+                    DecisionRecord(now, "down", plan - len(firm), "wait_count", tuple(firm))
+                )
                 _, finish = cluster.retire(firm)
                 # upstream closes the workers "more forcefully" even if not retired
                 unretired = [n for n in firm if n in cluster.live and not cluster.live[n].retiring]
@@ -207,18 +200,9 @@ class AdaptiveDriver:
         cluster.schedule_tick(next_tick)
 
 
-def _entry(now: float, decision: Decision) -> tuple[float, str, int, str]:
-    if isinstance(decision, ScaleUp):
-        return (now, "up", decision.n, decision.reason)
-    if isinstance(decision, ScaleDown):
-        return (now, "down", len(decision.names), decision.reason)
-    assert isinstance(decision, Hold)
-    return (now, "hold", 0, decision.reason)
-
-
 def make_policy(settings: SimulationSettings) -> Policy:
     """Load a policy from the registry exactly as the sidecar does."""
-    from .policy import load_policy_factory
+    from ..policy import load_policy_factory
 
     factory = load_policy_factory(settings.policy, key="--policy")
     return factory(
@@ -229,43 +213,3 @@ def make_policy(settings: SimulationSettings) -> Policy:
             options=settings.options,
         )
     )
-
-
-def simulate(trace: Trace, settings: SimulationSettings) -> SimulationResult:
-    """Run ``trace`` under the policy on the model; return the record and its metrics."""
-    started = time.perf_counter()
-    # Both loops were started before the trace (the harness does the same): their first
-    # tick inside the trace comes tick_phase of an interval in, then one per interval.
-    adaptive = settings.policy == DISTRIBUTED_ADAPTIVE
-    cluster = SimCluster(trace, settings.model, first_tick=settings.tick_phase * settings.interval)
-    driver: PolicyDriver | AdaptiveDriver
-    if adaptive:
-        driver = AdaptiveDriver(settings)
-    else:
-        driver = PolicyDriver(make_policy(settings), settings, cluster)
-    if settings.warm_start:
-        cluster.warm_start(_idle_count(settings, driver, cluster))
-    record = cluster.run(driver)
-    record.scheduler_seconds_per_poll = math.nan
-    metrics = compute_metrics(
-        record,
-        trace,
-        boot_delay=settings.model.boot_delay,
-        maximum=settings.maximum,
-        threads=settings.model.threads,
-    )
-    return SimulationResult(record, metrics, time.perf_counter() - started, driver.ticks)
-
-
-def _idle_count(
-    settings: SimulationSettings, driver: PolicyDriver | AdaptiveDriver, cluster: SimCluster
-) -> int:
-    """How many workers the policy keeps on an idle cluster (its steady state)."""
-    if isinstance(driver, AdaptiveDriver):
-        return settings.minimum
-    observation = Observation(workers=(), instances=(), adaptive_target=0, tasks_processing=0)
-    probe = make_policy(settings)
-    decision = probe.decide(observation, 0.0)
-    if isinstance(decision, ScaleUp):
-        return decision.n
-    return settings.minimum

@@ -1,6 +1,6 @@
 """Worker-side pieces of the benchmark harness: the sleeping task and a boot delay.
 
-Start a worker with ``--preload dask_deploy._sim_workload`` and the environment
+Start a worker with ``--preload dask_deploy.simulate.workload`` and the environment
 variable ``DASK_DEPLOY_BOOT_DELAY_FILE`` naming a file that holds a number of
 seconds: the worker waits that long before it registers with the scheduler, which
 models a resource manager's scheduling and image-pull time. The harness rewrites

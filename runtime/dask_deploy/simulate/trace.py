@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import UserInputError
+from .._errors import UserInputError
 
 _GROUP_KEYS = {
     "name",

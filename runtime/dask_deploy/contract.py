@@ -1,20 +1,114 @@
-"""What a policy sees, what it may answer, and the protocol it implements.
+"""The contract between the control loop and its plug-ins: everything a plug-in author needs.
 
-Everything here is frozen and typed: a policy takes an :class:`Observation` and
-the current time and returns a :class:`Decision`. It does no I/O and reads no
-clock, so the same code runs in the sidecar, in unit tests with a fake clock and
-in the benchmark simulator.
+A **backend** knows *how* to start and stop workers on one resource manager and nothing of
+*when*; a **policy** decides *when* to scale and *which* workers to release and does no I/O.
+The control loop (:mod:`dask_deploy.scaler`) joins the two and enforces what neither may
+break: targets stay within ``[minimum, maximum]``, only instances the backend launched are
+removed, and only workers the scheduler retired.
+
+Everything here is frozen and typed: a policy takes an :class:`Observation` and the current
+time and returns a :class:`Decision`. It reads no clock, so the same code runs in the
+sidecar, in unit tests with a fake clock and in the simulator (:mod:`dask_deploy.simulate`).
+
+Third-party packages register a :class:`BackendFactory` under the entry-point group
+``dask_deploy.backends`` and a :class:`PolicyFactory` under ``dask_deploy.policies``. A
+factory may publish a JSON Schema of its options as an ``options_schema`` attribute; the
+loop then validates ``backend.options`` / ``policy.options`` with it before calling the
+factory (see :func:`dask_deploy.options.validate`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from ..backends._protocol import Instance, InstanceState
+# --------------------------------------------------------------------------- backends
 
+
+class InstanceState(enum.Enum):
+    """Where an instance is in its life, as the resource manager reports it."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One worker the backend launched.
+
+    ``name`` is the resource manager's own id (Marathon task id, pod name, SLURM
+    job id, container name) and is also the name the Dask worker registers
+    with, so the scaler can retire exactly the worker whose instance it removes.
+    """
+
+    name: str
+    state: InstanceState
+    requested_at: float
+    """Unix time at which the backend asked the resource manager for it."""
+    reason: str | None = None
+    """Why the instance is not running, when the resource manager says (as cluster-autoscaler's
+    ``ErrorInfo``): an image that cannot be pulled, a job held by the batch system. A stuck
+    instance is a reason to log and to hold, not to recreate; ``None`` when nothing is known."""
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What the control loop hands a backend factory.
+
+    ``options`` is the backend's own section of the scaler configuration; the
+    factory validates it and raises :class:`dask_deploy.SettingsError` naming
+    the offending key.
+    """
+
+    deployment: str
+    scheduler_address: str
+    options: Mapping[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """How to start, stop and list the workers of one deployment."""
+
+    async def scale_up(self, n: int) -> None:
+        """Bring the number of requested (pending or running) instances up to ``n``.
+
+        Never lowers the count: with ``n`` at or below what is requested it does nothing.
+        """
+
+    async def scale_down(self, names: Collection[str]) -> None:
+        """Remove exactly the instances with these names, and nothing else.
+
+        Names the backend does not know are ignored, so a retried call is harmless.
+        """
+
+    async def instances(self) -> list[Instance]:
+        """Every instance of this deployment that the resource manager still reports."""
+
+    async def close(self) -> None:
+        """Release clients and connections; leaves running instances alone."""
+
+
+class BackendFactory(Protocol):
+    def __call__(self, context: BackendContext) -> Backend: ...
+
+
+def count_requested(instances: Collection[Instance]) -> int:
+    """Pending and running instances: what the resource manager is holding for us."""
+    return sum(1 for instance in instances if instance.state is not InstanceState.EXITED)
+
+
+def by_state(instances: Collection[Instance]) -> Mapping[InstanceState, list[Instance]]:
+    grouped: dict[InstanceState, list[Instance]] = {state: [] for state in InstanceState}
+    for instance in instances:
+        grouped[instance.state].append(instance)
+    return grouped
+
+
+# --------------------------------------------------------------------------- policies
 Numbers = Mapping[str, float]
 """The figures behind a decision, in the order they are logged."""
 
@@ -179,3 +273,25 @@ class Policy(Protocol):
 
 class PolicyFactory(Protocol):
     def __call__(self, settings: PolicySettings) -> Policy: ...
+
+
+__all__ = [
+    "Backend",
+    "BackendContext",
+    "BackendFactory",
+    "Decision",
+    "Hold",
+    "Instance",
+    "InstanceState",
+    "Numbers",
+    "Observation",
+    "Policy",
+    "PolicyFactory",
+    "PolicySettings",
+    "ScaleDown",
+    "ScaleUp",
+    "WorkerSnapshot",
+    "by_state",
+    "count_requested",
+    "describe",
+]
