@@ -214,6 +214,42 @@ def test_host_network_switch(render_scenario: RenderScenario, tmp_path: Path) ->
         assert "dnsPolicy" not in spec
 
 
+POD_IP = {"name": "DASK_DEPLOY_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+
+
+def test_with_host_network_nothing_but_comm_listens_on_every_node_interface(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    rendered = render(render_scenario, "hostnetwork", tmp_path)
+    scheduler = rendered.container("scheduler")
+    assert option(scheduler["args"], "--dashboard-address") == "$(DASK_DEPLOY_POD_IP):18787"
+    assert POD_IP in scheduler["env"]
+    assert option(rendered.worker["args"], "--host") == "$(DASK_DEPLOY_POD_IP)"
+    assert option(rendered.worker["args"], "--dashboard-address") == "$(DASK_DEPLOY_POD_IP):0"
+    assert POD_IP in rendered.worker["env"]
+    assert rendered.scaler_config["metrics"]["host"] == "127.0.0.1"
+    # In the pod's own network namespace, every interface of the pod is fine.
+    defaults = render(render_scenario, "defaults", tmp_path)
+    assert option(defaults.container("scheduler")["args"], "--dashboard-address") == ":8787"
+    assert "--host" not in defaults.worker["args"]
+    assert defaults.scaler_config["metrics"]["host"] == "0.0.0.0"
+    # And each is configurable.
+    chosen = render_values(
+        render_scenario,
+        {
+            "host_network": True,
+            "scheduler": {"dashboard_host": "0.0.0.0"},
+            "worker": {"host": "10.0.0.0"},
+            "scaler": {"metrics_host": "0.0.0.0"},
+        },
+        tmp_path,
+    )
+    assert option(chosen.container("scheduler")["args"], "--dashboard-address") == "0.0.0.0:8787"
+    assert option(chosen.worker["args"], "--host") == "10.0.0.0"
+    assert POD_IP not in chosen.worker["env"]
+    assert chosen.scaler_config["metrics"]["host"] == "0.0.0.0"
+
+
 def test_worker_pods_belong_to_no_controller(
     render_scenario: RenderScenario, tmp_path: Path
 ) -> None:
