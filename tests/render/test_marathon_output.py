@@ -201,7 +201,9 @@ def test_scaler_carries_its_configuration_for_the_marathon_backend(
     assert parsed.deployment == config["deployment"]
     options = {**config["backend"]["options"], "credentials_file": None}
     load_settings(BackendContext(parsed.deployment, config["scheduler"]["address"], options), {})
-    assert words(scaler)[-2:] == ["dask_deploy.cli", "scale"]  # config from the environment
+    command = words(scaler)
+    assert command[command.index("dask_deploy.cli") + 1] == "scale"
+    assert "--config" not in command  # the configuration comes from the environment
 
 
 def test_no_credentials_are_rendered(render_scenario: RenderScenario, tmp_path: Path) -> None:
@@ -341,3 +343,14 @@ def test_worker_resources_placement_and_relaunch_settings(
             "inactiveAfterSeconds": 60,
             "expungeAfterSeconds": 120,
         }
+
+
+def test_the_scalers_metrics_listen_on_the_agents_address_only(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    scaler = apps(render_scenario("marathon", scenario("defaults"), tmp_path))["scaler"]
+    assert option(words(scaler), "--metrics-host") == "$HOST"
+    config = yaml.safe_load(scaler["env"]["DASK_DEPLOY_SCALER_CONFIG"])
+    assert config["metrics"]["port"] == scaler["portDefinitions"][0]["port"] == 31790
+    off = apps(render_scenario("marathon", {"scaler": {"metrics_port": None}}, tmp_path))
+    assert "--metrics-host" not in words(off["scaler"])
