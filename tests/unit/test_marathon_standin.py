@@ -293,7 +293,13 @@ def test_mesos_http_checks_go_to_the_loopback_and_kill_after_max_failures(
 def test_a_command_check_asking_host_keeps_the_task(marathon: MarathonStandIn) -> None:
     fetch = 'urllib.request.urlopen("http://%s:%s/" % (os.environ["HOST"], os.environ["PORT0"]))'
     command = f"python3 -c 'import os, urllib.request; {fetch}'"
-    check = {"protocol": "COMMAND", "command": {"value": command}}
+    # Failures while the server starts (before the first pass) are in the grace period.
+    check = {
+        "protocol": "COMMAND",
+        "command": {"value": command},
+        "gracePeriodSeconds": 60,
+        "timeoutSeconds": 10,
+    }
     assert post(marathon, health_app("/t/command", check)).status_code == 201
     (task,) = wait_for(lambda: tasks(marathon, "/t/command"), "the task starts")
 
