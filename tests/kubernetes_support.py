@@ -8,7 +8,9 @@ manifests and ``local_worker_pod`` points the worker pods at the scheduler on 12
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import json
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,29 @@ import yaml
 from dask_deploy.testing.kubernetes import KubernetesStandIn
 from process_support import tail
 from render_support import render_over_defaults
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "images" / "dask-deploy" / "Dockerfile"
+#: A stage of the images' Dockerfile and its ENTRYPOINT (JSON form).
+_STAGE_ENTRYPOINT = re.compile(
+    r"^FROM \S+ AS (\w+)$(?:(?!^FROM ).)*?^ENTRYPOINT (\[.*?\])$", re.M | re.S
+)
+
+
+def image_entrypoints(images: Iterable[str]) -> dict[str, list[str]]:
+    """Each ``<repository>-<role>:<tag>`` image's ENTRYPOINT from images/dask-deploy/Dockerfile,
+    without tini (the stand-in runs processes on the host, in their own process group): what
+    a container that gives only ``args`` runs."""
+    stages = {
+        stage: json.loads(entrypoint)
+        for stage, entrypoint in _STAGE_ENTRYPOINT.findall(DOCKERFILE.read_text())
+    }
+    entrypoints = {}
+    for image in images:
+        role = image.rsplit(":", 1)[0].rsplit("-", 1)[-1]
+        argv = stages[role]
+        entrypoints[image] = argv[2:] if argv[:2] == ["/usr/bin/tini", "--"] else argv
+    return entrypoints
 
 
 def kubernetes_values(deployment: str, port: int, **sections: Any) -> dict[str, Any]:
@@ -64,6 +89,17 @@ class Rendered:
 
     def scaler_config(self) -> dict[str, Any]:
         return self.configmap_file("scaler-configmap.yaml", "scaler-config.yaml")
+
+    def entrypoints(self) -> dict[str, list[str]]:
+        """The rendered images' entrypoints, for the stand-in (``entrypoints=``)."""
+        images = [c["image"] for c in self.containers().values()]
+        return image_entrypoints([*images, self.worker_pod()["spec"]["containers"][0]["image"]])
+
+    def argv(self, container: str) -> list[str]:
+        """What a scheduler pod's container runs: its image's entrypoint, then its args."""
+        spec = self.containers()[container]
+        entrypoint = spec.get("command") or self.entrypoints()[spec["image"]]
+        return [*entrypoint, *spec.get("args", [])]
 
     def containers(self) -> dict[str, dict[str, Any]]:
         """The scheduler pod's containers (scheduler, scaler) by name."""

@@ -7,6 +7,8 @@ folder, as a Mesos agent would; its stderr is where a task that did not come up 
 from __future__ import annotations
 
 import copy
+import random
+import socket
 import sys
 from typing import Any
 
@@ -15,18 +17,48 @@ import requests
 from dask_deploy.testing.marathon import MarathonStandIn
 
 
+def free_offered_port(standin: MarathonStandIn) -> int:
+    """A port the stand-in's agent offers (its port range) that nothing listens on."""
+    low, high = standin.port_range
+    for port in random.sample(range(low, high + 1), high - low + 1):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {low}-{high}")
+
+
+#: The scheduler's health check, quick: checked every second from 1 s after launch; failures
+#: count from 15 s on (or from its first pass), and 3 in a row kill it.
+QUICK_HEALTH_CHECK = {
+    "delay": 1,
+    "grace_period": 15,
+    "interval": 1,
+    "timeout": 2,
+    "max_failures": 3,
+}
+
+
 def marathon_values(
     deployment: str, standin: MarathonStandIn, port: int, dashboard_port: int, **sections: Any
 ) -> dict[str, Any]:
-    """Values for a test deployment on ``standin``: every command runs this Python and binds
-    127.0.0.1; single-threaded workers without nanny. ``sections`` replace whole top-level
-    sections (``scaler``, ``tls``, ``image``)."""
+    """Values for a test deployment on ``standin``: every command runs this Python; workers and
+    the scaler reach the scheduler at the agent's address (``standin.agent_host``, the $HOST it
+    binds); single-threaded workers without nanny; a quick health check. ``sections`` replace
+    whole top-level sections (``scaler``, ``tls``, ``image``)."""
     return copy.deepcopy(
         {
             "deployment": deployment,
             "python": sys.executable,
             "marathon": {"url": standin.url},
-            "scheduler": {"host": "127.0.0.1", "port": port, "dashboard_port": dashboard_port},
+            "scheduler": {
+                "host": standin.agent_host,
+                "port": port,
+                "dashboard_port": dashboard_port,
+                "health_check": QUICK_HEALTH_CHECK,
+            },
             "worker": {
                 "threads": 1,
                 "mem": 1024,

@@ -31,10 +31,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def listening(port: int) -> bool:
-    """Does something accept connections on 127.0.0.1:``port``?"""
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Does something accept connections on ``host`` (default 127.0.0.1):``port``?"""
     with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+        return probe.connect_ex((host, port)) == 0
 
 
 def wait_for(

@@ -88,7 +88,7 @@ class TrustOnly(Security):  # type: ignore[misc]
         return {"ssl_context": context, "require_encryption": True, "extra_conn_args": {}}
 
 
-def refused_without_certificate(port: int, ca_file: Path) -> bool:
+def refused_without_certificate(port: int, ca_file: Path, host: str = "127.0.0.1") -> bool:
     """Does the scheduler refuse a TLS client that trusts its CA but shows no certificate?
 
     Dask's Security cannot even build such a client, so this one is plain ``ssl``. TLS 1.3
@@ -97,7 +97,7 @@ def refused_without_certificate(port: int, ca_file: Path) -> bool:
     context = ssl.create_default_context(cafile=str(ca_file))
     context.check_hostname = False
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with socket.create_connection((host, port), timeout=5) as raw:
             with context.wrap_socket(raw) as tls:
                 tls.sendall(b"\0" * 8)
                 return tls.recv(1) == b""
@@ -110,16 +110,16 @@ def refused_without_certificate(port: int, ca_file: Path) -> bool:
 def assert_only_certified_clients_get_in(
     address: str, certificates: Certificates, folder: Path
 ) -> None:
-    """The scheduler at ``address`` (tls://127.0.0.1:port) refuses every client without a
+    """The scheduler at ``address`` (tls://<loopback address>:port) refuses every client without a
     certificate its CA signed: plain TCP, a Dask client that trusts the CA but has no
     certificate, a bare TLS socket without one, and a client certified by another CA (made in
     ``folder``)."""
-    port = int(address.rsplit(":", 1)[1])
+    host, port = address.removeprefix("tls://").rsplit(":", 1)
     with pytest.raises(OSError):
-        Client(f"tcp://127.0.0.1:{port}", timeout="5s")
+        Client(f"tcp://{host}:{port}", timeout="5s")
     with pytest.raises(OSError):
         Client(address, security=TrustOnly(certificates.ca), timeout="5s")
-    assert refused_without_certificate(port, certificates.ca)
+    assert refused_without_certificate(int(port), certificates.ca, host)
     stranger = make_certificates(folder / "other-ca")
     with pytest.raises(OSError):
         Client(address, security=client_security(stranger), timeout="5s")

@@ -29,6 +29,7 @@ _OVERRIDES = {
     "interval": "loop.interval",
     "startup_timeout": "loop.startup_timeout",
     "metrics_port": "metrics.port",
+    "metrics_host": "metrics.host",
 }
 
 
@@ -51,6 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--startup-timeout", type=float, help="overrides loop.startup_timeout (seconds)"
     )
     parser.add_argument("--metrics-port", type=int, help="overrides metrics.port")
+    parser.add_argument(
+        "--metrics-host", help='overrides metrics.host (e.g. a Mesos task\'s "$HOST")'
+    )
     parser.add_argument(
         "--cleanup-on-exit",
         action="store_true",

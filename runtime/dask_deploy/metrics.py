@@ -25,6 +25,11 @@ class ScalerMetrics:
         self.pending = Gauge(
             "dask_deploy_pending_workers", "Requested instances not yet connected", registry=r
         )
+        self.stuck = Gauge(
+            "dask_deploy_stuck_workers",
+            "Pending instances the resource manager says cannot start (Instance.reason)",
+            registry=r,
+        )
         self.ticks = Counter(
             "dask_deploy_ticks", "Loop iterations finished (ok or failed)", registry=r
         )

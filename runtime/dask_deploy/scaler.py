@@ -121,6 +121,7 @@ class Scaler:
         self._unknown_logged: set[str] = set()
         self._last_line = ""
         self._memory: LoopMemory | None = None
+        self._stuck: dict[str, str] = {}
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed.
@@ -164,6 +165,26 @@ class Scaler:
         )
         await self.backend.scale_down(names)
         return steps.without_instances(observation, names)
+
+    def _log_stuck(self, observation: Observation) -> None:
+        """Say once, per change, which instances cannot start and why (``Instance.reason``)."""
+        stuck = {i.name: i.reason for i in observation.pending if i.reason is not None}
+        changed: dict[str, list[str]] = {}
+        for name, reason in sorted(stuck.items()):
+            if self._stuck.get(name) != reason:
+                changed.setdefault(reason, []).append(name)
+        for reason, names in changed.items():
+            logger.warning(
+                "cannot start %s: %s; not replacing them, and no more are asked for meanwhile",
+                ", ".join(names),
+                reason,
+            )
+        present = {i.name for i in observation.instances}
+        released = sorted(n for n in self._stuck if n not in stuck and n in present)
+        if released:
+            logger.info("%s no longer held back; waiting for them to start", ", ".join(released))
+        self._stuck = stuck
+        self.metrics.stuck.set(len(stuck))
 
     def _log_unknown(self, observation: Observation) -> None:
         for worker in observation.unknown_workers:
@@ -248,6 +269,7 @@ class Scaler:
             return TickResult(hold, seen, ok=False)
         assert self._memory is not None  # set by _replace_stale
         self._log_unknown(steps.without_retiring(current))
+        self._log_stuck(steps.without_retiring(current))
         step = steps.decide(self._memory, current, now, self.policy, self.bounds, self.policy_name)
         self._memory = step.memory
         observation, decision = step.observation, step.decision

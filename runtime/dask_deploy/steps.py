@@ -97,6 +97,9 @@ def find_stale(
     current = {i.name for i in observation.instances}
     last_connected = {n: t for n, t in memory.last_connected.items() if n in current}
     last_connected.update((name, now) for name in observation.registered_names)
+    # Stuck for a reason a replacement would share (Instance.reason): not stale; its startup
+    # clock starts again once the resource manager lets it go.
+    last_connected.update((i.name, now) for i in observation.instances if i.reason is not None)
     memory = replace(memory, last_connected=last_connected)
     stale = tuple(
         i for i in observation.pending if now - unconnected_since(memory, i) > startup_timeout
@@ -216,6 +219,19 @@ def record(now: float, decision: Decision, observation: Observation) -> Decision
     return DecisionRecord(now, "hold", requested, decision.reason)
 
 
+def hold_if_stuck(decision: Decision, observation: Observation) -> Decision:
+    """No more instances while those asked for cannot start: they would be stuck too."""
+    stuck = [i for i in observation.pending if i.reason is not None]
+    if not isinstance(decision, ScaleUp) or not stuck:
+        return decision
+    reasons = sorted({str(i.reason) for i in stuck})
+    return Hold(
+        f"scale-up to {decision.n} held: {len(stuck)} requested instance(s) cannot start "
+        f"({'; '.join(reasons)})",
+        decision.numbers,
+    )
+
+
 def decide(
     memory: LoopMemory,
     observation: Observation,
@@ -229,4 +245,5 @@ def decide(
     asked = policy.decide(visible, now)
     enforced, notes = enforce(asked, visible, bounds, policy_name)
     memory, decision = hold_if_refused(memory, enforced, now)
+    decision = hold_if_stuck(decision, visible)
     return Step(visible, asked, decision, notes, memory, record(now, decision, visible))

@@ -480,7 +480,12 @@ def test_api_faults_restarts_and_scale_down_keep_the_count_and_lose_nothing(
     chooser = random.Random(9)
     (tmp_path / "logs").mkdir()
 
-    with KubernetesStandIn(tmp_path / "api", allowed=rendered.granted(), host_env=host_env) as api:
+    with KubernetesStandIn(
+        tmp_path / "api",
+        allowed=rendered.granted(),
+        host_env=host_env,
+        entrypoints=rendered.entrypoints(),
+    ) as api:
         worker_pod = rendered.worker_pod()
         local_worker_pod(worker_pod, f"tcp://127.0.0.1:{port}")
         (tmp_path / "worker-pod.yaml").write_text(yaml.safe_dump(worker_pod))

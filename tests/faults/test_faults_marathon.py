@@ -188,15 +188,21 @@ class MarathonFaultRun:
         argv = [
             str(BIN / "dask"),
             "scheduler",
-            *("--host", "127.0.0.1", "--port", str(self.port)),
-            *("--dashboard-address", f"127.0.0.1:{self.dashboard}"),
+            # Where the rendered workers dial it: the agent's address.
+            *("--host", self.standin.agent_host, "--port", str(self.port)),
+            *("--dashboard-address", f"{self.standin.agent_host}:{self.dashboard}"),
             *("--preload", "dask_deploy.scheduler_preload"),
             *("--preload", str(LEDGER_PRELOAD)),
         ]
         self.scheduler = start(argv, log)
         self.processes.append(self.scheduler)
 
-        wait_for("the scheduler listens", lambda: listening(self.port), 60, lambda: tail(log))
+        wait_for(
+            "the scheduler listens",
+            lambda: listening(self.port, self.standin.agent_host),
+            60,
+            lambda: tail(log),
+        )
 
     def kill_scheduler(self) -> None:
         assert self.scheduler is not None
@@ -246,7 +252,7 @@ class HeldResults:
 
     def __init__(self, run: MarathonFaultRun) -> None:
         self.run = run
-        self.client = Client(f"tcp://127.0.0.1:{run.port}", timeout=60)
+        self.client = Client(f"tcp://{run.standin.agent_host}:{run.port}", timeout=60)
         self.futures: list[Future] = []
         self.expected: dict[str, int] = {}
         self.counter = 0
@@ -307,7 +313,7 @@ class HeldResults:
 
     def reconnect(self) -> None:
         """A client for the restarted scheduler (with a fresh ledger)."""
-        self.client = Client(f"tcp://127.0.0.1:{self.run.port}", timeout=60)
+        self.client = Client(f"tcp://{self.run.standin.agent_host}:{self.run.port}", timeout=60)
         self.booked, self.computed = {}, {}
 
 

@@ -117,20 +117,35 @@ def test_scheduler_ports_are_required_so_its_address_is_stable(
 def test_memory_limit_is_derived_from_mem(render_scenario: RenderScenario, tmp_path: Path) -> None:
     worker = apps(render_scenario("marathon", scenario("custom"), tmp_path))["worker"]
     assert worker["mem"] == 32768
-    assert option(words(worker), "--memory-limit") == f"{worker['mem']}MiB"
+    # Headroom for the nanny and the shell: Mesos kills the task at mem, Dask pauses before.
+    assert option(words(worker), "--memory-limit") == f"{worker['mem'] - 256}MiB"
     assert worker["cpus"] == int(option(words(worker), "--nthreads")) == 8
 
 
-def test_health_checks_probe_dask_health_endpoints(
+def test_the_health_check_asks_where_the_dashboard_listens(
     render_scenario: RenderScenario, tmp_path: Path
 ) -> None:
+    # MESOS_HTTP goes to the task's loopback; the dashboard listens on $HOST. A COMMAND check
+    # runs inside the task with its environment and asks $HOST.
     rendered = apps(render_scenario("marathon", scenario("defaults"), tmp_path))
-    for name in ("scheduler", "worker"):
-        app = rendered[name]
-        (check,) = app["healthChecks"]
-        port = app["portDefinitions"][check["portIndex"]]["name"]
-        assert check["path"] == "/health"
-        assert f"$PORT_{port.upper()}" in option(words(app), "--dashboard-address")
+    scheduler = rendered["scheduler"]
+    (check,) = scheduler["healthChecks"]
+    assert check["protocol"] == "COMMAND"
+    command = check["command"]["value"]
+    assert 'os.environ["HOST"], os.environ["PORT_DASHBOARD"]' in command and "/health" in command
+    assert option(words(scheduler), "--dashboard-address") == "$HOST:$PORT_DASHBOARD"
+    assert (check["gracePeriodSeconds"], check["maxConsecutiveFailures"]) == (120, 3)
+    # Workers: the scheduler judges them; a health check would hold the app's deployment lock.
+    assert rendered["worker"]["healthChecks"] == []
+
+
+def test_default_fixed_ports_are_inside_the_agents_default_offer(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    for name, app in apps(render_scenario("marathon", scenario("defaults"), tmp_path)).items():
+        fixed = [p["port"] for p in app.get("portDefinitions", []) if p["port"]]
+        assert not fixed or app["requirePorts"] is True, name
+        assert all(31000 <= port <= 32000 for port in fixed), f"{name}: {fixed}"
 
 
 def test_labels_name_the_deployment_and_component(
@@ -166,7 +181,9 @@ def test_without_tls_nothing_is_mounted_and_addresses_are_tcp(
 ) -> None:
     rendered = apps(render_scenario("marathon", scenario("defaults"), tmp_path))
     assert all(not app["container"]["volumes"] for app in rendered.values())
-    assert option(words(rendered["worker"]), "worker") == "tcp://scheduler-dask.marathon.mesos:8786"
+    assert (
+        option(words(rendered["worker"]), "worker") == "tcp://scheduler-dask.marathon.mesos:31786"
+    )
 
 
 @pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.name)
@@ -184,7 +201,9 @@ def test_scaler_carries_its_configuration_for_the_marathon_backend(
     assert parsed.deployment == config["deployment"]
     options = {**config["backend"]["options"], "credentials_file": None}
     load_settings(BackendContext(parsed.deployment, config["scheduler"]["address"], options), {})
-    assert words(scaler)[-2:] == ["dask_deploy.cli", "scale"]  # config from the environment
+    command = words(scaler)
+    assert command[command.index("dask_deploy.cli") + 1] == "scale"
+    assert "--config" not in command  # the configuration comes from the environment
 
 
 def test_no_credentials_are_rendered(render_scenario: RenderScenario, tmp_path: Path) -> None:
@@ -281,3 +300,57 @@ def test_root_user_is_refused_naming_the_key(tmp_path: Path) -> None:
     assert rendered.returncode == 2, rendered.stderr
     assert "security.user: got 'root', expected a string other than \"root\"" in rendered.stderr
     assert "Traceback" not in rendered.stderr and not out.exists()
+
+
+def test_the_scaler_container_sees_its_credentials_file_and_ca_bundle(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    values = {
+        "marathon": {
+            "url": "https://marathon.mesos:8443",
+            "credentials_file": "/etc/dask-deploy/marathon.yaml",
+            "tls_verify": "/etc/ssl/marathon-ca.pem",
+        }
+    }
+    out = render_scenario("marathon", values, tmp_path)
+    rendered = apps(out)
+    volumes = rendered["scaler"]["container"]["volumes"]
+    for path in ("/etc/dask-deploy/marathon.yaml", "/etc/ssl/marathon-ca.pem"):
+        assert {"containerPath": path, "hostPath": path, "mode": "RO"} in volumes
+    for other in ("scheduler", "worker"):
+        assert not rendered[other]["container"]["volumes"], f"{other} gets no credentials"
+    config = yaml.safe_load((out / "scaler-config.yaml").read_text())
+    options = config["backend"]["options"]
+    assert options["credentials_file"] == "/etc/dask-deploy/marathon.yaml"
+    assert options["tls_verify"] == "/etc/ssl/marathon-ca.pem"
+    # Without credentials or a bundle, nothing is mounted.
+    plain = apps(render_scenario("marathon", scenario("defaults"), tmp_path))
+    assert plain["scaler"]["container"]["volumes"] == []
+
+
+def test_worker_resources_placement_and_relaunch_settings(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    rendered = apps(render_scenario("marathon", scenario("custom"), tmp_path))
+    worker = rendered["worker"]
+    assert (worker["disk"], worker["gpus"]) == (20480, 1)
+    assert worker["constraints"] == [["rack_id", "GROUP_BY", "2"]]
+    assert rendered["scheduler"]["constraints"] == [["hostname", "UNIQUE"]]
+    assert option(words(worker), "--local-directory") == "$MESOS_SANDBOX"
+    for app in rendered.values():
+        assert (app["backoffSeconds"], app["maxLaunchDelaySeconds"]) == (1, 300)
+        assert app["unreachableStrategy"] == {
+            "inactiveAfterSeconds": 60,
+            "expungeAfterSeconds": 120,
+        }
+
+
+def test_the_scalers_metrics_listen_on_the_agents_address_only(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    scaler = apps(render_scenario("marathon", scenario("defaults"), tmp_path))["scaler"]
+    assert option(words(scaler), "--metrics-host") == "$HOST"
+    config = yaml.safe_load(scaler["env"]["DASK_DEPLOY_SCALER_CONFIG"])
+    assert config["metrics"]["port"] == scaler["portDefinitions"][0]["port"] == 31790
+    off = apps(render_scenario("marathon", {"scaler": {"metrics_port": None}}, tmp_path))
+    assert "--metrics-host" not in words(off["scaler"])

@@ -157,7 +157,10 @@ def test_kubernetes_pods_use_runtime_default_seccomp_and_private_secret_files(
                 assert mode & 0o007 == 0, f"{volume['name']}: readable by others ({mode:o})"
         for container in spec["containers"]:
             resources = container["resources"]
-            assert resources["requests"] == resources["limits"], container["name"]
+            # Memory is never overcommitted (Dask's --memory-limit is the request); CPU may be
+            # requested below its limit (worker.cpu), never without one in these scenarios.
+            assert resources["requests"]["memory"] == resources["limits"]["memory"]
+            assert resources["requests"]["cpu"] and resources["limits"]["cpu"], container["name"]
 
 
 @pytest.mark.parametrize("folder", KUBERNETES, ids=lambda p: p.name)
@@ -167,6 +170,20 @@ def test_kubernetes_scaler_token_is_mounted_only_where_used(folder: Path) -> Non
     assert worker_pods and all(
         p["spec"].get("automountServiceAccountToken") is False for p in worker_pods
     ), "workers do not call the API, so they carry no token"
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec.get("automountServiceAccountToken") is False, "no token in every container"
+    tokens = {
+        v["name"]
+        for v in spec.get("volumes", [])
+        if any("serviceAccountToken" in s for s in (v.get("projected") or {}).get("sources", []))
+    }
+    holders = {
+        c["name"]
+        for c in spec["containers"] + spec.get("initContainers", [])
+        if {m["name"] for m in c.get("volumeMounts", [])} & tokens
+    }
+    assert holders == {"scaler"}, "only the scaler calls the API; the scheduler runs client code"
 
 
 MARATHON = sorted((GOLDEN / "marathon").iterdir())

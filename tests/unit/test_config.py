@@ -160,3 +160,30 @@ def flat(mapping: dict[str, dict[str, str]]) -> dict[str, object]:
         for section, keys in mapping.items()
         for key, value in keys.items()
     }
+
+
+def test_the_scale_command_overrides_the_metrics_host(tmp_path: Path) -> None:
+    """``--metrics-host`` (the Marathon scaler passes its task's "$HOST") is where the metrics
+    listen: the scaler says so as it starts, before it reaches any scheduler."""
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "scaler.yaml"
+    config = {**MINIMAL, "scheduler": {"address": "tcp://127.0.0.1:1"}}
+    path.write_text(yaml.safe_dump({**config, "metrics": {"host": "127.0.0.1", "port": 9191}}))
+    log = tmp_path / "scaler.log"
+    argv = [sys.executable, "-m", "dask_deploy.cli", "scale", "--config", str(path)]
+    argv += ["--dry-run", "--metrics-host", "127.0.0.3", "--metrics-port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while f"metrics on http://127.0.0.3:{port}/metrics" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(30)

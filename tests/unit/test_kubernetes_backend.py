@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,12 @@ import yaml
 from dask_deploy import SettingsError
 from dask_deploy.backends import BackendContext, Instance, InstanceState
 from dask_deploy.backends import kubernetes as k8s
-from dask_deploy.testing.kubernetes import KubernetesStandIn, expand, matches_selector
+from dask_deploy.testing.kubernetes import (
+    TOKEN_PATH,
+    KubernetesStandIn,
+    expand,
+    matches_selector,
+)
 
 pytestmark = pytest.mark.kubernetes
 
@@ -149,11 +155,49 @@ def test_ended_pods_are_the_finished_ones_not_yet_deleted_and_say_how() -> None:
     assert k8s.how_it_ended(pod("g", "Succeeded")) == "Succeeded"
 
 
-def test_forbidden_names_verb_and_resource() -> None:
-    body = b'{"kind":"Status","reason":"Forbidden","message":"pods is forbidden","code":403}'
-    error = k8s.api_error(k8s.delete_request(settings(), "p"), 403, body)
+def forbidden(message: str) -> bytes:
+    return json.dumps(
+        {
+            "kind": "Status",
+            "status": "Failure",
+            "reason": "Forbidden",
+            "code": 403,
+            "message": message,
+        }
+    ).encode()
+
+
+def test_forbidden_by_rbac_names_verb_and_resource() -> None:
+    message = (
+        'pods "p" is forbidden: User "system:serviceaccount:default:dask-scaler" cannot delete '
+        'resource "pods" in API group "" in the namespace "default"'
+    )
+    error = k8s.api_error(k8s.delete_request(settings(), "p"), 403, forbidden(message))
     assert isinstance(error, k8s.KubernetesPermissionError)
+    assert message in str(error)
     assert 'grant verb "delete" on resource "pods"' in str(error)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'pods "dask-worker-x7k2q" is forbidden: exceeded quota: compute, requested: '
+        "limits.cpu=2, used: limits.cpu=8, limited: limits.cpu=8",
+        'pods "dask-worker-x7k2q" is forbidden: violates PodSecurity "restricted:latest": '
+        'allowPrivilegeEscalation != false (container "worker" must set '
+        "securityContext.allowPrivilegeEscalation=false)",
+    ],
+    ids=["quota", "admission"],
+)
+def test_forbidden_by_quota_or_admission_reports_the_apis_message(message: str) -> None:
+    error = k8s.api_error(k8s.create_request(settings(), "p"), 403, forbidden(message))
+    assert not isinstance(error, k8s.KubernetesPermissionError)
+    assert (error.status, error.reason) == (403, "Forbidden")
+    assert str(error).endswith(f"403 Forbidden: {message}")
+    assert "grant" not in str(error) and "Role" not in str(error)
+
+
+def test_api_errors_other_than_forbidden() -> None:
     conflict = k8s.api_error(k8s.list_request(settings()), 409, b'{"reason":"Conflict"}')
     assert k8s.is_retryable(conflict)
     exists = k8s.api_error(k8s.list_request(settings()), 409, b'{"reason":"AlreadyExists"}')
@@ -290,6 +334,24 @@ async def test_forbidden_reports_verb_and_resource(tmp_path: Path) -> None:
                 await backend.scale_up(1)
         finally:
             await backend.close()
+
+
+async def test_quota_rejection_reports_the_quota_not_rbac(tmp_path: Path) -> None:
+    quota = (
+        'pods "dask-worker-x7k2q" is forbidden: exceeded quota: compute, requested: '
+        "requests.cpu=1, used: requests.cpu=4, limited: requests.cpu=4"
+    )
+    with KubernetesStandIn(tmp_path / "api", allowed=set(k8s.RBAC_RULES)) as api:
+        api.inject("create", 403, message=quota)
+        backend = backend_for(api, tmp_path)
+        try:
+            with pytest.raises(k8s.KubernetesApiError) as caught:
+                await backend.scale_up(1)
+        finally:
+            await backend.close()
+    assert "exceeded quota: compute" in str(caught.value)
+    assert not isinstance(caught.value, k8s.KubernetesPermissionError)
+    assert "Role" not in str(caught.value)
 
 
 async def test_stand_in_rejects_invalid_pods_and_collects_orphans(
@@ -440,3 +502,86 @@ async def test_scaling_deletes_ended_pods_and_listing_changes_nothing(
         await wait_for(lambda: len(stand_in.pods()) == 1)
     finally:
         await backend.close()
+
+
+def test_pending_reason_from_the_schedulers_condition_or_a_stuck_container() -> None:
+    unschedulable = pod("a", "Pending")
+    message = "0/3 nodes are available: 1 Insufficient memory, 2 Insufficient cpu."
+    unschedulable["status"]["conditions"] = [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+    ]
+    bad_image = pod("b", "Pending")
+    bad_image["status"]["containerStatuses"] = [
+        {"name": "worker", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "x"}}}
+    ]
+    starting = pod("c", "Pending")
+    starting["status"]["containerStatuses"] = [
+        {"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    ]
+    reasons = {
+        i.name: i.reason for i in k8s.parse_pods({"items": [unschedulable, bad_image, starting]})
+    }
+    assert reasons == {"a": f"Unschedulable: {message}", "b": "ImagePullBackOff: x", "c": None}
+
+
+def hungry(name: str, cpu: str, **spec: Any) -> dict[str, Any]:
+    manifest = json.loads(json.dumps(SLEEPER))
+    manifest["metadata"]["name"] = name
+    manifest["spec"] |= {"automountServiceAccountToken": False, **spec}
+    manifest["spec"]["containers"][0]["resources"] = {"requests": {"cpu": cpu, "memory": "1Gi"}}
+    return manifest
+
+
+def test_stand_in_schedules_like_kube_scheduler(tmp_path: Path) -> None:
+    allocatable = {"cpu": "2", "memory": "4Gi", "pods": "110"}
+    with KubernetesStandIn(tmp_path / "api", allocatable=allocatable) as api:
+        post = "/api/v1/namespaces/default/pods"
+        assert api.handle("POST", post, hungry("fits", "1500m"))[0] == 201
+        assert api.handle("POST", post, hungry("waits", "1"))[0] == 201
+        gpu = hungry("gpu", "100m")
+        gpu["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpu": "1"}
+        assert api.handle("POST", post, gpu)[0] == 201
+        away = hungry("away", "100m", nodeSelector={"pool": "gpu"})
+        assert api.handle("POST", post, away)[0] == 201
+        pods = api.pods()
+        assert pods["fits"]["status"]["phase"] == "Running"
+        assert pods["fits"]["spec"]["nodeName"] == "stand-in"
+
+        def condition(name: str) -> dict[str, Any]:
+            (scheduled,) = api.pods()[name]["status"]["conditions"]
+            return dict(scheduled)
+
+        assert condition("waits") | {"lastTransitionTime": None} == {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient cpu.",
+            "lastProbeTime": None,
+            "lastTransitionTime": None,
+        }
+        assert condition("gpu")["message"] == (
+            "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+        )
+        assert condition("away")["message"] == (
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+        )
+        assert "nodeName" not in pods["waits"]["spec"] and not api.log_path("waits").exists()
+        # Capacity freed: the waiting pod is scheduled and started.
+        api.kill_containers("fits")
+        deadline = time.monotonic() + 20
+        while api.pods()["waits"]["status"]["phase"] != "Running":
+            assert time.monotonic() < deadline, api.pods()["waits"]["status"]
+            time.sleep(0.05)
+        assert condition("waits")["status"] == "True"
+
+
+def test_stand_in_mounts_a_token_unless_the_pod_opts_out(tmp_path: Path) -> None:
+    with KubernetesStandIn(tmp_path / "api") as api:
+        post = "/api/v1/namespaces/default/pods"
+        default = hungry("default", "100m")
+        del default["spec"]["automountServiceAccountToken"]
+        assert api.handle("POST", post, default)[0] == 201
+        assert api.handle("POST", post, hungry("opted-out", "100m"))[0] == 201
+        token = api.mounts("default", "worker")[TOKEN_PATH]
+        assert (token / "token").read_text() == "stand-in-token-for-default"
+        assert TOKEN_PATH not in api.mounts("opted-out", "worker")

@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 import requests
 
-from dask_deploy.testing.marathon import SCHEMAS, MarathonStandIn, Validator, find_schemas
+from dask_deploy.testing.marathon import (
+    AGENT_HOST,
+    SCHEMAS,
+    MarathonStandIn,
+    Validator,
+    find_schemas,
+)
 
 pytestmark = pytest.mark.marathon
 
@@ -58,8 +64,11 @@ def test_task_gets_marathons_environment(marathon: MarathonStandIn) -> None:
     task_id, app_id, host, port0, port_http, ports = wait_for(
         lambda: out.is_file() and out.read_text().split(), "the task writes its environment"
     )
-    assert (task_id, app_id, host) == (task["id"], "/t/env", "127.0.0.1")
+    # $HOST is the agent's address, not the loopback (where MESOS_HTTP checks go).
+    assert (task_id, app_id, host) == (task["id"], "/t/env", AGENT_HOST)
+    assert host == task["host"] != "127.0.0.1"
     assert port0 == port_http == str(task["ports"][0])
+    assert all(31000 <= port <= 32000 for port in task["ports"])  # the agent's default offer
     assert ports == ",".join(map(str, task["ports"]))
 
 
@@ -229,3 +238,76 @@ def test_answers_validate_against_marathons_response_schemas(marathon: MarathonS
     check("DeploymentResult", scaled.json())
     invalid = post(marathon, {"id": "/t/Bad", "cmd": "true"}).json()
     check("Error", invalid)
+
+
+def test_a_required_port_outside_the_agents_offer_never_launches(
+    marathon: MarathonStandIn,
+) -> None:
+    app = {
+        "id": "/t/fixed",
+        "cmd": "sleep 30",
+        "instances": 1,
+        "portDefinitions": [{"port": 8786, "name": "comm"}],
+        "requirePorts": True,
+    }
+    assert post(marathon, app).status_code == 201
+    wait_for(lambda: marathon.waiting("/t/fixed"), "the app waits for an offer")
+    assert "31000-32000" in marathon.waiting("/t/fixed")
+    time.sleep(0.5)  # several reconcile rounds: still nothing launched
+    assert tasks(marathon, "/t/fixed") == [] and not marathon.launched
+    inside = {**app, "id": "/t/inside", "portDefinitions": [{"port": 31786, "name": "comm"}]}
+    assert post(marathon, inside).status_code == 201
+    (task,) = wait_for(lambda: tasks(marathon, "/t/inside"), "a port inside the offer launches")
+    assert task["ports"] == [31786]
+
+
+SERVE_ON_HOST = f'exec {sys.executable} -m http.server --bind "$HOST" "$PORT0" > /dev/null 2>&1'
+
+
+def health_app(app_id: str, check: dict[str, Any]) -> dict[str, Any]:
+    timing = {"delaySeconds": 0, "gracePeriodSeconds": 0, "intervalSeconds": 1}
+    return {
+        "id": app_id,
+        "cmd": SERVE_ON_HOST,
+        "instances": 1,
+        "portDefinitions": [{"port": 0, "name": "http"}],
+        "healthChecks": [{**timing, "timeoutSeconds": 1, "maxConsecutiveFailures": 2, **check}],
+    }
+
+
+def test_mesos_http_checks_go_to_the_loopback_and_kill_after_max_failures(
+    marathon: MarathonStandIn,
+) -> None:
+    # Listening on $HOST only: a MESOS_HTTP check (to 127.0.0.1) fails and Mesos kills the task.
+    check = {"protocol": "MESOS_HTTP", "path": "/", "portIndex": 0}
+    assert post(marathon, health_app("/t/mesos-http", check)).status_code == 201
+    (first,) = wait_for(lambda: tasks(marathon, "/t/mesos-http"), "the task starts")
+    wait_for(lambda: first["id"] in marathon.unhealthy_kills, "the task is killed", 20)
+    wait_for(lambda: marathon.ended.get(first["id"]) == "TASK_KILLED", "the kill ends it", 20)
+    wait_for(
+        lambda: [t for t in tasks(marathon, "/t/mesos-http") if t["id"] != first["id"]],
+        "Marathon launches a replacement",
+    )
+
+
+def test_a_command_check_asking_host_keeps_the_task(marathon: MarathonStandIn) -> None:
+    fetch = 'urllib.request.urlopen("http://%s:%s/" % (os.environ["HOST"], os.environ["PORT0"]))'
+    command = f"python3 -c 'import os, urllib.request; {fetch}'"
+    # Failures while the server starts (before the first pass) are in the grace period.
+    check = {
+        "protocol": "COMMAND",
+        "command": {"value": command},
+        "gracePeriodSeconds": 60,
+        "timeoutSeconds": 10,
+    }
+    assert post(marathon, health_app("/t/command", check)).status_code == 201
+    (task,) = wait_for(lambda: tasks(marathon, "/t/command"), "the task starts")
+
+    def healthy() -> bool:
+        (current,) = tasks(marathon, "/t/command")
+        return [r["alive"] for r in current.get("healthCheckResults", [])] == [True]
+
+    wait_for(healthy, "the check passes", 20)
+    time.sleep(3)  # three more checks, every one passing
+    assert healthy() and not marathon.unhealthy_kills
+    assert [t["id"] for t in tasks(marathon, "/t/command")] == [task["id"]]

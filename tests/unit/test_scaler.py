@@ -131,6 +131,43 @@ async def test_instances_that_never_connect_are_replaced() -> None:
     assert ("scale_down", ["d-0"]) in backend.calls
 
 
+UNSCHEDULABLE = "Unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
+
+
+async def test_instances_stuck_for_a_reason_are_kept_and_no_more_are_asked_for(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scaler, scheduler, backend, clock = make(startup_timeout=60)
+    scheduler.target = 2
+    await scaler.tick()
+    scheduler.connect("d-0")
+    backend.set_reason("d-1", UNSCHEDULABLE)
+    scheduler.target = 4
+    caplog.set_level(logging.INFO, logger="dask_deploy.scaler")
+    for _ in range(5):
+        clock.now += 61
+        result = await scaler.tick()
+        assert isinstance(result.decision, Hold), result.decision
+    assert sorted(i.name for i in await backend.instances()) == ["d-0", "d-1"]
+    assert not [call for call in backend.calls if call[0] == "scale_down"]
+    assert "scale-up to 4 held" in result.decision.reason
+    assert UNSCHEDULABLE in result.decision.reason
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cannot start")]
+    assert said == [
+        f"cannot start d-1: {UNSCHEDULABLE}; not replacing them, and no more are asked for "
+        "meanwhile"
+    ]
+    assert scaler.metrics.stuck._value.get() == 1
+
+    # Released (capacity came): the pod gets a full startup timeout from now, and more follow.
+    backend.set_reason("d-1", None)
+    clock.now += 1
+    result = await scaler.tick()
+    assert isinstance(result.decision, ScaleUp) and result.decision.n == 4
+    assert "d-1" in {i.name for i in await backend.instances()}
+    assert any("d-1 no longer held back" in r.getMessage() for r in caplog.records)
+
+
 async def test_unknown_workers_are_left_alone_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     scaler, scheduler, _backend, _ = make()
     scheduler.connect("someone-elses")

@@ -67,6 +67,11 @@ class FakeBackend:
         instance = self._instances[name]
         self._instances[name] = Instance(name, state, instance.requested_at)
 
+    def set_reason(self, name: str, reason: str | None) -> None:
+        """Say why a pending instance cannot start (``None``: nothing holds it back)."""
+        instance = self._instances[name]
+        self._instances[name] = Instance(name, instance.state, instance.requested_at, reason)
+
     def add(self, name: str, state: InstanceState, requested_at: float) -> None:
         """Pretend the resource manager already holds this instance."""
         self._instances[name] = Instance(name, state, requested_at)

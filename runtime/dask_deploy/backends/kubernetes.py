@@ -70,6 +70,11 @@ _OPTIONS = {
 _OWNER_KEYS = ("api_version", "kind", "name", "uid")
 # The alphabet Kubernetes uses for generated name suffixes: no vowels, no look-alikes.
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+#: A waiting container's reasons that the pod template causes (a bad image name or reference, a
+#: missing Secret or ConfigMap): more pods from it would wait the same way.
+STUCK_WAITING_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
+)
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -111,7 +116,7 @@ class KubernetesApiError(RuntimeError):
 
 
 class KubernetesPermissionError(KubernetesApiError):
-    """403: the scaler's service account lacks a verb on a resource."""
+    """403 from RBAC: the scaler's service account lacks a verb on a resource."""
 
 
 def selector_labels(deployment: str) -> dict[str, str]:
@@ -207,31 +212,60 @@ def how_it_ended(pod: Mapping[str, Any]) -> str:
     return str(status.get("phase", "ended")) + (": " + ", ".join(ends) if ends else "")
 
 
+def pending_reason(pod: Mapping[str, Any]) -> str | None:
+    """Why a pending pod cannot start, in Kubernetes' words; ``None`` if nothing holds it back.
+
+    kube-scheduler's ``PodScheduled=False`` condition (``Unschedulable: 0/3 nodes are available:
+    3 Insufficient cpu.``), or a container the kubelet cannot create from this template
+    (:data:`STUCK_WAITING_REASONS`). Another pod from the same template would be stuck the same
+    way, so the loop neither replaces such a pod nor adds more beside it.
+    """
+    if pod_state(pod) is not InstanceState.PENDING:
+        return None
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"{condition.get('reason') or 'Unschedulable'}: {condition.get('message', '')}"
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_WAITING_REASONS:
+            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    return None
+
+
 def parse_pods(pod_list: Mapping[str, Any]) -> list[Instance]:
-    """Instances from a PodList, ordered by name."""
+    """Instances from a PodList, ordered by name, pending ones with the reason they wait."""
     instances = []
     for pod in pod_list.get("items") or []:
         created = pod["metadata"].get("creationTimestamp")
         requested_at = datetime.fromisoformat(created).timestamp() if created else 0.0
-        instances.append(Instance(pod["metadata"]["name"], pod_state(pod), requested_at))
+        name, state, reason = pod["metadata"]["name"], pod_state(pod), pending_reason(pod)
+        instances.append(Instance(name, state, requested_at, reason))
     return sorted(instances, key=lambda instance: instance.name)
 
 
 def api_error(request: Request, status: int, body: bytes) -> KubernetesApiError:
-    """The error for a non-2xx answer, from its Status body; 403 names the missing permission."""
+    """The error for a non-2xx answer, in the API's own words (its Status message).
+
+    A 403 is not always RBAC: a ResourceQuota (``exceeded quota: ...``) and admission (Pod
+    Security, policy webhooks: ``violates PodSecurity ...``) answer 403 Forbidden too. Only an
+    RBAC denial (``User "..." cannot create resource "pods" ...``) adds which grant is missing.
+    """
     try:
         status_object = json.loads(body)
         reason, message = status_object.get("reason", ""), status_object.get("message", "")
     except (ValueError, AttributeError):
         reason, message = "", body.decode(errors="replace")[:200]
-    if status == 403:
+    if status == 403 and f'cannot {request.verb} resource "{request.resource}"' in message:
         message = (
-            f"the scaler's service account may not {request.verb} {request.resource}; "
-            f'grant verb "{request.verb}" on resource "{request.resource}" in its Role '
-            f"({message})"
+            f"{message} (the scaler's service account may not {request.verb} "
+            f'{request.resource}: grant verb "{request.verb}" on resource "{request.resource}" '
+            "in its Role)"
         )
         return KubernetesPermissionError(request, status, reason or "Forbidden", message)
-    return KubernetesApiError(request, status, reason, message)
+    return KubernetesApiError(
+        request, status, reason or ("Forbidden" if status == 403 else ""), message
+    )
 
 
 def is_retryable(error: KubernetesApiError) -> bool:

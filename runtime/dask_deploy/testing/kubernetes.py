@@ -15,22 +15,34 @@ or another ``uid``). Every object sent is validated with kubernetes-validate (st
 :data:`KUBERNETES_VERSION`) and rejected with 422 Invalid. Optional RBAC: with ``allowed`` set,
 any (verb, resource) outside it answers 403 Forbidden like the API server.
 
-Each created pod runs its containers' ``command`` + ``args`` (``$(VAR)`` expanded as the kubelet
-does) as local processes with the container's ``env``, including the downward API
-(``metadata.name``, ``metadata.namespace``, ``metadata.uid``, ``status.podIP``...). The phase
+Admission, as the API server's ServiceAccount plugin does: a pod that does not set
+``automountServiceAccountToken: false`` gets a ``kube-api-access-<suffix>`` projected volume (token,
+``ca.crt``, namespace) mounted at :data:`TOKEN_PATH` in every container.
+
+Scheduling, as kube-scheduler does on one node: a pod whose requests (limits where a request is
+missing) do not fit the node's ``allocatable`` beside the pods already bound, or whose
+``nodeSelector`` the node's labels do not match, stays Pending with the condition
+``PodScheduled=False``, reason ``Unschedulable`` and kube-scheduler's message (``0/1 nodes are
+available: 1 Insufficient cpu.``); pending pods are retried, oldest first, until they fit.
+
+Each scheduled pod runs its containers' ``command`` + ``args`` (``$(VAR)`` expanded as the kubelet
+does; without ``command``, the image's ENTRYPOINT from ``entrypoints``) as local processes with
+the container's ``env``, including the downward API (``metadata.name``, ``metadata.namespace``,
+``metadata.uid``, ``status.podIP``...). The phase
 follows the processes: Pending, Running, then Succeeded or Failed (``restartPolicy: Never``).
 Deleting sets ``deletionTimestamp``, SIGTERMs the main processes, SIGKILLs their process groups
 after ``terminationGracePeriodSeconds`` and removes the pod once they are gone. Garbage collection:
 pods whose ``ownerReferences`` name no existing object (pods, or objects registered with
 :meth:`KubernetesStandIn.add_owner`) are deleted, as Kubernetes' garbage collector does.
 
-Volumes: ``emptyDir`` and ``secret`` volumes are made as folders under ``<workdir>/volumes/<pod>/``
-(a Secret's keys as files, with ``items`` and ``defaultMode``/``mode``), and each container's
-``volumeMounts`` map its mount path onto that folder: the path is rewritten in the container's
-command, args and env values (no mount namespace, the process runs on the host). Secrets are
-created as a cluster admin would with ``kubectl create secret``:
-:meth:`KubernetesStandIn.create_secret`, validated like pods; a pod whose Secret is missing stays
-Pending, as the kubelet leaves it.
+Volumes: ``emptyDir``, ``secret`` and ``projected`` (``serviceAccountToken``, the
+``kube-root-ca.crt`` ConfigMap, ``downwardAPI`` fields) volumes are made as folders under
+``<workdir>/volumes/<pod>/`` (a Secret's keys as files, with ``items`` and
+``defaultMode``/``mode``), and each container's ``volumeMounts`` map its mount path onto that
+folder (:meth:`KubernetesStandIn.mounts`): the path is rewritten in the container's command,
+args and env values (no mount namespace, the process runs on the host). Secrets are created as a
+cluster admin would with ``kubectl create secret``: :meth:`KubernetesStandIn.create_secret`,
+validated like pods; a pod whose Secret is missing stays Pending, as the kubelet leaves it.
 
 Limitations: images are never pulled; the command runs on the host, which needs the software the
 image would have. Other volume types are not mounted; a mounted path appearing inside a file the
@@ -53,7 +65,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -70,6 +82,15 @@ log = logging.getLogger(__name__)
 
 #: The Kubernetes version whose schemas validate every object (the oldest we support).
 KUBERNETES_VERSION = "1.30.0"
+#: Where the ServiceAccount admission mounts a pod's token, and in-cluster clients look for it.
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: The one node's allocatable resources and labels, unless the stand-in is given others.
+NODE_ALLOCATABLE = {"cpu": "32", "memory": "128Gi", "ephemeral-storage": "100Gi", "pods": "110"}
+NODE_LABELS = {"kubernetes.io/hostname": "stand-in", "kubernetes.io/os": "linux"}
+_SUFFIX = "bcdfghjklmnpqrstvwxz2456789"
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+_SUFFIXES = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+_SUFFIXES |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "VIRTUAL_ENV")
 _PODS = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/pods(?:/([a-z0-9.-]+))?$")
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
@@ -94,6 +115,7 @@ class _Fault:
     verb: str
     status: int | None
     reason: str
+    message: str
     delay: float
     drop: bool
     times: int
@@ -145,6 +167,61 @@ def matches_selector(labels: Mapping[str, str], selector: str) -> bool:
     return True
 
 
+def quantity(text: str | int | float) -> float:
+    """A Kubernetes quantity as a number: ``"500m"`` -> 0.5, ``"4Gi"`` -> 4294967296.
+
+    >>> quantity("250m"), quantity("1Ki"), quantity(2)
+    (0.25, 1024.0, 2.0)
+    """
+    match = _QUANTITY.match(str(text))
+    if not match or match.group(2) not in _SUFFIXES:
+        raise ValueError(f"not a quantity: {text!r}")
+    return float(match.group(1)) * _SUFFIXES[match.group(2)]
+
+
+def pod_requests(spec: Mapping[str, Any]) -> dict[str, float]:
+    """What a pod asks of a node: its containers' requests summed (a missing request defaults
+    to the limit, as the API server does), at least each init container's, plus one pod."""
+
+    def requests(container: Mapping[str, Any]) -> dict[str, float]:
+        resources = container.get("resources") or {}
+        asked = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        return {name: quantity(value) for name, value in asked.items()}
+
+    total: dict[str, float] = {"pods": 1.0}
+    for container in spec.get("containers", []):
+        for name, value in requests(container).items():
+            total[name] = total.get(name, 0.0) + value
+    for container in spec.get("initContainers", []):
+        for name, value in requests(container).items():
+            total[name] = max(total.get(name, 0.0), value)
+    return total
+
+
+def unschedulable_message(
+    wanted: Mapping[str, float],
+    used: Mapping[str, float],
+    allocatable: Mapping[str, float],
+    selector_matches: bool,
+) -> str | None:
+    """kube-scheduler's message for a pod that fits no node (of one), or ``None`` if it fits.
+
+    >>> unschedulable_message({"cpu": 3.0}, {"cpu": 2.0}, {"cpu": 4.0}, True)
+    '0/1 nodes are available: 1 Insufficient cpu.'
+    """
+    if not selector_matches:
+        reasons = ["node(s) didn't match Pod's node affinity/selector"]
+    else:
+        reasons = [
+            "Too many pods" if name == "pods" else f"Insufficient {name}"
+            for name, value in sorted(wanted.items())
+            if value > 0 and used.get(name, 0.0) + value > allocatable.get(name, 0.0)
+        ]
+    if not reasons:
+        return None
+    return f"0/1 nodes are available: {', '.join(f'1 {r}' for r in sorted(reasons))}."
+
+
 def expand(text: str, env: Mapping[str, str]) -> str:
     """The kubelet's ``$(VAR)`` expansion: known names replaced, ``$$`` is a literal ``$``."""
 
@@ -156,12 +233,39 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _VAR_REF.sub(replace, text)
 
 
+def _mount_service_account_token(spec: dict[str, Any]) -> None:
+    """The ServiceAccount admission plugin: unless the pod opts out, a projected token volume
+    mounted read-only at :data:`TOKEN_PATH` in every container that has nothing there."""
+    if spec.get("automountServiceAccountToken") is False:
+        return
+    spec.setdefault("serviceAccountName", "default")
+    volume = "kube-api-access-" + "".join(_SUFFIX[b % len(_SUFFIX)] for b in os.urandom(5))
+    namespace_field = {"apiVersion": "v1", "fieldPath": "metadata.namespace"}
+    sources = [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": namespace_field}]}},
+    ]
+    spec.setdefault("volumes", []).append(
+        {"name": volume, "projected": {"defaultMode": 420, "sources": sources}}
+    )
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        mounts = container.setdefault("volumeMounts", [])
+        if all(mount["mountPath"] != TOKEN_PATH for mount in mounts):
+            mounts.append({"name": volume, "mountPath": TOKEN_PATH, "readOnly": True})
+
+
 @dataclass
 class _Pod:
     manifest: dict[str, Any]
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     kill_at: float = 0.0
-    scheduled: bool = False
+    #: Each container's mounts: mount path -> host folder.
+    mounts: dict[str, dict[str, Path]] = field(default_factory=dict)
+
+    @property
+    def bound(self) -> bool:
+        return bool(self.manifest["spec"].get("nodeName"))
 
 
 class KubernetesStandIn:
@@ -175,8 +279,23 @@ class KubernetesStandIn:
         host_env: Mapping[str, str] | None = None,
         version: str = KUBERNETES_VERSION,
         port: int = 0,
+        entrypoints: Mapping[str, Sequence[str]] | None = None,
+        allocatable: Mapping[str, str] | None = None,
+        node_labels: Mapping[str, str] | None = None,
     ) -> None:
+        """``entrypoints``: each image's ENTRYPOINT, run for a container without ``command``
+        (no image is pulled; a container of another image without a command fails its pod).
+        ``allocatable``/``node_labels``: the one node's, default :data:`NODE_ALLOCATABLE` and
+        :data:`NODE_LABELS`."""
         self.workdir = Path(workdir)
+        self.entrypoints = {image: list(argv) for image, argv in (entrypoints or {}).items()}
+        self.allocatable = {
+            name: quantity(value) for name, value in (allocatable or NODE_ALLOCATABLE).items()
+        }
+        self.node_labels = dict(node_labels or NODE_LABELS)
+        #: False models a cluster without a free node: new pods stay Pending (Unschedulable,
+        #: Insufficient cpu) until it is True again, as a real scheduler leaves them.
+        self.schedulable = True
         self.allowed = allowed
         self.version = version
         self.host_env = dict(host_env or {k: os.environ[k] for k in _PASS_ENV if k in os.environ})
@@ -188,9 +307,6 @@ class KubernetesStandIn:
         self._secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self._owners: set[str] = set()
         self._faults: list[_Fault] = []
-        #: False models a cluster without a free node: new pods stay Pending (Unschedulable)
-        #: until it is True again, as a real scheduler leaves them.
-        self.schedulable = True
         self._resource_version = 1000
         self._lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -254,6 +370,7 @@ class KubernetesStandIn:
         *,
         delay: float = 0.0,
         drop: bool = False,
+        message: str = "injected fault",
     ) -> None:
         """Fail the next ``times`` calls of ``verb`` (create, list, delete, get, update).
 
@@ -270,7 +387,7 @@ class KubernetesStandIn:
             raise ValueError("a dropped request has no status")
         reason = reason or _REASONS.get(status or 500, "InternalError")
         with self._lock:
-            self._faults.append(_Fault(verb, status, reason, delay, drop, times))
+            self._faults.append(_Fault(verb, status, reason, message, delay, drop, times))
 
     def pending_faults(self) -> int:
         """Injected failures not over yet: still to be served, or being held right now."""
@@ -317,6 +434,11 @@ class KubernetesStandIn:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
 
+    def mounts(self, name: str, container: str, namespace: str = "default") -> dict[str, Path]:
+        """A started pod's container's mounts: mount path -> the host folder behind it."""
+        with self._lock:
+            return dict(self._find(namespace, name).mounts.get(container, {}))
+
     def log_path(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
 
@@ -358,7 +480,8 @@ class KubernetesStandIn:
             if fault is not None:
                 self._closed.wait(fault.delay)  # outside the lock: other calls go on meanwhile
                 if fault.status is not None:
-                    return fault.status, status_object(fault.status, fault.reason, "injected fault")
+                    answer = status_object(fault.status, fault.reason, fault.message)
+                    return fault.status, answer
                 if fault.drop:
                     raise DroppedConnection(f"{verb} dropped after {fault.delay} s")
             with self._lock:
@@ -424,22 +547,52 @@ class KubernetesStandIn:
             raise ApiError(409, "AlreadyExists", message, name=name, kind="pods")
         metadata |= {"namespace": namespace, "uid": str(uuid.uuid4())}
         metadata |= {"creationTimestamp": _now(), "resourceVersion": self._next_version()}
+        _mount_service_account_token(body["spec"])
         body["status"] = {"phase": "Pending", "qosClass": "Burstable"}
         pod = _Pod(body)
         self._pods[(namespace, name)] = pod
         self.created.append(name)
-        if self.schedulable:
-            self._schedule(pod)
-        else:
-            message = "0/1 nodes are available: 1 Insufficient cpu."
-            condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
-            body["status"]["conditions"] = [condition | {"message": message}]
+        self._schedule(pod)
         return 201, body
 
+    # -- the scheduler -----------------------------------------------------------------------
     def _schedule(self, pod: _Pod) -> None:
-        pod.scheduled = True
-        pod.manifest["status"].pop("conditions", None)
+        """Bind the pod to the node and start it if it fits; else leave it Pending, saying why."""
+        used: dict[str, float] = {}
+        for other in self._pods.values():
+            if other.bound and other.manifest["status"]["phase"] not in ("Succeeded", "Failed"):
+                for name, value in pod_requests(other.manifest["spec"]).items():
+                    used[name] = used.get(name, 0.0) + value
+        spec = pod.manifest["spec"]
+        selector = spec.get("nodeSelector") or {}
+        matches = all(self.node_labels.get(k) == v for k, v in selector.items())
+        message = unschedulable_message(pod_requests(spec), used, self.allocatable, matches)
+        if not self.schedulable:
+            message = "0/1 nodes are available: 1 Insufficient cpu."
+        status = pod.manifest["status"]
+        condition = {"type": "PodScheduled", "lastProbeTime": None, "lastTransitionTime": _now()}
+        if message is not None:
+            condition |= {"status": "False", "reason": "Unschedulable", "message": message}
+            old: dict[str, Any] = next(
+                (c for c in status.get("conditions", []) if c["type"] == "PodScheduled"), {}
+            )
+            if old.get("message") != message:
+                status["conditions"] = [condition]
+                pod.manifest["metadata"]["resourceVersion"] = self._next_version()
+            return
+        spec["nodeName"] = "stand-in"
+        status["conditions"] = [condition | {"status": "True"}]
         self._start(pod)
+
+    def _schedule_pending(self) -> None:
+        """Retry the pods still unscheduled, oldest first (capacity may have been freed)."""
+        waiting = [
+            pod
+            for pod in self._pods.values()
+            if not pod.bound and not pod.manifest["metadata"].get("deletionTimestamp")
+        ]
+        for pod in waiting:  # the dict keeps creation order
+            self._schedule(pod)
 
     def _update(self, namespace: str, name: str, _: Any, body: Any) -> tuple[int, Any]:
         self._validate(body, "Pod")
@@ -488,8 +641,9 @@ class KubernetesStandIn:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)  # PID 1 only, as a container runtime does
 
-    def _container_env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
-        fields = {
+    def _fields(self, pod: dict[str, Any]) -> dict[str, str]:
+        """What the downward API can tell a container about its pod."""
+        return {
             "metadata.name": pod["metadata"]["name"],
             "metadata.namespace": pod["metadata"]["namespace"],
             "metadata.uid": pod["metadata"]["uid"],
@@ -498,6 +652,9 @@ class KubernetesStandIn:
             "status.podIP": "127.0.0.1",
             "status.hostIP": "127.0.0.1",
         }
+
+    def _container_env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+        fields = self._fields(pod)
         env: dict[str, str] = {}
         for variable in container.get("env", []):
             if "value" in variable:
@@ -536,10 +693,36 @@ class KubernetesStandIn:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(base64.b64decode(data[item["key"]]))
                     target.chmod(item.get("mode", source.get("defaultMode", 0o644)))
+            elif "projected" in volume:
+                folder.mkdir(parents=True, exist_ok=True)
+                for path, text in self._projected_files(manifest, volume["projected"]).items():
+                    (folder / path).parent.mkdir(parents=True, exist_ok=True)
+                    (folder / path).write_text(text)
             else:
                 continue  # not mounted (see Limitations)
             folders[volume["name"]] = folder
         return folders
+
+    def _projected_files(
+        self, manifest: dict[str, Any], projected: Mapping[str, Any]
+    ) -> dict[str, str]:
+        """The files of a projected volume: the token, the cluster CA, downward API fields."""
+        fields = self._fields(manifest)
+        files: dict[str, str] = {}
+        for source in projected.get("sources", []):
+            if "serviceAccountToken" in source:
+                account = manifest["spec"].get("serviceAccountName", "default")
+                files[source["serviceAccountToken"]["path"]] = f"stand-in-token-for-{account}"
+            elif (source.get("configMap") or {}).get("name") == "kube-root-ca.crt":
+                # The root CA publisher puts this ConfigMap in every namespace; plain HTTP here.
+                for item in source["configMap"].get("items") or [{"key": "ca.crt"}]:
+                    files[item.get("path", item["key"])] = "stand-in: plain HTTP, no CA\n"
+            elif "downwardAPI" in source:
+                for item in source["downwardAPI"]["items"]:
+                    files[item["path"]] = fields[item["fieldRef"]["fieldPath"]]
+            elif not (source.get("configMap") or source.get("secret") or {}).get("optional"):
+                raise LookupError(f"projected source {sorted(source)} is not modelled")
+        return files
 
     def _start(self, pod: _Pod) -> None:
         manifest = pod.manifest
@@ -552,20 +735,25 @@ class KubernetesStandIn:
         try:
             with self.log_path(manifest["metadata"]["name"]).open("ab") as log_file:
                 for container in manifest["spec"]["containers"]:
-                    if not container.get("command"):
-                        raise ValueError(f"container {container['name']}: no command (no images)")
+                    command = container.get("command") or self.entrypoints.get(container["image"])
+                    if not command:
+                        raise ValueError(
+                            f"container {container['name']}: no command, and the image "
+                            f"{container['image']}'s entrypoint is not known (no images here)"
+                        )
                     mounts = {
                         m["mountPath"]: volumes[m["name"]] / m.get("subPath", "")
                         for m in container.get("volumeMounts", [])
                         if m["name"] in volumes
                     }
+                    pod.mounts[container["name"]] = mounts
                     env = {
                         name: map_mounts(value, mounts)
                         for name, value in self._container_env(manifest, container).items()
                     }
                     argv = [
                         map_mounts(expand(a, env), mounts)
-                        for a in container["command"] + container.get("args", [])
+                        for a in list(command) + container.get("args", [])
                     ]
                     process = subprocess.Popen(
                         argv,
@@ -592,17 +780,12 @@ class KubernetesStandIn:
         while not self._closed.wait(0.1):
             with self._lock:
                 self._reap()
+                self._schedule_pending()
 
     def _reap(self) -> None:
         """Phases follow the processes; terminated pods go away; orphans are collected."""
         for key, pod in list(self._pods.items()):
             manifest = pod.manifest
-            if (
-                not pod.scheduled
-                and self.schedulable
-                and not manifest["metadata"].get("deletionTimestamp")
-            ):
-                self._schedule(pod)
             codes = [process.poll() for process in pod.processes]
             if manifest["status"]["phase"] == "Running" and None not in codes:
                 phase = "Succeeded" if not any(codes) else "Failed"

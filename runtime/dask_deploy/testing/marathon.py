@@ -20,7 +20,8 @@ against Marathon's API definition (the JSON Schemas shipped in ``marathon_schema
 
 Tasks run ``bash -c <cmd>`` (or ``args`` exec'd) in their own process group with Marathon's
 environment: ``MESOS_TASK_ID``, ``MARATHON_APP_ID``, ``MARATHON_APP_VERSION``,
-``MARATHON_APP_RESOURCE_*``, ``MARATHON_APP_LABEL_*``, ``HOST=127.0.0.1``, ``PORT0..N``,
+``MARATHON_APP_RESOURCE_*``, ``MARATHON_APP_LABEL_*``, ``HOST`` (the agent's address,
+:data:`AGENT_HOST`, not the loopback), ``PORT0..N``,
 ``PORT_<NAME>``, ``PORTS``, ``MESOS_SANDBOX`` and the app's ``env``. Killing sends SIGTERM to the
 group, then SIGKILL after ``taskKillGracePeriodSeconds``. Tasks below ``instances`` are restarted
 (with Marathon's launch backoff: ``backoffSeconds`` times ``backoffFactor`` per failure in a
@@ -33,10 +34,20 @@ the path is rewritten in the task's ``cmd``, ``args`` and ``env`` values, since 
 the host without a mount namespace (``mode`` is not enforced); a relative container path is a
 link in the sandbox.
 
+Ports, as a Mesos agent offers them: only ``port_range`` (the agent default, 31000-32000). Port 0
+gets a free port from it; a fixed port with ``requirePorts`` outside it (or taken) is never
+offered, so the app waits with no task, as on Mesos (:meth:`MarathonStandIn.waiting` says why).
+
+Health checks, as Mesos and Marathon run them: ``MESOS_HTTP``/``MESOS_TCP`` go to the task's
+loopback, 127.0.0.1, at the checked port (host networking); ``HTTP``/``TCP`` (Marathon's) to the
+task's host; ``COMMAND`` runs in the task's sandbox with its environment. The first check comes
+``delaySeconds`` after launch, then every ``intervalSeconds``; failures within
+``gracePeriodSeconds`` (before the first success) are ignored; ``maxConsecutiveFailures`` in a
+row kill the task (Marathon then launches a replacement).
+
 Limitations: a Docker/Mesos container is NOT started; its command runs directly on the host, so
 the host needs the software the image would have. The app's ``user`` is not switched to. No
-health checks are executed, no offers, constraints or resource accounting; env secrets are not
-resolved.
+constraints or resource accounting; env secrets are not resolved.
 
 Faults for tests: :meth:`MarathonStandIn.inject` or ``POST /__standin__/faults`` with
 ``{"status": 409|500|503, "delay": seconds, "times": n, "method": "PUT", "path": "/v2/apps"}``
@@ -52,6 +63,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import shlex
 import signal
@@ -60,6 +72,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,6 +87,11 @@ from ._mounts import map_mounts
 log = logging.getLogger(__name__)
 
 SCHEMAS_ENV = "DASK_DEPLOY_MARATHON_SCHEMAS"
+#: The ports a Mesos agent offers unless started with ``--resources=ports:[...]``.
+DEFAULT_PORT_RANGE = (31000, 32000)
+#: The agent's address as its tasks see it in ``$HOST``: an address of the machine, but not the
+#: loopback 127.0.0.1 where Mesos sends MESOS_HTTP and MESOS_TCP checks.
+AGENT_HOST = "127.0.0.2"
 _ACTIVE = frozenset({"TASK_STAGING", "TASK_RUNNING"})
 _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
 #: Marathon's RateLimiterActor forgets overdue launch delays every 10 s: a task failing later
@@ -95,12 +113,6 @@ def find_schemas() -> Path:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _flag(query: dict[str, list[str]], name: str) -> bool:
@@ -161,24 +173,34 @@ class Task:
     started_at: str | None = None
     kill_deadline: float | None = None
     version: str = ""
+    host: str = AGENT_HOST
+    env: dict[str, str] = field(default_factory=dict)
+    #: One result per health check: None until checked, then whether the last one passed.
+    health: list[bool | None] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
             "appId": self.app_id,
-            "host": "127.0.0.1",
+            "host": self.host,
             "ports": self.ports,
             "servicePorts": [],
             "slaveId": "standin-agent-0",
             "state": self.state,
             "stagedAt": self.staged_at,
             "version": self.version,
-            "ipAddresses": [{"ipAddress": "127.0.0.1", "protocol": "IPv4"}],
+            "ipAddresses": [{"ipAddress": self.host, "protocol": "IPv4"}],
             "localVolumes": [],
             "role": "*",
         }
         if self.started_at:
             body["startedAt"] = self.started_at
+        if any(result is not None for result in self.health):
+            body["healthCheckResults"] = [
+                {"alive": bool(alive), "consecutiveFailures": failures, "taskId": self.id}
+                for alive, failures in zip(self.health, self.failures, strict=True)
+            ]
         return body
 
 
@@ -189,6 +211,8 @@ class App:
     tasks: dict[str, Task] = field(default_factory=dict)
     failures: int = 0
     launch_after: float = 0.0
+    #: Why no task can be launched (no matching port offer), or "".
+    waiting: str = ""
 
     @property
     def id(self) -> str:
@@ -263,8 +287,14 @@ class MarathonStandIn:
         deployment_seconds: float = 0.3,
         tick: float = 0.1,
         agent_root: Path | None = None,
+        port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
+        agent_host: str = AGENT_HOST,
     ) -> None:
         self.agent_root = agent_root
+        self.port_range = port_range
+        self.agent_host = agent_host
+        #: Tasks killed for failing their health checks.
+        self.unhealthy_kills: list[str] = []
         self.validator = Validator(schemas if schemas is not None else find_schemas())
         self.deployment_seconds = deployment_seconds
         self.tick = tick
@@ -338,6 +368,12 @@ class MarathonStandIn:
         with self.lock:
             self._faults_in_flight -= 1
 
+    def waiting(self, app_id: str) -> str:
+        """Why the app has no task launched ("" if nothing holds it back)."""
+        with self.lock:
+            app = self.apps.get(normalize_id(app_id))
+            return app.waiting if app else ""
+
     def pids(self) -> list[int]:
         """Process group ids of every task still running (for leak checks)."""
         with self.lock:
@@ -407,8 +443,18 @@ class MarathonStandIn:
         definition = app.definition
         task_id = f"{app.id.strip('/').replace('/', '_')}.instance-{uuid.uuid4()}._app.1"
         port_definitions = definition.get("portDefinitions") or []
-        require = bool(definition["requirePorts"])
-        ports = [p["port"] if require and p.get("port") else _free_port() for p in port_definitions]
+        ports = self._offered_ports(port_definitions, bool(definition["requirePorts"]))
+        if ports is None:
+            wanted = [p.get("port", 0) for p in port_definitions]
+            waiting = (
+                f"no offer has the ports {wanted} (requirePorts): this agent offers "
+                f"{self.port_range[0]}-{self.port_range[1]}"
+            )
+            if app.waiting != waiting:
+                log.warning("app %s waits: %s", app.id, waiting)
+            app.waiting = waiting
+            return
+        app.waiting = ""
         sandbox = self.workdir / task_id
         sandbox.mkdir(parents=True)
         env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
@@ -429,7 +475,7 @@ class MarathonStandIn:
             MARATHON_APP_RESOURCE_DISK=str(definition["disk"]),
             MARATHON_APP_RESOURCE_GPUS=str(definition["gpus"]),
             MARATHON_APP_LABELS=" ".join(definition["labels"]),
-            HOST="127.0.0.1",
+            HOST=self.agent_host,
             PORTS=",".join(map(str, ports)),
         )
         for key, value in definition["labels"].items():
@@ -455,9 +501,103 @@ class MarathonStandIn:
                 argv, cwd=sandbox, env=env, stdout=out, stderr=err, start_new_session=True
             )
         task = Task(task_id, app.id, ports, sandbox, process, version=app.version)
+        task.host, task.env = self.agent_host, env
+        checks = definition.get("healthChecks") or []
+        task.health, task.failures = [None] * len(checks), [0] * len(checks)
         app.tasks[task_id] = task
         self.launched[task_id] = process.pid
         log.info("task %s staged: %s", task_id, shlex.join(argv))
+        for index, check in enumerate(checks):
+            threading.Thread(
+                target=self._check_health, args=(task, index, check), daemon=True
+            ).start()
+
+    def _offered_ports(self, definitions: list[dict[str, Any]], require: bool) -> list[int] | None:
+        """A port for each definition from this agent's offer; None if a required one is not
+        offered. Marathon gives any offered port unless ``requirePorts`` asks for the number."""
+        low, high = self.port_range
+        taken = {p for a in self.apps.values() for t in a.tasks.values() for p in t.ports}
+        ports: list[int] = []
+        for definition in definitions:
+            fixed = definition.get("port", 0)
+            if require and fixed:
+                if not low <= fixed <= high or fixed in taken or not _port_free(fixed):
+                    return None
+                ports.append(fixed)
+            else:
+                candidates = [p for p in range(low, high + 1) if p not in taken | set(ports)]
+                random.shuffle(candidates)
+                port = next((p for p in candidates if _port_free(p)), None)
+                if port is None:
+                    return None
+                ports.append(port)
+        return ports
+
+    def _check_health(self, task: Task, index: int, check: dict[str, Any]) -> None:
+        """Run one health check of a task until it ends, as Mesos (MESOS_*, COMMAND) or
+        Marathon (HTTP, TCP) does; kill the task after maxConsecutiveFailures in a row."""
+        started = time.monotonic()
+        grace = float(check.get("gracePeriodSeconds", 300))
+        limit = int(check.get("maxConsecutiveFailures", 3))
+        if self._stop.wait(float(check.get("delaySeconds", 15))):
+            return
+        while task.state in _ACTIVE:
+            passed = self._probe(task, check)
+            with self.lock:
+                if task.state not in _ACTIVE:
+                    return
+                if passed:
+                    task.failures[index] = 0
+                elif True in task.health or time.monotonic() - started > grace:
+                    task.failures[index] += 1
+                task.health[index] = passed if passed or task.failures[index] else None
+                if limit and task.failures[index] >= limit:
+                    log.warning(
+                        "task %s: %d consecutive failures of %s health check: killing it",
+                        task.id,
+                        task.failures[index],
+                        check.get("protocol", "HTTP"),
+                    )
+                    self.unhealthy_kills.append(task.id)
+                    self._kill(task, self._grace(task))
+                    return
+            if self._stop.wait(float(check.get("intervalSeconds", 60))):
+                return
+
+    def _probe(self, task: Task, check: dict[str, Any]) -> bool:
+        protocol = check.get("protocol", "HTTP")
+        timeout = max(1.0, float(check.get("timeoutSeconds", 20)))
+        if protocol == "COMMAND":
+            try:
+                result = subprocess.run(
+                    ["bash", "-c", check["command"]["value"]],
+                    cwd=task.sandbox,
+                    env=task.env,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                return False
+            return result.returncode == 0
+        port = int(check.get("port") or task.ports[int(check.get("portIndex", 0))])
+        # Host networking: Mesos checks the task's loopback; Marathon's own checks the host.
+        host = "127.0.0.1" if protocol.startswith("MESOS_") else task.host
+        if protocol.endswith("TCP"):
+            try:
+                socket.create_connection((host, port), timeout).close()
+            except OSError:
+                return False
+            return True
+        scheme = "https" if protocol.endswith("HTTPS") else "http"
+        try:
+            with urllib.request.urlopen(
+                f"{scheme}://{host}:{port}{check.get('path', '/')}", timeout=timeout
+            ) as answer:
+                return 200 <= int(answer.status) < 400
+        except (OSError, ValueError):
+            return False
 
     def _mounts(self, definition: dict[str, Any], sandbox: Path) -> dict[str, Path]:
         """Container path -> agent folder of the app's host-path volumes; a relative container
@@ -532,8 +672,8 @@ class MarathonStandIn:
             version=app.version,
             tasksStaged=sum(t.state == "TASK_STAGING" for t in active),
             tasksRunning=sum(t.state == "TASK_RUNNING" for t in active),
-            tasksHealthy=0,
-            tasksUnhealthy=0,
+            tasksHealthy=sum(bool(t.health) and all(t.health) for t in active),
+            tasksUnhealthy=sum(False in t.health for t in active),
             deployments=[{"id": d.id} for d in self.deployments.values() if app.id in d.apps],
         )
         if "app.tasks" in embed or "apps.tasks" in embed:
@@ -668,6 +808,16 @@ class MarathonStandIn:
                     self._faults_in_flight += 1
                     return fault
         return None
+
+
+def _port_free(port: int) -> bool:
+    """Nothing listens on ``port`` on any address of this machine."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 def _alive(task: Task) -> bool:

@@ -49,7 +49,12 @@ def test_burst_scales_up_idle_deletes_exactly_the_retired_pods(
     )
     host_env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(tmp_path)}
 
-    with KubernetesStandIn(tmp_path / "api", allowed=rendered.granted(), host_env=host_env) as api:
+    with KubernetesStandIn(
+        tmp_path / "api",
+        allowed=rendered.granted(),
+        host_env=host_env,
+        entrypoints=rendered.entrypoints(),
+    ) as api:
         logs_dir = tmp_path / "logs"
         logs_dir.mkdir()
 

@@ -136,8 +136,7 @@ def test_tls_scheduler_scaler_and_workers_from_a_secret(
     # The scheduler pod's Secret volume, mounted at the rendered mount path.
     mounts = {"/etc/dask/tls": certificates.ca.parent}
 
-    containers = rendered.containers()
-    scheduler_argv = containers["scheduler"]["command"] + containers["scheduler"]["args"]
+    scheduler_argv = rendered.argv("scheduler")
     assert scheduler_argv[scheduler_argv.index("--protocol") + 1] == "tls"
     for flag, key in (
         ("--tls-ca-file", "ca.crt"),
@@ -168,14 +167,19 @@ def test_tls_scheduler_scaler_and_workers_from_a_secret(
     config["scheduler"]["security"] = {k: map_mounts(v, mounts) for k, v in security.items()}
     host_env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path)}
 
-    with KubernetesStandIn(tmp_path / "api", allowed=rendered.granted(), host_env=host_env) as api:
+    with KubernetesStandIn(
+        tmp_path / "api",
+        allowed=rendered.granted(),
+        host_env=host_env,
+        entrypoints=rendered.entrypoints(),
+    ) as api:
         api.create_secret(secret_manifest(SECRET, tls_files(certificates)))
         config["backend"]["options"] |= {
             "worker_template": str(tmp_path / "worker-pod.yaml"),
             "kubeconfig": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
         }
         (tmp_path / "scaler-config.yaml").write_text(yaml.safe_dump(config))
-        scaler_argv = containers["scaler"]["command"]
+        scaler_argv = rendered.argv("scaler")
         scaler_argv[scaler_argv.index("--config") + 1] = str(tmp_path / "scaler-config.yaml")
         logs_dir = tmp_path / "logs"
         logs_dir.mkdir()

@@ -3,7 +3,10 @@
 The stand-in runs every task as a local process with Marathon's environment, so the scheduler,
 the scaler (`dask-deploy scale`, configured by DASK_DEPLOY_SCALER_CONFIG) and the workers
 (`dask worker --name $MESOS_TASK_ID`) are real. The values point the commands at the project's
-.venv python and every address at 127.0.0.1; timings are short through the values.
+.venv python; tasks bind the agent's address ($HOST, 127.0.0.2 here, not the loopback where
+Mesos sends MESOS_HTTP checks), on ports from the agent's default offer (31000-32000). The
+scheduler's health check runs as Mesos runs it: it must pass, or the scheduler is killed.
+Timings are short through the values.
 """
 
 from __future__ import annotations
@@ -18,8 +21,14 @@ import requests
 from distributed import Client
 
 from dask_deploy.testing.marathon import MarathonStandIn
-from marathon_support import marathon_values, post_app, sandbox_logs, worker_task_ids
-from process_support import BURST_SCALER_VALUES, free_port, listening, wait_for
+from marathon_support import (
+    free_offered_port,
+    marathon_values,
+    post_app,
+    sandbox_logs,
+    worker_task_ids,
+)
+from process_support import BURST_SCALER_VALUES, listening, wait_for
 from render_support import render_over_defaults
 
 pytestmark = [pytest.mark.marathon, pytest.mark.integration]
@@ -66,12 +75,17 @@ def test_burst_scales_up_idle_retires_exactly_those_tasks_and_delete_leaves_noth
 ) -> None:
     if not (REPO / "runtime" / "dask_deploy" / "_cli_scale.py").is_file():
         pytest.fail("dask-deploy scale (runtime/dask_deploy/_cli_scale.py) is missing")
-    port = free_port()
+    port, host = free_offered_port(marathon), marathon.agent_host
     # The scheduler and the workers import slow_square from this module, and what it imports.
     tests = Path(__file__).parents[2]
     here = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(tests)])}
     values = marathon_values(
-        "e2e", marathon, port, free_port(), image={"repository": None}, scaler=BURST_SCALER_VALUES
+        "e2e",
+        marathon,
+        port,
+        free_offered_port(marathon),
+        image={"repository": None},
+        scaler=BURST_SCALER_VALUES,
     )
     values["scheduler"]["env"] = values["worker"]["env"] = here
     out = tmp_path / "rendered"
@@ -84,13 +98,19 @@ def test_burst_scales_up_idle_retires_exactly_those_tasks_and_delete_leaves_noth
         body = requests.get(f"{marathon.url}/v2/tasks", timeout=5).json()
         return {t["appId"] for t in body["tasks"] if t["state"] == "TASK_RUNNING"}
 
-    wait_for("the scheduler listens", lambda: listening(port), 60, logs)
+    wait_for("the scheduler listens", lambda: listening(port, host), 60, logs)
     assert {"/e2e/scheduler", "/e2e/scaler"} <= running_apps()
+
+    def scheduler_healthy() -> bool:
+        app = requests.get(f"{marathon.url}/v2/apps/e2e/scheduler", timeout=5).json()["app"]
+        return bool(app["tasksHealthy"] == 1)
+
+    wait_for("the scheduler passes its health check", scheduler_healthy, 60, logs)
 
     def worker_tasks() -> set[str]:
         return worker_task_ids(marathon, WORKER_APP)
 
-    with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+    with Client(f"tcp://{host}:{port}", timeout=60) as client:
 
         def worker_names() -> set[str]:
             return {w["name"] for w in client.scheduler_info()["workers"].values()}
@@ -125,6 +145,9 @@ def test_burst_scales_up_idle_retires_exactly_those_tasks_and_delete_leaves_noth
         assert len(worker_launches) <= 3  # never above maximum: nothing replaced or duplicated
         apps = requests.get(f"{marathon.url}/v2/apps{WORKER_APP}", timeout=5).json()
         assert apps["app"]["instances"] == 1
+        # The scheduler was checked all along, and never killed for it.
+        assert scheduler_healthy() and not marathon.unhealthy_kills
+        assert len([t for t in marathon.launched if t.startswith("e2e_scheduler.")]) == 1
 
     # Deleting the deployment leaves no process behind.
     answer = requests.delete(f"{marathon.url}/v2/groups/e2e", params={"force": "true"}, timeout=5)

@@ -19,8 +19,14 @@ import yaml
 from distributed import Client
 
 from dask_deploy.testing.marathon import MarathonStandIn
-from marathon_support import marathon_values, post_app, sandbox_logs, worker_task_ids
-from process_support import BURST_SCALER_VALUES, free_port, listening, wait_for
+from marathon_support import (
+    free_offered_port,
+    marathon_values,
+    post_app,
+    sandbox_logs,
+    worker_task_ids,
+)
+from process_support import BURST_SCALER_VALUES, listening, wait_for
 from render_support import render_over_defaults
 from tls_support import (
     assert_only_certified_clients_get_in,
@@ -78,19 +84,19 @@ def test_tls_scheduler_scaler_and_workers_from_agent_files(
     certificates = make_certificates(
         tmp_path / "agent" / HOST_PATH.lstrip("/"), ca="ca.pem", cert="tls.crt", key="tls.key"
     )
-    port = free_port()
+    port, host = free_offered_port(marathon), marathon.agent_host
     values = marathon_values(
         "e2e",
         marathon,
         port,
-        free_port(),
+        free_offered_port(marathon),
         scaler=BURST_SCALER_VALUES,
         tls={"enabled": True, "host_path": HOST_PATH, "mount_path": MOUNT_PATH},
     )
     out = tmp_path / "rendered"
     render_over_defaults("marathon", values, out)
     config = yaml.safe_load((out / "scaler-config.yaml").read_text())
-    assert config["scheduler"]["address"] == f"tls://127.0.0.1:{port}"
+    assert config["scheduler"]["address"] == f"tls://{host}:{port}"
     assert config["scheduler"]["security"] == {
         "ca_file": f"{MOUNT_PATH}/ca.pem",
         "cert_file": f"{MOUNT_PATH}/tls.crt",
@@ -102,12 +108,12 @@ def test_tls_scheduler_scaler_and_workers_from_agent_files(
         assert b'"hostPath": "/etc/ssl/dask"' in app, f"{name}-app.json mounts no certificates"
         post_app(marathon, app)
 
-    wait_for("the scheduler listens", lambda: listening(port), 60, logs)
+    wait_for("the scheduler listens", lambda: listening(port, host), 60, logs)
 
     def worker_tasks() -> set[str]:
         return worker_task_ids(marathon, "/e2e/worker")
 
-    address = f"tls://127.0.0.1:{port}"
+    address = f"tls://{host}:{port}"
     with Client(address, security=client_security(certificates), timeout=60) as client:
         assert client.scheduler.address == address
 
