@@ -13,8 +13,8 @@ from distributed import Client
 from cluster_support import state_root
 from dask_deploy import DeployCluster
 from dask_deploy.testing.marathon import MarathonStandIn
-from marathon_support import marathon_values, sandbox_logs, worker_task_ids
-from process_support import free_port, wait_for
+from marathon_support import free_offered_port, marathon_values, sandbox_logs, worker_task_ids
+from process_support import wait_for
 
 __all__ = ["state_root"]  # the fixture
 pytestmark = [pytest.mark.marathon, pytest.mark.integration]
@@ -32,7 +32,12 @@ def test_deploy_cluster_on_marathon_computes_scales_and_deletes_its_apps(
     scaler = {"minimum": 0, "maximum": 2, "interval": 0.5, "scale_down_window": 2,
               "startup_timeout": 60, "metrics_port": None}  # fmt: skip
     values = marathon_values(
-        "api-m", marathon, free_port(), free_port(), image={"repository": None}, scaler=scaler
+        "api-m",
+        marathon,
+        free_offered_port(marathon),
+        free_offered_port(marathon),
+        image={"repository": None},
+        scaler=scaler,
     )
     values.pop("deployment")  # the cluster's name is the deployment
     logs = lambda: sandbox_logs(marathon)  # noqa: E731
