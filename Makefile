@@ -56,7 +56,7 @@ base-images: docker-up ## Build a local stand-in for debian:bookworm-slim when t
 images: $(STAMP) base-images ## Build the scheduler, worker and scaler images offline, tagged with the package version
 	PYTHON=$(BIN)/python scripts/build-images.sh
 
-publish: $(STAMP) base-images ## Build the images and push them to REGISTRY (host[:port][/path]) as TAG (default: the version) and its minor; print digests
+publish: $(STAMP) ## Build the images and push them to REGISTRY (host[:port][/path]) as TAG (default: the version) and its minor; print digests
 	@[ -n "$(REGISTRY)" ] || { echo "publish: REGISTRY: got '', expected host[:port][/path], e.g. make publish REGISTRY=127.0.0.1:5000/dask-deploy" >&2; exit 2; }
 	PYTHON=$(BIN)/python scripts/publish-images.sh '$(REGISTRY)' $(if $(TAG),'$(TAG)')
 

@@ -35,6 +35,9 @@ if [[ "$tag" =~ ^([0-9]+)\.([0-9]+)\.[0-9]+$ ]]; then
   tags+=("${BASH_REMATCH[1]}.${BASH_REMATCH[2]}")
 fi
 
+"$here/docker-up.sh"
+"$here/base-images.sh"
+
 # Reuse the local images when all three were built from this very commit (a clean checkout at
 # HEAD; a build from uncommitted changes is labelled <commit>-dirty and never reused); else build.
 head="$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)"

@@ -2,9 +2,10 @@
 started by scripts/registry-up.sh on 127.0.0.1 and a free port.
 
 The test publishes, checks what the registry holds with skopeo (tags, digests, OCI labels),
-deletes every local tag of the worker image so that nothing of it is left on the engine, pulls
-it back by digest, and has a worker started from the pulled image compute a task for a real
-scheduler. At the end the pulled image gets its local build tag back (it is the same image).
+deletes every local tag of the worker and scheduler images (the scheduler's is the worker's plus
+a layer) so that nothing of them is left on the engine, pulls both back by digest, and has a
+worker started from the pulled image compute a task for a scheduler from the pulled one. At the
+end the pulled images get their local build tags back (they are the same images).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ pytestmark = [
     ),
 ]
 ROLES = ("scheduler", "worker", "scaler")
+PULLED = ("scheduler", "worker")
 
 
 @pytest.fixture(scope="module")
@@ -111,28 +113,35 @@ def test_publish_pushes_pulls_back_by_digest_and_the_pulled_worker_computes(
             )
             assert labels["org.opencontainers.image.title"] == f"dask-deploy-{role}"
 
-    # Nothing of the worker image left on the engine, then pulled back by digest.
-    worker_repository = names["worker"]
-    worker = f"{worker_repository}@{digests[f'{worker_repository}:{version}']}"
-    image_id = docker("image", "inspect", "--format", "{{.Id}}", docker_images["worker"]).stdout
+    # The scheduler image is the worker's plus a layer, so both go: then nothing of the worker
+    # image is left on the engine. Both are pulled back by digest.
+    pulled_refs = {role: f"{names[role]}@{digests[f'{names[role]}:{version}']}" for role in PULLED}
+    image_ids = [
+        docker("image", "inspect", "--format", "{{.Id}}", docker_images[role]).stdout.strip()
+        for role in PULLED
+    ]
     remove_test_containers()
-    removed = docker(
-        "rmi", docker_images["worker"], f"{names['worker']}:{version}", f"{names['worker']}:{minor}"
-    )
+    local_tags = [docker_images[role] for role in PULLED]
+    remote_tags = [f"{names[role]}:{each}" for role in PULLED for each in (version, minor)]
+    removed = docker("rmi", *local_tags, *remote_tags)
     assert removed.returncode == 0, removed.stderr
-    assert docker("image", "inspect", image_id.strip()).returncode != 0
+    assert [docker("image", "inspect", each).returncode for each in image_ids] == [1, 1]
     try:
-        pulled = docker("pull", worker)
-        assert pulled.returncode == 0, pulled.stderr
+        for role, reference in pulled_refs.items():
+            pulled = docker("pull", reference)
+            assert pulled.returncode == 0, pulled.stderr
+            inspected = json.loads(docker("image", "inspect", reference).stdout)[0]
+            assert reference in inspected["RepoDigests"]
+            assert inspected["Id"] == image_ids[PULLED.index(role)]
+        worker = pulled_refs["worker"]
         inspected = json.loads(docker("image", "inspect", worker).stdout)[0]
-        assert worker in inspected["RepoDigests"]
         assert inspected["Config"]["Labels"] == built_labels
 
         port = free_port()
         suffix = time.time_ns() % 10**9
         scheduler, worker_name = f"pub-scheduler-{suffix}", f"pub-worker-{suffix}"
         run_container(
-            docker_images["scheduler"],
+            pulled_refs["scheduler"],
             "--host=127.0.0.1",
             f"--port={port}",
             "--dashboard-address=127.0.0.1:0",
@@ -157,6 +166,7 @@ def test_publish_pushes_pulls_back_by_digest_and_the_pulled_worker_computes(
             raise
     finally:
         remove_test_containers()
-        # The pulled image is the built one (same id); give it its local tag back.
-        if docker("image", "inspect", worker).returncode == 0:
-            docker("tag", worker, docker_images["worker"])
+        # A pulled image is the built one (same id); give it its local tag back.
+        for role, reference in pulled_refs.items():
+            if docker("image", "inspect", reference).returncode == 0:
+                docker("tag", reference, docker_images[role])
