@@ -13,8 +13,11 @@ SET ?=
 OUT ?= rendered/$(BACKEND)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+REGISTRY ?=
+TAG ?=
+REGISTRY_PORT ?= 5000
 
-.PHONY: help venv render golden lint test demo clean docker-up docker-down base-images images bench-images bench bench-all bench-quick
+.PHONY: help venv render golden lint test demo clean docker-up docker-down base-images images publish registry-up registry-down bench-images bench bench-all bench-quick
 
 help: ## List the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,7 +56,17 @@ base-images: docker-up ## Build a local stand-in for debian:bookworm-slim when t
 images: $(STAMP) base-images ## Build the scheduler, worker and scaler images offline, tagged with the package version
 	PYTHON=$(BIN)/python scripts/build-images.sh
 
-bench-images: images ## Print each image's size and the median cold start of a worker container
+publish: $(STAMP) ## Build the images and push them to REGISTRY (host[:port][/path]) as TAG (default: the version) and its minor; print digests
+	@[ -n "$(REGISTRY)" ] || { echo "publish: REGISTRY: got '', expected host[:port][/path], e.g. make publish REGISTRY=127.0.0.1:5000/dask-deploy" >&2; exit 2; }
+	PYTHON=$(BIN)/python scripts/publish-images.sh '$(REGISTRY)' $(if $(TAG),'$(TAG)')
+
+registry-up: ## Start a Distribution registry (Debian docker-registry) on 127.0.0.1:REGISTRY_PORT (default 5000)
+	scripts/registry-up.sh $(REGISTRY_PORT)
+
+registry-down: ## Stop the registry registry-up started on REGISTRY_PORT
+	scripts/registry-down.sh $(REGISTRY_PORT)
+
+bench-images: images ## Print each image's size, its layers' sizes, and the median cold start of a worker container
 	$(BIN)/python bench/images.py
 
 demo: $(STAMP) ## Start a scheduler and the scaler, run a bursty workload, plot workers over time

@@ -1,6 +1,7 @@
 """Image sizes and worker cold start: `make bench-images` (a benchmark, not a test).
 
-For each image (scheduler, worker, scaler) prints its size; then starts a scheduler container
+For each image (scheduler, worker, scaler) prints its size and the size of each of its layers
+(what made the layer, from `docker history`); then starts a scheduler container
 and, RUNS times, one worker container, measuring from `docker run` to the worker being
 registered with the scheduler; prints every run and the median. Host network, 127.0.0.1.
 Needs the images (`make images`) and an engine (`make docker-up`).
@@ -9,6 +10,8 @@ Needs the images (`make images`) and an engine (`make docker-up`).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import socket
 import statistics
 import subprocess
@@ -21,7 +24,7 @@ from pathlib import Path
 from distributed import Client
 
 REPO = Path(__file__).resolve().parents[1]
-REPOSITORY = "ghcr.io/dask-deploy/dask-deploy"
+REPOSITORY = os.environ.get("DASK_DEPLOY_IMAGE_REPOSITORY", "ghcr.io/dask-deploy/dask-deploy")
 LABEL = "dask-deploy.bench=1"
 
 
@@ -42,6 +45,21 @@ def docker(*args: str) -> str:
 
 def image_size(tag: str) -> int:
     return int(docker("image", "inspect", "--format", "{{.Size}}", tag).strip())
+
+
+def layers(tag: str) -> list[tuple[int, str]]:
+    """(bytes, what made it) of each non-empty layer, base first."""
+    history = docker("history", "--human=false", "--no-trunc", "--format", "{{json .}}", tag)
+    rows = [json.loads(line) for line in history.splitlines() if line.strip()]
+    made = []
+    for row in reversed(rows):
+        size = int(row["Size"])
+        if size == 0:
+            continue
+        command = " ".join(str(row["CreatedBy"]).split())
+        command = command.removeprefix("/bin/sh -c ").removeprefix("#(nop) ")
+        made.append((size, command or str(row.get("Comment") or "base image")))
+    return made
 
 
 def cold_start(client: Client, worker_image: str, address: str, run: int) -> float:
@@ -79,9 +97,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="cold starts to measure (default 5)")
     args = parser.parse_args()
     tags = {role: f"{REPOSITORY}-{role}:{version()}" for role in ("scheduler", "worker", "scaler")}
-    print("image sizes:")
+    print("image sizes (layers base first):")
     for tag in tags.values():
         print(f"  {tag:55} {image_size(tag) / 1e6:7.1f} MB")
+        for size, command in layers(tag):
+            print(f"    {size / 1e6:7.1f} MB  {command[:90]}")
 
     port, dashboard = free_port(), free_port()
     address = f"tcp://127.0.0.1:{port}"

@@ -27,7 +27,12 @@ exec 9>"${TMPDIR:-/tmp}/dask-deploy-build-images.lock"
 flock 9
 
 version="$("$python" -c 'import tomllib; print(tomllib.load(open("'"$repo"'/pyproject.toml", "rb"))["project"]["version"])')"
-revision="$(git -C "$repo" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+# The commit the images are built from; "-dirty" when the checkout has uncommitted changes, so a
+# published image never claims a commit it was not built from.
+revision="$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)"
+if [ "$revision" != unknown ] && [ -n "$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  revision="$revision-dirty"
+fi
 source_url="$("$python" -c 'import tomllib; print(tomllib.load(open("'"$repo"'/pyproject.toml", "rb"))["project"]["urls"]["Source"])')"
 
 log "wheels for $version into $wheels"
@@ -40,9 +45,9 @@ package_wheel="$(ls "$wheels"/dask_deploy-"$version"-*.whl)"
 # 3.11 on x86_64, like the host, so the same wheels fit.
 "$python" -m pip download --quiet --only-binary=:all: --dest "$wheels" -c "$repo/constraints.txt" \
   -r "$context/requirements/scheduler.txt" -r "$context/requirements/worker.txt" \
-  "$package_wheel[docker,kubernetes,marathon]" 2>&1 | grep -v 'is ignored' >&2 || true
-for requirement in distributed numpy pandas docker; do
-  ls "$wheels" | grep -qi "^${requirement}-" || { log "FAILED: no $requirement wheel downloaded"; exit 1; }
+  "${package_wheel}[docker,kubernetes,marathon]" 2>&1 | grep -v 'is ignored' >&2 || true
+for requirement in distributed numpy pandas pyarrow bokeh docker kubernetes marathon; do
+  compgen -G "$wheels/${requirement}-*.whl" >/dev/null || { log "FAILED: no $requirement wheel downloaded"; exit 1; }
 done
 
 # Without the base tag present, `docker build` would try a registry; refuse instead.

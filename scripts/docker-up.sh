@@ -45,9 +45,17 @@ rm -f "$pid_file"
 log "starting dockerd --bridge=none (log: $log_file)"
 # --iptables/--ip-masq off: without a bridge there is nothing to route, and no rule of ours
 # should land in the host's firewall. containerd is started by dockerd itself.
-# fd 8 (our lock) is closed for dockerd, or it would hold the lock for its whole life.
-$SUDO setsid dockerd --bridge=none --iptables=false --ip-masq=false --ip6tables=false \
-  --pidfile="$state/dockerd.self.pid" >"$log_file" 2>&1 </dev/null 8>&- &
+# Every descriptor above stdio is closed for dockerd: our fd 8 and whatever lock a caller holds
+# (`flock /tmp/some.lock make test` hands its fd down to us). dockerd would otherwise hold those
+# locks for its whole life and block everyone waiting on them.
+(
+  for fd in /proc/"$BASHPID"/fd/*; do
+    fd="${fd##*/}"
+    [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+  done
+  exec $SUDO setsid dockerd --bridge=none --iptables=false --ip-masq=false --ip6tables=false \
+    --pidfile="$state/dockerd.self.pid" >"$log_file" 2>&1 </dev/null
+) &
 echo $! >"$pid_file"
 
 for _ in $(seq 1 120); do

@@ -58,6 +58,7 @@ def _inputs_mtime() -> float:
     context = REPO / "images" / "dask-deploy"
     inputs = [
         context / "Dockerfile",
+        context / "build-venv.sh",
         *(context / "requirements").glob("*.txt"),
         REPO / "constraints.txt",
         REPO / "pyproject.toml",

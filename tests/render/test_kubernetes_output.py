@@ -191,6 +191,19 @@ def test_each_container_runs_its_roles_image_as_the_images_user(
         assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (10001,) * 3
 
 
+def test_pull_secrets_go_on_the_scheduler_and_worker_pods(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    settings = {"image": {"repository": "registry.example.com/team/dask-deploy", "tag": "0.1",
+                          "pull_secrets": ["regcred"]}}  # fmt: skip
+    rendered = Rendered(render_scenario("kubernetes", settings, tmp_path))
+    assert rendered.worker["image"] == "registry.example.com/team/dask-deploy-worker:0.1"
+    for spec in rendered.pod_specs():
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    for spec in render(render_scenario, "defaults", tmp_path).pod_specs():
+        assert "imagePullSecrets" not in spec
+
+
 def test_custom_resources_and_extra_args(render_scenario: RenderScenario, tmp_path: Path) -> None:
     rendered = render(render_scenario, "custom", tmp_path)
     assert rendered.worker["resources"] == {
