@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from .backends import Backend, Instance
+from .backends.batch import ReportsQueueWaits
 from .config import LoopSettings
 from .metrics import ScalerMetrics
 from .observe import SchedulerLink
@@ -117,6 +118,7 @@ class Scaler:
         self._last_line = ""
         self._started_at: float | None = None
         self._last_connected: dict[str, float] = {}
+        self._waiting: dict[str, str] = {}
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed.
@@ -148,8 +150,11 @@ class Scaler:
         """Remove instances that stayed unconnected for longer than the startup timeout.
 
         The clock of an instance starts at the latest of: its request, the start of this
-        scaler (a restarted scaler gives every instance a full timeout) and the last time
-        its worker was seen connected (a scheduler restart is not a startup failure).
+        scaler (a restarted scaler gives every instance a full timeout), the last time its
+        worker was seen connected (a scheduler restart is not a startup failure) and the last
+        time it was seen waiting in a batch queue. A job waiting in the queue (Resources,
+        Priority, ...) is waiting for the batch system, not failing to start: cancelling it
+        would only lose its place, so it is never timed out, and its reason is logged.
         """
         if self._started_at is None:
             self._started_at = now
@@ -157,6 +162,9 @@ class Scaler:
             self._last_connected[name] = now
         current = {i.name for i in observation.instances}
         self._last_connected = {n: t for n, t in self._last_connected.items() if n in current}
+        waiting = self._queue_waits(observation)
+        for name in waiting:
+            self._last_connected[name] = now
 
         def unconnected_since(instance: Instance) -> float:
             assert self._started_at is not None
@@ -164,7 +172,11 @@ class Scaler:
             return max(instance.requested_at, self._started_at, connected)
 
         timeout = self.settings.startup_timeout
-        stale = [i for i in observation.pending if now - unconnected_since(i) > timeout]
+        stale = [
+            i
+            for i in observation.pending
+            if i.name not in waiting and now - unconnected_since(i) > timeout
+        ]
         if not stale or self.dry_run:
             return observation
         names = sorted(i.name for i in stale)
@@ -185,6 +197,23 @@ class Scaler:
             tasks_unrunnable=observation.tasks_unrunnable,
             workers_to_close=observation.workers_to_close,
         )
+
+    def _queue_waits(self, observation: Observation) -> dict[str, str]:
+        """Pending instances that wait in the backend's queue, and why; each new reason logged."""
+        if not isinstance(self.backend, ReportsQueueWaits):
+            return {}
+        pending = {i.name for i in observation.pending}
+        waiting = {n: r for n, r in self.backend.waiting().items() if n in pending}
+        for name, reason in sorted(waiting.items()):
+            if self._waiting.get(name) != reason:
+                logger.info(
+                    "%s waits in the queue: %s (never cancelled for that; startup_timeout "
+                    "counts from its start)",
+                    name,
+                    reason,
+                )
+        self._waiting = waiting
+        return waiting
 
     def _hold_if_refused(self, decision: Decision, now: float) -> Decision:
         """Do not ask the scheduler again and again to retire workers it just refused."""

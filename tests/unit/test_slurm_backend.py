@@ -408,3 +408,9 @@ def test_replace_before_end_must_be_seconds(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as error:
         slurm.load_settings(BackendContext("dask", "tcp://127.0.0.1:8786", options))
     assert error.value.key == "backend.options.replace_before_end"
+
+
+async def test_waiting_names_every_pending_job_with_the_reason_it_waits(fake: FakeSlurm) -> None:
+    backend = fake.backend()
+    await backend.scale_up(3)  # lists (1 pending for Priority), then submits 501
+    assert backend.waiting() == {"1": "Priority", "501": "queued"}

@@ -37,6 +37,11 @@ cluster; a scaler that listed its jobs every second would cost it ~86k calls a d
 made by others (a job starting, ending at its walltime, cancelled by hand) are seen at the
 next listing, at most ``status_interval`` later.
 
+Queue waits: a pending job waits for the batch system (Resources, Priority, a QOS limit, ...),
+not for its worker. :meth:`BatchBackend.waiting` says which jobs wait and why, so the loop
+never cancels one for being slow (``startup_timeout`` counts from when the job started) and
+logs the batch system's reason instead. Cancelling would only lose its place in the queue.
+
 Walltime: a worker job ends at its time limit, and its worker retires itself a little before
 (``--lifetime``). A running job within ``replace_before_end`` seconds of its end is reported as
 EXITED: its worker is on its way out, so the loop counts it as gone and requests its replacement
@@ -60,7 +65,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .._errors import SettingsError
 from ._protocol import Backend, BackendContext, Instance, InstanceState, count_requested
@@ -284,6 +289,15 @@ async def run_command(command: Command, timeout: float) -> str:
 Runner = Callable[[Command, float], Awaitable[str]]
 
 
+@runtime_checkable
+class ReportsQueueWaits(Protocol):
+    """A backend whose pending instances wait in a queue, for a reason it can report."""
+
+    def waiting(self) -> Mapping[str, str]:
+        """Name -> reason of every instance of the last listing that waits in the queue."""
+        ...
+
+
 def as_seen_by_the_loop(job: BatchJob, now: float, replace_before_end: float) -> Instance:
     """The job's instance, reported EXITED when it runs out of walltime within the lead time."""
     leaving = (
@@ -360,12 +374,21 @@ class BatchBackend:
                 exited = replace(job.instance, state=InstanceState.EXITED)
                 self._listing[name] = replace(job, instance=exited, ends_at=None, reason=None)
 
+    def waiting(self) -> Mapping[str, str]:
+        """Job id -> why it waits, for every pending job of the last listing: the batch
+        system's reason, or "queued" when it gives none (just submitted)."""
+        return {
+            name: job.reason or "queued"
+            for name, job in (self._listing or {}).items()
+            if job.instance.state is InstanceState.PENDING
+        }
+
     async def close(self) -> None:
         return None
 
 
-def _is_a_backend(backend: BatchBackend) -> Backend:
-    return backend  # mypy checks here that BatchBackend implements the Backend protocol
+def _is_a_backend(backend: BatchBackend) -> tuple[Backend, ReportsQueueWaits]:
+    return backend, backend  # mypy checks here that BatchBackend implements both protocols
 
 
 __all__ = [
@@ -377,6 +400,7 @@ __all__ = [
     "BatchSettings",
     "Command",
     "Dialect",
+    "ReportsQueueWaits",
     "Runner",
     "as_seen_by_the_loop",
     "current_user",
