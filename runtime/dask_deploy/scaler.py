@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from .backends import Backend, Instance
-from .backends.batch import ReportsQueueWaits
+from .backends.batch import HandsOverAtWalltime, ReportsQueueWaits
 from .config import LoopSettings
 from .metrics import ScalerMetrics
 from .observe import SchedulerLink
@@ -119,6 +119,7 @@ class Scaler:
         self._started_at: float | None = None
         self._last_connected: dict[str, float] = {}
         self._waiting: dict[str, str] = {}
+        self._leaving_since: dict[str, float] = {}
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed.
@@ -214,6 +215,55 @@ class Scaler:
                 )
         self._waiting = waiting
         return waiting
+
+    async def _hand_over(self, observation: Observation, now: float) -> None:
+        """Retire workers that leave at their walltime through the scheduler, in time.
+
+        A leaving worker (its backend reports it within the replacement lead of its end) goes
+        when a replacement requested since it began leaving has registered, when it is idle,
+        or at the latest at the last safe moment its backend names, so its data moves to the
+        others while there is time. The worker's own ``--lifetime`` is only a backstop.
+        """
+        if self.dry_run or not isinstance(self.backend, HandsOverAtWalltime):
+            return
+        due_at = self.backend.leaving()
+        workers = {w.name: w for w in observation.workers if w.status != "closing_gracefully"}
+        leaving = sorted((n for n in due_at if n in workers), key=lambda n: due_at[n])
+        self._leaving_since = {n: self._leaving_since.get(n, now) for n in leaving}
+        if not leaving:
+            return
+        # A replacement is submitted in the tick its predecessor starts leaving; batch systems
+        # report submit times in whole seconds.
+        since = min(self._leaving_since.values()) - 1
+        replacements = sum(
+            1 for i in observation.requested if i.name in workers and i.requested_at >= since
+        )
+        due: list[str] = []
+        alone: list[str] = []
+        for rank, name in enumerate(leaving):
+            if name in self._refused:
+                continue
+            if rank < replacements or workers[name].idle:
+                due.append(name)
+            elif due_at[name] <= now and not alone:
+                # One at a time: the first one's data moves to the others, and its job's end
+                # frees room for a replacement that the next one can hand over to.
+                due.append(name)
+                alone.append(name)
+        if not due:
+            return
+        if alone:
+            logger.warning(
+                "handing over %s without a replacement: its walltime is near and no "
+                "replacement has registered (still in the queue?); its data moves to the others",
+                ", ".join(alone),
+            )
+        else:
+            logger.info("handing over %s before the walltime", ", ".join(due))
+        retired = await _asking_scheduler(self.scheduler.retire(due))
+        self._refused.update({name: now for name in due if name not in retired})
+        if retired:
+            await self.backend.scale_down(sorted(retired))
 
     def _hold_if_refused(self, decision: Decision, now: float) -> Decision:
         """Do not ask the scheduler again and again to retire workers it just refused."""
@@ -325,6 +375,12 @@ class Scaler:
                 else self.metrics.backend_errors
             ).inc()
             logger.warning("acting on %r failed, will retry: %r", describe(decision), error)
+            return TickResult(decision, observation, ok=False)
+        try:
+            await self._hand_over(observation, now)
+        except Exception as error:
+            self.metrics.scheduler_errors.inc()
+            logger.warning("handing over leaving workers failed, will retry: %r", error)
             return TickResult(decision, observation, ok=False)
         return TickResult(decision, observation, ok=True)
 

@@ -414,3 +414,36 @@ async def test_waiting_names_every_pending_job_with_the_reason_it_waits(fake: Fa
     backend = fake.backend()
     await backend.scale_up(3)  # lists (1 pending for Priority), then submits 501
     assert backend.waiting() == {"1": "Priority", "501": "queued"}
+
+
+async def test_leaving_jobs_still_count_against_max_held() -> None:
+    # Maximum 2 plus a surge of 1: two leaving jobs get one replacement now, not two.
+    fake = FakeSlurm(
+        f"7|RUNNING|{NOW - 3000:.0f}|{NOW + 60:.0f}|alice|None|dask-deploy/dask\n"
+        f"8|RUNNING|{NOW - 3000:.0f}|{NOW + 90:.0f}|alice|None|dask-deploy/dask\n"
+    )
+    backend = fake.backend(replace(SETTINGS, replace_before_end=120, max_held=3))
+    await backend.scale_up(2)
+    assert fake.count("sbatch") == 1
+    await backend.scale_up(2)
+    assert fake.count("sbatch") == 1
+
+
+async def test_leaving_names_when_each_leaving_job_must_be_retired_at_the_latest() -> None:
+    fake = FakeSlurm(
+        f"7|RUNNING|{NOW - 3000:.0f}|{NOW + 60:.0f}|alice|None|dask-deploy/dask\n"
+        f"8|RUNNING|{NOW - 3000:.0f}|{NOW + 900:.0f}|alice|None|dask-deploy/dask\n"
+    )
+    backend = fake.backend(replace(SETTINGS, replace_before_end=120, retire_before_end=30))
+    await backend.instances()
+    assert backend.leaving() == {"7": NOW + 30}
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "3"])
+def test_max_held_must_be_a_positive_integer(tmp_path: Path, value: object) -> None:
+    script = tmp_path / "worker-job.sh"
+    script.write_text("#!/bin/bash\n")
+    options = {"worker_script": str(script), "max_held": value}
+    with pytest.raises(SettingsError) as error:
+        slurm.load_settings(BackendContext("dask", "tcp://127.0.0.1:8786", options))
+    assert error.value.key == "backend.options.max_held"

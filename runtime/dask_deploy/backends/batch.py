@@ -24,6 +24,8 @@ Options every batch backend takes (``backend.options`` in the scaler configurati
     replace_before_end: 0                   # optional: seconds; see "Walltime" below
     command_timeout: 30                     # optional: seconds; see "Timeouts" below
     status_interval: 10                     # optional: seconds; see "Polling" below
+    retire_before_end: 0                    # optional: seconds; see "Walltime" below
+    max_held: null                          # optional: most jobs held at once (maximum + surge)
 
 Scope: a deployment's jobs are the jobs of the user the scaler runs as that carry the
 deployment's job name and mark (``dask-deploy/<deployment>``). The status and cancel commands
@@ -42,11 +44,16 @@ not for its worker. :meth:`BatchBackend.waiting` says which jobs wait and why, s
 never cancels one for being slow (``startup_timeout`` counts from when the job started) and
 logs the batch system's reason instead. Cancelling would only lose its place in the queue.
 
-Walltime: a worker job ends at its time limit, and its worker retires itself a little before
-(``--lifetime``). A running job within ``replace_before_end`` seconds of its end is reported as
-EXITED: its worker is on its way out, so the loop counts it as gone and requests its replacement
-now, while it still works, and never picks it for scale-down. ``scale_down`` and cleanup still
-cancel it, because they look at the batch system's own state.
+Walltime: a worker job ends at its time limit. A running job within ``replace_before_end``
+seconds of its end is *leaving* and reported as EXITED: the loop counts it as gone and requests
+its replacement now, while it still works. The handover is then driven by the loop
+(:class:`HandsOverAtWalltime`): it retires the leaving worker through the scheduler once a
+replacement has registered, or when it is idle, or at the latest ``retire_before_end`` seconds
+before the end, so its data moves while there is time; the worker's own ``--lifetime`` is only
+a backstop shortly before the hard kill. ``scale_down`` and cleanup still cancel leaving jobs,
+because they look at the batch system's own state. A leaving job is still held: with
+``max_held`` set, ``scale_up`` never holds more jobs than that (the deployment's maximum plus
+its ``replacement_surge``), so replacements wait while too many leave at once.
 
 Timeouts: a command that has not finished after ``command_timeout`` seconds (default 30: above
 SLURM's own MessageTimeout, default 10 s, and its connect retries) is killed and the call fails,
@@ -80,7 +87,9 @@ OPTIONS = frozenset(
     {
         "command_timeout",
         "job_name",
+        "max_held",
         "replace_before_end",
+        "retire_before_end",
         "status_interval",
         "submit_args",
         "worker_script",
@@ -126,6 +135,8 @@ class BatchSettings:
     replace_before_end: float = 0.0
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
     status_interval: float = DEFAULT_STATUS_INTERVAL
+    retire_before_end: float = 0.0
+    max_held: int | None = None
     user: str = field(default_factory=lambda: current_user())
     """The user whose jobs these are: the one the scaler runs as, who submits them."""
 
@@ -239,7 +250,17 @@ def load_settings(context: BackendContext) -> BatchSettings:
         status_interval=_seconds(
             options, "status_interval", DEFAULT_STATUS_INTERVAL, minimum_allowed=True
         ),
+        retire_before_end=_seconds(options, "retire_before_end", 0.0, minimum_allowed=True),
+        max_held=_max_held(options.get("max_held")),
     )
+
+
+def _max_held(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingsError("backend.options.max_held", value, "an integer >= 1, or null")
+    return value
 
 
 def _seconds(
@@ -287,6 +308,15 @@ async def run_command(command: Command, timeout: float) -> str:
 
 
 Runner = Callable[[Command, float], Awaitable[str]]
+
+
+@runtime_checkable
+class HandsOverAtWalltime(Protocol):
+    """A backend whose instances end at a walltime the loop must hand their work over before."""
+
+    def leaving(self) -> Mapping[str, float]:
+        """Name -> Unix time at which the latest safe retirement of a leaving instance is due."""
+        ...
 
 
 @runtime_checkable
@@ -354,7 +384,11 @@ class BatchBackend:
         return [as_seen_by_the_loop(job, now, lead) for job in await self.jobs()]
 
     async def scale_up(self, n: int) -> None:
-        for _ in range(n - count_requested(await self.instances())):
+        wanted = n - count_requested(await self.instances())
+        if self.settings.max_held is not None:
+            held = count_requested([job.instance for job in await self.jobs()])
+            wanted = min(wanted, self.settings.max_held - held)
+        for _ in range(wanted):
             stdout = await self._run(self.dialect.submit_command(self.settings))
             job_id = self.dialect.parse_job_id(stdout)
             if self._listing is not None:
@@ -374,6 +408,18 @@ class BatchBackend:
                 exited = replace(job.instance, state=InstanceState.EXITED)
                 self._listing[name] = replace(job, instance=exited, ends_at=None, reason=None)
 
+    def leaving(self) -> Mapping[str, float]:
+        """Job id -> when it must be retired at the latest (its end - ``retire_before_end``),
+        for every running job of the last listing within ``replace_before_end`` of its end."""
+        now, settings = self.clock(), self.settings
+        return {
+            name: job.ends_at - settings.retire_before_end
+            for name, job in (self._listing or {}).items()
+            if job.instance.state is InstanceState.RUNNING
+            and job.ends_at is not None
+            and job.ends_at - now <= settings.replace_before_end
+        }
+
     def waiting(self) -> Mapping[str, str]:
         """Job id -> why it waits, for every pending job of the last listing: the batch
         system's reason, or "queued" when it gives none (just submitted)."""
@@ -387,8 +433,10 @@ class BatchBackend:
         return None
 
 
-def _is_a_backend(backend: BatchBackend) -> tuple[Backend, ReportsQueueWaits]:
-    return backend, backend  # mypy checks here that BatchBackend implements both protocols
+def _is_a_backend(
+    backend: BatchBackend,
+) -> tuple[Backend, ReportsQueueWaits, HandsOverAtWalltime]:
+    return backend, backend, backend  # mypy checks that BatchBackend implements the protocols
 
 
 __all__ = [
@@ -400,6 +448,7 @@ __all__ = [
     "BatchSettings",
     "Command",
     "Dialect",
+    "HandsOverAtWalltime",
     "ReportsQueueWaits",
     "Runner",
     "as_seen_by_the_loop",
