@@ -120,6 +120,7 @@ class Scaler:
         self._last_connected: dict[str, float] = {}
         self._waiting: dict[str, str] = {}
         self._leaving_since: dict[str, float] = {}
+        self._handed_over_alone: set[str] = set()
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed.
@@ -241,8 +242,8 @@ class Scaler:
         due: list[str] = []
         alone: list[str] = []
         for rank, name in enumerate(leaving):
-            if name in self._refused:
-                continue
+            # A refusal is asked again every tick: the walltime does not wait, and a replacement
+            # that registers in the meantime gives the data somewhere to go.
             if rank < replacements or workers[name].idle:
                 due.append(name)
             elif due_at[name] <= now and not alone:
@@ -252,16 +253,16 @@ class Scaler:
                 alone.append(name)
         if not due:
             return
-        if alone:
+        if set(alone) - self._handed_over_alone:
             logger.warning(
                 "handing over %s without a replacement: its walltime is near and no "
                 "replacement has registered (still in the queue?); its data moves to the others",
                 ", ".join(alone),
             )
-        else:
+        elif not alone:
             logger.info("handing over %s before the walltime", ", ".join(due))
+        self._handed_over_alone = (self._handed_over_alone & set(leaving)) | set(alone)
         retired = await _asking_scheduler(self.scheduler.retire(due))
-        self._refused.update({name: now for name in due if name not in retired})
         if retired:
             await self.backend.scale_down(sorted(retired))
 
