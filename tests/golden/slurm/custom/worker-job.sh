@@ -30,6 +30,7 @@ export OMP_NUM_THREADS=1
 export MALLOC_TRIM_THRESHOLD_=65536
 exec python3.11 -m dask worker \
   --name "$SLURM_JOB_ID" \
+  --no-dashboard \
   --nthreads 8 \
   --memory-limit 32000MiB \
   --lifetime 14220s \
