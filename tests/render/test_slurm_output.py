@@ -149,7 +149,44 @@ def test_defaults_scaler_config_follows_the_values(
     assert config["policy"]["name"] == "adaptive"
     assert (config["policy"]["minimum"], config["policy"]["maximum"]) == (0, 10)
     assert config["loop"]["cleanup_on_exit"] is True
-    assert config["scheduler"]["security"] is None
+    # TLS by default, with the certificates the scheduler job generates.
+    assert config["scheduler"]["security"] == {
+        "ca_file": "tls/ca.pem",
+        "cert_file": "tls/tls.crt",
+        "key_file": "tls/tls.key",
+    }
+
+
+def test_the_default_scheduler_job_generates_private_certificates_before_the_scheduler(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", scenario("defaults"), tmp_path)
+    script = (out / "scheduler-job.sh").read_text()
+    scheduler = command_args(script, "dask scheduler")
+    assert option(scheduler, "--protocol") == "tls"
+    worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
+    for args in (scheduler, worker):
+        assert option(args, "--tls-ca-file") == "tls/ca.pem"
+        assert option(args, "--tls-key") == "tls/tls.key"
+    # Run the script's generation lines as the job would, in an empty working directory.
+    lines = script.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("tls_dir="))
+    end = next(i for i, line in enumerate(lines) if line.startswith('chmod 0700 "$tls_dir"'))
+    assert start < next(i for i, line in enumerate(lines) if "-m dask scheduler" in line)
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    generation = "set -euo pipefail\n" + "\n".join(lines[start : end + 1])
+    for _ in range(2):  # a later run keeps the certificates of the first
+        ran = subprocess.run(["bash", "-c", generation], cwd=workdir, capture_output=True)
+        assert ran.returncode == 0, ran.stderr.decode()
+    folder = workdir / "tls"
+    assert (folder.stat().st_mode & 0o777) == 0o700
+    assert sorted(p.name for p in folder.iterdir()) == ["ca.pem", "tls.crt", "tls.key"]
+    assert (folder.joinpath("tls.key").stat().st_mode & 0o777) == 0o600
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", "ca.pem", "tls.crt"], cwd=folder, capture_output=True
+    )
+    assert verified.returncode == 0, verified.stderr.decode()
 
 
 def test_tls_scenario_uses_tls_and_certificate_paths_everywhere(

@@ -88,6 +88,9 @@ def deployment_values(name: str, scaler: dict[str, Any], **sections: Any) -> dic
             "death_timeout": 20,
         },
         "scaler": {"interval": 0.5, "metrics_port": None, "cleanup_on_exit": True, **scaler},
+        # Plain TCP unless a test asks for TLS (the default): these tests' clients hold no
+        # certificates. test_slurm_tls.py runs the default.
+        "tls": {"enabled": False},
         **sections,
     }
 

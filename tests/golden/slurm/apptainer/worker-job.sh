@@ -25,4 +25,7 @@ exec apptainer exec --bind /scratch --cleanenv /shared/images/dask-deploy_0.1.0.
   --lifetime 3540s \
   --lifetime-stagger 0s \
   --death-timeout 60s \
+  --tls-ca-file tls/ca.pem \
+  --tls-cert tls/tls.crt \
+  --tls-key tls/tls.key \
   --scheduler-file scheduler.json

@@ -36,5 +36,8 @@ exec python3.11 -m dask worker \
   --lifetime 14220s \
   --lifetime-stagger 60s \
   --death-timeout 120s \
+  --tls-ca-file tls/ca.pem \
+  --tls-cert tls/tls.crt \
+  --tls-key tls/tls.key \
   --resources GPU=1 \
   --scheduler-file scheduler.json

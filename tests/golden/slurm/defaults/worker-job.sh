@@ -25,4 +25,7 @@ exec python3 -m dask worker \
   --lifetime 3540s \
   --lifetime-stagger 0s \
   --death-timeout 60s \
+  --tls-ca-file tls/ca.pem \
+  --tls-cert tls/tls.crt \
+  --tls-key tls/tls.key \
   --scheduler-file scheduler.json
