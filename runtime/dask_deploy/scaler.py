@@ -241,16 +241,21 @@ class Scaler:
         )
         due: list[str] = []
         alone: list[str] = []
+        uncovered: list[str] = []
         for rank, name in enumerate(leaving):
             # A refusal is asked again every tick: the walltime does not wait, and a replacement
             # that registers in the meantime gives the data somewhere to go.
-            if rank < replacements or workers[name].idle:
+            if rank < replacements:
                 due.append(name)
-            elif due_at[name] <= now and not alone:
-                # One at a time: the first one's data moves to the others, and its job's end
-                # frees room for a replacement that the next one can hand over to.
-                due.append(name)
-                alone.append(name)
+            elif workers[name].idle or due_at[name] <= now:
+                uncovered.append(name)
+        if uncovered:
+            # One without a replacement at a time: its data moves to the others (never to a
+            # worker leaving in the same call), and its job's end frees room for a replacement
+            # that the next one can hand over to.
+            due.append(uncovered[0])
+            if not workers[uncovered[0]].idle:
+                alone.append(uncovered[0])
         if not due:
             return
         if set(alone) - self._handed_over_alone:

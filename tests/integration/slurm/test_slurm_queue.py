@@ -81,14 +81,28 @@ def test_held_results_survive_three_walltime_generations_on_a_full_cluster(
     scaler |= {"status_interval": 1, "replacement_surge": 1}
     values = deployment_values(name, scaler)
     values["worker"] |= {
-        "walltime_minutes": 1,
+        "walltime_minutes": 10,
         "handover_margin": 40,
         "lifetime_margin": 30,
         "lifetime_stagger": 0,
         "replacement_lead": 5,
     }
+
+    def one_minute_walltime(folder: Path) -> None:
+        # The values allow 10 minutes at least; the rendered script is the user's to edit.
+        script = folder / "worker-job.sh"
+        text = script.read_text().replace("#SBATCH --time=10\n", "#SBATCH --time=1\n")
+        # The backstop --lifetime ten seconds before SLURM's kill.
+        script.write_text(text.replace("--lifetime 570s", "--lifetime 50s"))
+
     ledger = tmp_path / "ledger"  # one line per execution of a held task
-    with cluster_full_but(3, tmp_path), submitted(slurm, values, tmp_path / "rendered") as d:
+    rendered = tmp_path / "rendered"
+    with (
+        cluster_full_but(3, tmp_path),
+        submitted(slurm, values, rendered, one_minute_walltime) as d,
+    ):
+        worker_script = (d.folder / "worker-job.sh").read_text()
+        assert "--time=1\n" in worker_script and "--lifetime 50s" in worker_script
         scheduler_file = d.folder / "scheduler.json"
         wait_for("the scheduler writes its file", scheduler_file.exists, timeout=60)
         with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
