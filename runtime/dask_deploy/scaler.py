@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from . import steps
 from .backends import Backend, BackendContext, load_backend_factory
+from .backends.batch import HandsOverAtWalltime, ReportsQueueWaits
 from .config import LoopSettings, ScalerConfig
 from .metrics import ScalerMetrics
 from .observe import SchedulerLink, connect, resolve_address
@@ -122,6 +123,9 @@ class Scaler:
         self._last_line = ""
         self._memory: LoopMemory | None = None
         self._stuck: dict[str, str] = {}
+        self._waiting: dict[str, str] = {}
+        self._leaving_since: dict[str, float] = {}
+        self._handed_over_alone: set[str] = set()
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed.
@@ -150,10 +154,16 @@ class Scaler:
         )
 
     async def _replace_stale(self, observation: Observation, now: float) -> Observation:
-        """Remove instances that stayed unconnected for longer than the startup timeout."""
+        """Remove instances that stayed unconnected for longer than the startup timeout.
+
+        A job waiting in a batch queue (Resources, Priority, ...) is waiting for the batch
+        system, not failing to start: cancelling it would only lose its place, so it is never
+        timed out, and its reason is logged.
+        """
         memory = self._memory or LoopMemory(started_at=now)
         timeout = self.settings.startup_timeout
-        self._memory, stale = steps.find_stale(memory, observation, now, timeout)
+        waiting = self._queue_waits(observation)
+        self._memory, stale = steps.find_stale(memory, observation, now, timeout, waiting=waiting)
         if not stale or self.dry_run:
             return observation
         names = sorted(i.name for i in stale)
@@ -165,6 +175,77 @@ class Scaler:
         )
         await self.backend.scale_down(names)
         return steps.without_instances(observation, names)
+
+    def _queue_waits(self, observation: Observation) -> dict[str, str]:
+        """Pending instances that wait in the backend's queue, and why; each new reason logged."""
+        if not isinstance(self.backend, ReportsQueueWaits):
+            return {}
+        pending = {i.name for i in observation.pending}
+        waiting = {n: r for n, r in self.backend.waiting().items() if n in pending}
+        for name, reason in sorted(waiting.items()):
+            if self._waiting.get(name) != reason:
+                logger.info(
+                    "%s waits in the queue: %s (never cancelled for that; startup_timeout "
+                    "counts from its start)",
+                    name,
+                    reason,
+                )
+        self._waiting = waiting
+        return waiting
+
+    async def _hand_over(self, observation: Observation, now: float) -> None:
+        """Retire workers that leave at their walltime through the scheduler, in time.
+
+        A leaving worker (its backend reports it within the replacement lead of its end) goes
+        when a replacement requested since it began leaving has registered, when it is idle,
+        or at the latest at the last safe moment its backend names, so its data moves to the
+        others while there is time. The worker's own ``--lifetime`` is only a backstop.
+        """
+        if self.dry_run or not isinstance(self.backend, HandsOverAtWalltime):
+            return
+        due_at = self.backend.leaving()
+        workers = {w.name: w for w in observation.workers if w.status != "closing_gracefully"}
+        leaving = sorted((n for n in due_at if n in workers), key=lambda n: due_at[n])
+        self._leaving_since = {n: self._leaving_since.get(n, now) for n in leaving}
+        if not leaving:
+            return
+        # A replacement is submitted in the tick its predecessor starts leaving; batch systems
+        # report submit times in whole seconds.
+        since = min(self._leaving_since.values()) - 1
+        replacements = sum(
+            1 for i in observation.requested if i.name in workers and i.requested_at >= since
+        )
+        due: list[str] = []
+        alone: list[str] = []
+        uncovered: list[str] = []
+        for rank, name in enumerate(leaving):
+            # A refusal is asked again every tick: the walltime does not wait, and a replacement
+            # that registers in the meantime gives the data somewhere to go.
+            if rank < replacements:
+                due.append(name)
+            elif workers[name].idle or due_at[name] <= now:
+                uncovered.append(name)
+        if uncovered:
+            # One without a replacement at a time: its data moves to the others (never to a
+            # worker leaving in the same call), and its job's end frees room for a replacement
+            # that the next one can hand over to.
+            due.append(uncovered[0])
+            if not workers[uncovered[0]].idle:
+                alone.append(uncovered[0])
+        if not due:
+            return
+        if set(alone) - self._handed_over_alone:
+            logger.warning(
+                "handing over %s without a replacement: its walltime is near and no "
+                "replacement has registered (still in the queue?); its data moves to the others",
+                ", ".join(alone),
+            )
+        elif not alone:
+            logger.info("handing over %s before the walltime", ", ".join(due))
+        self._handed_over_alone = (self._handed_over_alone & set(leaving)) | set(alone)
+        retired = await _asking_scheduler(self.scheduler.retire(due))
+        if retired:
+            await self.backend.scale_down(sorted(retired))
 
     def _log_stuck(self, observation: Observation) -> None:
         """Say once, per change, which instances cannot start and why (``Instance.reason``)."""
@@ -291,6 +372,12 @@ class Scaler:
                 else self.metrics.backend_errors
             ).inc()
             logger.warning("acting on %r failed, will retry: %r", describe(decision), error)
+            return TickResult(decision, observation, ok=False, record=step.record)
+        try:
+            await self._hand_over(observation, now)
+        except Exception as error:
+            self.metrics.scheduler_errors.inc()
+            logger.warning("handing over leaving workers failed, will retry: %r", error)
             return TickResult(decision, observation, ok=False, record=step.record)
         return TickResult(decision, observation, ok=True, record=step.record)
 

@@ -91,12 +91,22 @@ def unconnected_since(memory: LoopMemory, instance: Instance) -> float:
 
 
 def find_stale(
-    memory: LoopMemory, observation: Observation, now: float, startup_timeout: float
+    memory: LoopMemory,
+    observation: Observation,
+    now: float,
+    startup_timeout: float,
+    *,
+    waiting: Collection[str] = (),
 ) -> tuple[LoopMemory, tuple[Instance, ...]]:
-    """Note who is connected now; return the pending instances past the startup timeout."""
+    """Note who is connected now; return the pending instances past the startup timeout.
+
+    ``waiting`` names instances a batch queue holds for a reason it reports: their clock
+    starts again each time they are seen waiting, so only a start that fails is timed out.
+    """
     current = {i.name for i in observation.instances}
     last_connected = {n: t for n, t in memory.last_connected.items() if n in current}
     last_connected.update((name, now) for name in observation.registered_names)
+    last_connected.update((name, now) for name in waiting if name in current)
     # Stuck for a reason a replacement would share (Instance.reason): not stale; its startup
     # clock starts again once the resource manager lets it go.
     last_connected.update((i.name, now) for i in observation.instances if i.reason is not None)
