@@ -27,6 +27,7 @@ BUILTIN = {
     "kubernetes": "dask_deploy.backends.kubernetes:create",
     "local": "dask_deploy.backends.local:create",
     "marathon": "dask_deploy.backends.marathon:create",
+    "sge": "dask_deploy.backends.sge:create",
     "slurm": "dask_deploy.backends.slurm:create",
 }
 
