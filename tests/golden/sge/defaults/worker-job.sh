@@ -1,0 +1,27 @@
+#!/bin/bash
+# One Dask worker of deployment "dask". The scaler submits this script with
+# qsub; do not submit it by hand unless you want the scaler to adopt the job as its own.
+# Rendered by dask-deploy 0.1.0.
+#
+# The worker is named after its job id, so the scaler cancels exactly the job of the worker the
+# scheduler retired. It retires itself 300-420 s before the walltime (--lifetime), moving its
+# data to other workers, and exits when the scheduler is unreachable for 60 s.
+#$ -N dask-worker
+#$ -S /bin/bash
+#$ -A dask-deploy.dask
+#$ -l h_rt=1:00:00
+#$ -j y
+#$ -o dask-worker-$JOB_ID.log
+#$ -cwd
+#$ -pe smp 2
+#$ -l mem_free=2048M
+set -euo pipefail
+
+exec python3 -m dask worker \
+  --name "$JOB_ID" \
+  --nthreads 2 \
+  --memory-limit 4096MiB \
+  --lifetime 3240s \
+  --lifetime-stagger 60s \
+  --death-timeout 60s \
+  --scheduler-file scheduler.json
