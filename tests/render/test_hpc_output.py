@@ -47,7 +47,14 @@ def sge_walltime(directives: list[str]) -> int:
     return hms(next(d for d in directives if d.startswith("-l h_rt=")).split("=", 1)[1])
 
 
-FAMILIES = [Family("sge", "#$ ", "$JOB_ID", sge_walltime)]
+def lsf_walltime(directives: list[str]) -> int:
+    return hms(next(d for d in directives if d.startswith("-W ")).split()[1] + ":00")
+
+
+FAMILIES = [
+    Family("sge", "#$ ", "$JOB_ID", sge_walltime),
+    Family("lsf", "#BSUB ", "$LSB_JOBID", lsf_walltime),
+]
 
 
 def scenarios() -> list[tuple[Family, Path]]:
@@ -145,3 +152,18 @@ def test_sge_worker_only_directives_stay_off_the_scheduler_job(
     assert {"-P physics", "-A proj-42", "-wd /scratch/climate/dask"} <= set(worker) & set(scheduler)
     # qdel warns the scheduler job (-notify) so its scaler deletes the workers first.
     assert "-notify" in scheduler and "-notify" not in worker
+
+
+def test_lsf_worker_only_directives_stay_off_the_scheduler_job(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    family = FAMILIES[1]
+    custom = REPO / "tests" / "scenarios" / "lsf" / "custom-values.yaml"
+    out = render_scenario("lsf", custom, tmp_path)
+    worker = family.directives((out / "worker-job.sh").read_text())
+    scheduler = family.directives((out / "scheduler-job.sh").read_text())
+    assert {"-q gpu", '-gpu "num=1"', "-x", "-n 8", "-M 32000MB", "-W 4:00"} <= set(worker)
+    assert {"-q service", "-m login01", "-n 2", "-M 8192MB", "-W 12:00"} <= set(scheduler)
+    assert not {"-q gpu", '-gpu "num=1"', "-x"} & set(scheduler)
+    assert '-R "span[hosts=1]"' in worker, "a worker's slots are on one host"
+    assert {"-P physics", "-cwd /scratch/climate/dask", "-Jd dask-deploy/climate"} <= set(worker)

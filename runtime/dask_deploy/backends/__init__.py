@@ -26,6 +26,7 @@ BUILTIN = {
     "fake": "dask_deploy.backends.fake:create",
     "kubernetes": "dask_deploy.backends.kubernetes:create",
     "local": "dask_deploy.backends.local:create",
+    "lsf": "dask_deploy.backends.lsf:create",
     "marathon": "dask_deploy.backends.marathon:create",
     "sge": "dask_deploy.backends.sge:create",
     "slurm": "dask_deploy.backends.slurm:create",
