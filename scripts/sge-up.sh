@@ -16,6 +16,13 @@
 # On failure it prints the tail of the daemons' messages and exits non-zero.
 set -euo pipefail
 
+# The daemons started below inherit every open descriptor and keep it for their whole life: a
+# caller's lock (`flock /tmp/some.lock scripts/sge-up.sh`) would stay held. Close all but 0-2.
+for fd in "/proc/$$/fd"/*; do
+  fd="${fd##*/}"
+  [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null || true
+done
+
 here="$(cd "$(dirname "$0")" && pwd)"
 slots="${DASK_DEPLOY_SGE_SLOTS:-8}"
 export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
