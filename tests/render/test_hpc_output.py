@@ -51,9 +51,14 @@ def lsf_walltime(directives: list[str]) -> int:
     return hms(next(d for d in directives if d.startswith("-W ")).split()[1] + ":00")
 
 
+def pbs_walltime(directives: list[str]) -> int:
+    return hms(next(d for d in directives if d.startswith("-l walltime=")).split("=", 1)[1])
+
+
 FAMILIES = [
     Family("sge", "#$ ", "$JOB_ID", sge_walltime),
     Family("lsf", "#BSUB ", "$LSB_JOBID", lsf_walltime),
+    Family("pbs", "#PBS ", "${PBS_JOBID:-$SLURM_JOB_ID}", pbs_walltime),
 ]
 
 
@@ -167,3 +172,27 @@ def test_lsf_worker_only_directives_stay_off_the_scheduler_job(
     assert not {"-q gpu", '-gpu "num=1"', "-x"} & set(scheduler)
     assert '-R "span[hosts=1]"' in worker, "a worker's slots are on one host"
     assert {"-P physics", "-cwd /scratch/climate/dask", "-Jd dask-deploy/climate"} <= set(worker)
+
+
+def test_pbs_worker_only_directives_stay_off_the_scheduler_job(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    family = FAMILIES[2]
+    custom = REPO / "tests" / "scenarios" / "pbs" / "custom-values.yaml"
+    out = render_scenario("pbs", custom, tmp_path)
+    worker = family.directives((out / "worker-job.sh").read_text())
+    scheduler = family.directives((out / "scheduler-job.sh").read_text())
+    assert {"-q gpu", "-l ngpus=1", "-l select=1:ncpus=8:mem=32000mb"} <= set(worker)
+    assert {"-q service", "-l place=excl", "-l select=1:ncpus=2:mem=8192mb"} <= set(scheduler)
+    assert not {"-q gpu", "-l ngpus=1", "-W sandbox=PRIVATE"} & set(scheduler)
+    assert "-A physics" in worker and "-A physics" in scheduler
+    # PBS starts a job in the home folder: both scripts go to the working directory first.
+    for script in ("worker-job.sh", "scheduler-job.sh"):
+        assert "\ncd /scratch/climate/dask\n" in (out / script).read_text()
+
+
+def test_pbs_torque_syntax_by_default(render_scenario: RenderScenario, tmp_path: Path) -> None:
+    out = render_scenario("pbs", {}, tmp_path)
+    worker = FAMILIES[2].directives((out / "worker-job.sh").read_text())
+    assert {"-l nodes=1:ppn=2", "-l mem=4096mb", "-j oe"} <= set(worker)
+    assert 'cd "${PBS_O_WORKDIR:-$PWD}"' in (out / "worker-job.sh").read_text()

@@ -28,6 +28,7 @@ BUILTIN = {
     "local": "dask_deploy.backends.local:create",
     "lsf": "dask_deploy.backends.lsf:create",
     "marathon": "dask_deploy.backends.marathon:create",
+    "pbs": "dask_deploy.backends.pbs:create",
     "sge": "dask_deploy.backends.sge:create",
     "slurm": "dask_deploy.backends.slurm:create",
 }
