@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from .backends import Backend, Instance
+from .backends.batch import HandsOverAtWalltime, ReportsQueueWaits
 from .config import LoopSettings
 from .metrics import ScalerMetrics
 from .observe import SchedulerLink
@@ -117,6 +118,8 @@ class Scaler:
         self._last_line = ""
         self._started_at: float | None = None
         self._last_connected: dict[str, float] = {}
+        self._waiting: dict[str, str] = {}
+        self._leaving_since: dict[str, float] = {}
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed.
@@ -148,8 +151,11 @@ class Scaler:
         """Remove instances that stayed unconnected for longer than the startup timeout.
 
         The clock of an instance starts at the latest of: its request, the start of this
-        scaler (a restarted scaler gives every instance a full timeout) and the last time
-        its worker was seen connected (a scheduler restart is not a startup failure).
+        scaler (a restarted scaler gives every instance a full timeout), the last time its
+        worker was seen connected (a scheduler restart is not a startup failure) and the last
+        time it was seen waiting in a batch queue. A job waiting in the queue (Resources,
+        Priority, ...) is waiting for the batch system, not failing to start: cancelling it
+        would only lose its place, so it is never timed out, and its reason is logged.
         """
         if self._started_at is None:
             self._started_at = now
@@ -157,6 +163,9 @@ class Scaler:
             self._last_connected[name] = now
         current = {i.name for i in observation.instances}
         self._last_connected = {n: t for n, t in self._last_connected.items() if n in current}
+        waiting = self._queue_waits(observation)
+        for name in waiting:
+            self._last_connected[name] = now
 
         def unconnected_since(instance: Instance) -> float:
             assert self._started_at is not None
@@ -164,7 +173,11 @@ class Scaler:
             return max(instance.requested_at, self._started_at, connected)
 
         timeout = self.settings.startup_timeout
-        stale = [i for i in observation.pending if now - unconnected_since(i) > timeout]
+        stale = [
+            i
+            for i in observation.pending
+            if i.name not in waiting and now - unconnected_since(i) > timeout
+        ]
         if not stale or self.dry_run:
             return observation
         names = sorted(i.name for i in stale)
@@ -185,6 +198,72 @@ class Scaler:
             tasks_unrunnable=observation.tasks_unrunnable,
             workers_to_close=observation.workers_to_close,
         )
+
+    def _queue_waits(self, observation: Observation) -> dict[str, str]:
+        """Pending instances that wait in the backend's queue, and why; each new reason logged."""
+        if not isinstance(self.backend, ReportsQueueWaits):
+            return {}
+        pending = {i.name for i in observation.pending}
+        waiting = {n: r for n, r in self.backend.waiting().items() if n in pending}
+        for name, reason in sorted(waiting.items()):
+            if self._waiting.get(name) != reason:
+                logger.info(
+                    "%s waits in the queue: %s (never cancelled for that; startup_timeout "
+                    "counts from its start)",
+                    name,
+                    reason,
+                )
+        self._waiting = waiting
+        return waiting
+
+    async def _hand_over(self, observation: Observation, now: float) -> None:
+        """Retire workers that leave at their walltime through the scheduler, in time.
+
+        A leaving worker (its backend reports it within the replacement lead of its end) goes
+        when a replacement requested since it began leaving has registered, when it is idle,
+        or at the latest at the last safe moment its backend names, so its data moves to the
+        others while there is time. The worker's own ``--lifetime`` is only a backstop.
+        """
+        if self.dry_run or not isinstance(self.backend, HandsOverAtWalltime):
+            return
+        due_at = self.backend.leaving()
+        workers = {w.name: w for w in observation.workers if w.status != "closing_gracefully"}
+        leaving = sorted((n for n in due_at if n in workers), key=lambda n: due_at[n])
+        self._leaving_since = {n: self._leaving_since.get(n, now) for n in leaving}
+        if not leaving:
+            return
+        # A replacement is submitted in the tick its predecessor starts leaving; batch systems
+        # report submit times in whole seconds.
+        since = min(self._leaving_since.values()) - 1
+        replacements = sum(
+            1 for i in observation.requested if i.name in workers and i.requested_at >= since
+        )
+        due: list[str] = []
+        alone: list[str] = []
+        for rank, name in enumerate(leaving):
+            if name in self._refused:
+                continue
+            if rank < replacements or workers[name].idle:
+                due.append(name)
+            elif due_at[name] <= now and not alone:
+                # One at a time: the first one's data moves to the others, and its job's end
+                # frees room for a replacement that the next one can hand over to.
+                due.append(name)
+                alone.append(name)
+        if not due:
+            return
+        if alone:
+            logger.warning(
+                "handing over %s without a replacement: its walltime is near and no "
+                "replacement has registered (still in the queue?); its data moves to the others",
+                ", ".join(alone),
+            )
+        else:
+            logger.info("handing over %s before the walltime", ", ".join(due))
+        retired = await _asking_scheduler(self.scheduler.retire(due))
+        self._refused.update({name: now for name in due if name not in retired})
+        if retired:
+            await self.backend.scale_down(sorted(retired))
 
     def _hold_if_refused(self, decision: Decision, now: float) -> Decision:
         """Do not ask the scheduler again and again to retire workers it just refused."""
@@ -296,6 +375,12 @@ class Scaler:
                 else self.metrics.backend_errors
             ).inc()
             logger.warning("acting on %r failed, will retry: %r", describe(decision), error)
+            return TickResult(decision, observation, ok=False)
+        try:
+            await self._hand_over(observation, now)
+        except Exception as error:
+            self.metrics.scheduler_errors.inc()
+            logger.warning("handing over leaving workers failed, will retry: %r", error)
             return TickResult(decision, observation, ok=False)
         return TickResult(decision, observation, ok=True)
 

@@ -118,11 +118,17 @@ def test_worker_is_named_after_its_job_id_and_retires_before_its_walltime(
         seconds(option(args, "--lifetime-stagger")),
     )
     assert 0 < lifetime + stagger < walltime
-    # The scaler asks for the replacement before the worker's earliest self-retirement.
+    # The scaler asks for the replacement, then hands over, before the backstop lifetime.
     config = yaml.safe_load((out / "scaler-config.yaml").read_text())
     assert config["backend"]["name"] == family.backend
-    replacement_requested = walltime - config["backend"]["options"]["replace_before_end"]
-    assert 0 <= replacement_requested < lifetime - stagger
+    options = config["backend"]["options"]
+    replacement_requested = walltime - options["replace_before_end"]
+    handover_at_the_latest = walltime - options["retire_before_end"]
+    assert 0 <= replacement_requested < handover_at_the_latest < lifetime - stagger
+    # Jobs held at once stay within maximum + replacement_surge.
+    scaler_values = (yaml.safe_load(values.read_text()) or {}).get("scaler", {})
+    surge = scaler_values.get("replacement_surge", 1)
+    assert options["max_held"] == config["policy"]["maximum"] + surge
 
 
 @SCENARIOS

@@ -82,19 +82,31 @@ def test_worker_retires_before_its_walltime(
 
 
 @pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
-def test_replacement_is_requested_before_the_worker_retires_itself(
+def test_replacement_is_requested_then_the_scaler_hands_over_before_the_backstop_lifetime(
     render_scenario: RenderScenario, values: Path, tmp_path: Path
 ) -> None:
     out = render_scenario("slurm", values, tmp_path)
     worker = (out / "worker-job.sh").read_text()
     walltime = int(next(d for d in directives(worker) if d.startswith("--time=")).split("=")[1])
     args = command_args(worker, "dask worker")
-    earliest_retirement = seconds(option(args, "--lifetime")) - seconds(
+    earliest_self_retirement = seconds(option(args, "--lifetime")) - seconds(
         option(args, "--lifetime-stagger")
     )
+    options = yaml.safe_load((out / "scaler-config.yaml").read_text())["backend"]["options"]
+    replacement_requested = walltime * 60 - options["replace_before_end"]
+    handover_at_the_latest = walltime * 60 - options["retire_before_end"]
+    assert 0 <= replacement_requested < handover_at_the_latest < earliest_self_retirement
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)
+def test_held_jobs_are_capped_at_maximum_plus_the_replacement_surge(
+    render_scenario: RenderScenario, values: Path, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", values, tmp_path)
     config = yaml.safe_load((out / "scaler-config.yaml").read_text())
-    replacement_requested = walltime * 60 - config["backend"]["options"]["replace_before_end"]
-    assert 0 <= replacement_requested < earliest_retirement
+    rendered_values = yaml.safe_load(values.read_text()) or {}
+    surge = rendered_values.get("scaler", {}).get("replacement_surge", 1)
+    assert config["backend"]["options"]["max_held"] == config["policy"]["maximum"] + surge
 
 
 @pytest.mark.parametrize("values", SCENARIOS, ids=lambda path: path.name)

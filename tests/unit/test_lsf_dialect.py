@@ -22,7 +22,7 @@ import pytest
 from dask_deploy.backends import InstanceState, lsf
 from dask_deploy.backends.batch import BatchCommandError, BatchSettings
 
-SETTINGS = BatchSettings("dd", Path("worker-job.sh"), "dd-worker", ("-P", "physics"))
+SETTINGS = BatchSettings("dd", Path("worker-job.sh"), "dd-worker", ("-P", "physics"), user="alice")
 
 BJOBS_JSON = """{
   "COMMAND":"bjobs",
@@ -30,6 +30,7 @@ BJOBS_JSON = """{
   "RECORDS":[
     {
       "JOBID":"1207",
+      "USER":"alice",
       "JOB_NAME":"dd-worker",
       "JOB_DESCRIPTION":"dask-deploy/dd",
       "STAT":"RUN",
@@ -40,6 +41,7 @@ BJOBS_JSON = """{
     },
     {
       "JOBID":"1208",
+      "USER":"alice",
       "JOB_NAME":"dd-worker",
       "JOB_DESCRIPTION":"dask-deploy/dd",
       "STAT":"PEND",
@@ -50,6 +52,7 @@ BJOBS_JSON = """{
     },
     {
       "JOBID":"1190",
+      "USER":"alice",
       "JOB_NAME":"dd-worker",
       "JOB_DESCRIPTION":"dask-deploy/dd",
       "STAT":"EXIT",
@@ -60,6 +63,7 @@ BJOBS_JSON = """{
     },
     {
       "JOBID":"1209",
+      "USER":"alice",
       "JOB_NAME":"dd-worker",
       "JOB_DESCRIPTION":"dask-deploy/another",
       "STAT":"RUN",
@@ -94,6 +98,12 @@ def test_status_from_bjobs_json() -> None:
     )
     assert pending.ends_at is None
     assert (ended.instance.state, ended.ends_at) == (InstanceState.EXITED, None)
+
+
+def test_another_users_job_of_the_same_name_is_not_ours() -> None:
+    """Source: bjobs -json, as an operator (bjobs -u all) would see it."""
+    bob = BatchSettings("dd", Path("worker-job.sh"), "dd-worker", (), user="bob")
+    assert lsf.parse_status(BJOBS_JSON, bob) == []
 
 
 def test_no_jobs() -> None:
@@ -145,7 +155,7 @@ def test_commands() -> None:
         "physics",
     )
     status = lsf.status_command(SETTINGS)
-    assert status.argv[:4] == ("bjobs", "-a", "-J", "dd-worker")
+    assert status.argv[:6] == ("bjobs", "-a", "-u", "alice", "-J", "dd-worker")
     assert status.argv[-1] == "-json" and status.env == {"LSB_DISPLAY_YEAR": "Y"}
     assert lsf.cancel_command(SETTINGS, {"10", "9"}).argv == ("bkill", "9", "10")
 

@@ -24,7 +24,7 @@ import pytest
 from dask_deploy.backends import InstanceState, pbs
 from dask_deploy.backends.batch import BatchCommandError, BatchSettings
 
-SETTINGS = BatchSettings("dd", Path("worker-job.sh"), "dd-worker", ("-A", "proj-42"))
+SETTINGS = BatchSettings("dd", Path("worker-job.sh"), "dd-worker", ("-A", "proj-42"), user="root")
 
 
 def local(text: str) -> float:
@@ -59,7 +59,7 @@ Job Id:\t2
 \tResource_List.walltime = 00:05:00
 
 Job Id:\t3
-\tJob_Name = other-worker
+\tJob_Name = dd-worker
 \tJob_Owner = alice@localhost
 \tjob_state = R
 \tqueue = debug
@@ -72,7 +72,7 @@ Job Id:\t3
 def test_status_from_slurm_wlm_torque() -> None:
     """Source: slurm-wlm-torque."""
     jobs = {job.instance.name: job for job in pbs.parse_status(SLURM_TORQUE, SETTINGS)}
-    assert set(jobs) == {"1", "2"}, "only the jobs named dd-worker"
+    assert set(jobs) == {"1", "2"}, "only root's jobs named dd-worker, not alice's"
     running, queued = jobs["1"], jobs["2"]
     assert running.instance.state is InstanceState.RUNNING
     assert running.instance.requested_at == local("Sun Dec 6 02:18:39 2026")
@@ -116,12 +116,14 @@ TORQUE = """Job Id: 4807.headnode.example.org
 
 Job Id: 4808.headnode.example.org
     Job_Name = dd-worker
+    Job_Owner = alice@login1.example.org
     job_state = C
     qtime = Mon Jan 10 08:00:00 2011
     Resource_List.walltime = 01:00:00
 
 Job Id: 4809.headnode.example.org
     Job_Name = dd-worker
+    Job_Owner = alice@login1.example.org
     job_state = H
     qtime = Mon Jan 10 09:10:00 2011
     Resource_List.walltime = 01:00:00
@@ -130,7 +132,8 @@ Job Id: 4809.headnode.example.org
 
 def test_status_from_torque_full_display() -> None:
     """Source: Torque. The start is start_time (mtime is only the last change), the id whole."""
-    jobs = {job.instance.name: job for job in pbs.parse_status(TORQUE, SETTINGS)}
+    alice = BatchSettings("dd", Path("worker-job.sh"), "dd-worker", (), user="alice")
+    jobs = {job.instance.name: job for job in pbs.parse_status(TORQUE, alice)}
     running = jobs["4807.headnode.example.org"]
     assert running.instance.state is InstanceState.RUNNING
     assert running.instance.requested_at == local("Mon Jan 10 09:00:00 2011")
@@ -177,6 +180,7 @@ PBSPRO_JSON = """{
         },
         "2.vbox":{
             "Job_Name":"dd-worker",
+            "Job_Owner":"root@vbox",
             "job_state":"R",
             "qtime":"Fri Nov 11 17:58:00 2016",
             "stime":"Fri Nov 11 17:58:10 2016",

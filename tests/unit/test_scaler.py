@@ -303,3 +303,136 @@ async def test_failed_scale_down_calls_are_counted_against_whoever_failed() -> N
     backend.scale_down = removal_times_out  # type: ignore[method-assign]
     assert not (await scaler.tick()).ok
     assert errors() == (1, 1)
+
+
+class QueueBackend(FakeBackend):
+    """A fake batch backend: its pending instances wait in a queue for a reason."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__("d", clock=clock)
+        self.reasons: dict[str, str] = {}
+
+    def waiting(self) -> dict[str, str]:
+        return dict(self.reasons)
+
+
+async def test_a_job_waiting_in_the_queue_is_never_replaced_for_being_slow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scaler, scheduler, _, clock = make(startup_timeout=60)
+    backend = QueueBackend(clock)
+    scaler.backend = backend
+    scheduler.target = 1
+    await scaler.tick()
+    backend.reasons["d-0"] = "Resources"
+    with caplog.at_level(logging.INFO, logger="dask_deploy.scaler"):
+        for _ in range(10):  # ten minutes in the queue
+            clock.now += 60
+            await scaler.tick()
+    assert not [call for call in backend.calls if call[0] == "scale_down"]
+    assert [i.name for i in await backend.instances()] == ["d-0"]
+    assert sum("d-0 waits in the queue: Resources" in r.message for r in caplog.records) == 1
+
+
+async def test_startup_timeout_counts_from_when_a_queued_job_started() -> None:
+    scaler, scheduler, _, clock = make(startup_timeout=60)
+    backend = QueueBackend(clock)
+    scaler.backend = backend
+    scheduler.target = 1
+    await scaler.tick()
+    backend.reasons["d-0"] = "Priority"
+    clock.now += 3600
+    await scaler.tick()
+    del backend.reasons["d-0"]  # it starts running, its worker does not register
+    backend.set_state("d-0", InstanceState.RUNNING)
+    clock.now += 59
+    await scaler.tick()
+    assert ("scale_down", ["d-0"]) not in backend.calls
+    clock.now += 2
+    await scaler.tick()
+    assert ("scale_down", ["d-0"]) in backend.calls
+
+
+class WalltimeBackend(FakeBackend):
+    """A fake batch backend whose instances end at a walltime: ``ends`` names leaving ones."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__("d", clock=clock)
+        self.due: dict[str, float] = {}
+
+    def leave(self, name: str, due_at: float) -> None:
+        """The instance is near its walltime: reported gone, retire it by ``due_at``."""
+        self.due[name] = due_at
+        self.set_state(name, InstanceState.EXITED)
+
+    def leaving(self) -> dict[str, float]:
+        return {n: t for n, t in self.due.items() if n in self._instances}
+
+    async def scale_down(self, names: Collection[str]) -> None:
+        await super().scale_down(names)
+        for name in names:
+            self.due.pop(name, None)
+
+
+def walltime_scaler() -> tuple[Scaler, FakeScheduler, WalltimeBackend, Clock]:
+    scaler, scheduler, _, clock = make(startup_timeout=600)
+    backend = WalltimeBackend(clock)
+    scaler.backend = backend
+    return scaler, scheduler, backend, clock
+
+
+async def test_a_leaving_worker_is_retired_once_its_replacement_registered() -> None:
+    scaler, scheduler, backend, clock = walltime_scaler()
+    scheduler.target = 1
+    await scaler.tick()
+    scheduler.connect("d-0", processing=1)
+    backend.set_state("d-0", InstanceState.RUNNING)
+    backend.leave("d-0", due_at=clock.now + 300)
+    await scaler.tick()  # requests d-1, keeps d-0 working
+    assert scheduler.retire_calls == []
+    clock.now += 60
+    scheduler.connect("d-1")
+    await scaler.tick()
+    assert scheduler.retire_calls == [["d-0"]]
+    assert [i.name for i in await backend.instances()] == ["d-1"]
+
+
+async def test_a_leaving_worker_without_replacement_is_retired_at_the_last_safe_moment(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scaler, scheduler, backend, clock = walltime_scaler()
+    scheduler.target = 1
+    await scaler.tick()
+    scheduler.connect("d-0", processing=1)
+    backend.leave("d-0", due_at=clock.now + 300)
+    await scaler.tick()  # d-1 requested; it waits in the queue
+    clock.now += 299
+    await scaler.tick()
+    assert scheduler.retire_calls == []
+    clock.now += 1
+    with caplog.at_level(logging.INFO, logger="dask_deploy.scaler"):
+        await scaler.tick()
+    assert scheduler.retire_calls == [["d-0"]]
+    assert any("handing over d-0 without a replacement" in r.message for r in caplog.records)
+
+
+async def test_an_idle_leaving_worker_is_retired_at_once() -> None:
+    scaler, scheduler, backend, clock = walltime_scaler()
+    scheduler.target = 1
+    await scaler.tick()
+    scheduler.connect("d-0")
+    backend.leave("d-0", due_at=clock.now + 3000)
+    await scaler.tick()
+    assert scheduler.retire_calls == [["d-0"]]
+
+
+async def test_leaving_workers_without_replacements_are_handed_over_one_at_a_time() -> None:
+    scaler, scheduler, backend, clock = walltime_scaler()
+    scheduler.target = 2
+    await scaler.tick()
+    for name in ("d-0", "d-1"):
+        scheduler.connect(name, processing=1)
+        backend.leave(name, due_at=clock.now + 300)
+    clock.now += 300
+    await scaler.tick()
+    assert scheduler.retire_calls == [["d-0"]]

@@ -19,7 +19,7 @@ import pytest
 from dask_deploy.backends import InstanceState, sge
 from dask_deploy.backends.batch import BatchCommandError, BatchSettings
 
-SETTINGS = BatchSettings("dd", Path("worker-job.sh"), "dd-worker", ("-P", "physics"))
+SETTINGS = BatchSettings("dd", Path("worker-job.sh"), "dd-worker", ("-P", "physics"), user="root")
 
 # 8.1.9 here: two workers of "dd" (one running with h_rt, one queued), one held, and a job of
 # another deployment of the same user.
@@ -115,7 +115,7 @@ def test_status_from_the_queue_list_layout_of_qstat_f() -> None:
       <job_list state="running">
         <JB_job_number>113254</JB_job_number>
         <JB_name>dd-worker</JB_name>
-        <JB_owner>alice</JB_owner>
+        <JB_owner>root</JB_owner>
         <state>Rr</state>
         <JAT_start_time>2015-05-11T15:52:49</JAT_start_time>
       </job_list>
@@ -125,7 +125,7 @@ def test_status_from_the_queue_list_layout_of_qstat_f() -> None:
     <job_list state="pending">
       <JB_job_number>112742</JB_job_number>
       <JB_name>dd-worker</JB_name>
-      <JB_owner>alice</JB_owner>
+      <JB_owner>root</JB_owner>
       <state>Eqw</state>
       <JB_submission_time>2015-05-08T16:30:25</JB_submission_time>
     </job_list>
@@ -135,6 +135,12 @@ def test_status_from_the_queue_list_layout_of_qstat_f() -> None:
     assert jobs["113254"].instance.state is InstanceState.RUNNING
     assert jobs["113254"].ends_at is None, "no h_rt requested: no known end"
     assert jobs["112742"].instance.state is InstanceState.EXITED, "a job in error never starts"
+
+
+def test_another_users_job_of_the_same_name_is_not_ours() -> None:
+    """Source: 8.1.9 here; the same listing seen by user alice (an operator may see every job)."""
+    alice = BatchSettings("dd", Path("worker-job.sh"), "dd-worker", (), user="alice")
+    assert sge.parse_status(QSTAT_XML_R, alice) == []
 
 
 def test_no_jobs() -> None:
@@ -173,7 +179,7 @@ def test_submit_command_names_the_job_and_passes_site_arguments_before_the_scrip
 
 
 def test_status_and_cancel_commands() -> None:
-    assert sge.status_command(SETTINGS).argv == ("qstat", "-xml", "-r")
+    assert sge.status_command(SETTINGS).argv == ("qstat", "-xml", "-r", "-u", "root")
     assert sge.cancel_command(SETTINGS, {"10", "9", "100"}).argv == ("qdel", "9", "10", "100")
 
 

@@ -23,12 +23,37 @@ Options every batch backend takes (``backend.options`` in the scaler configurati
     submit_args: []                         # optional: extra arguments of the submit command
     replace_before_end: 0                   # optional: seconds; see "Walltime" below
     command_timeout: 30                     # optional: seconds; see "Timeouts" below
+    status_interval: 10                     # optional: seconds; see "Polling" below
+    retire_before_end: 0                    # optional: seconds; see "Walltime" below
+    max_held: null                          # optional: most jobs held at once (maximum + surge)
 
-Walltime: a worker job ends at its time limit, and its worker retires itself a little before
-(``--lifetime``). A running job within ``replace_before_end`` seconds of its end is reported as
-EXITED: its worker is on its way out, so the loop counts it as gone and requests its replacement
-now, while it still works, and never picks it for scale-down. ``scale_down`` and cleanup still
-cancel it, because they look at the batch system's own state.
+Scope: a deployment's jobs are the jobs of the user the scaler runs as that carry the
+deployment's job name and mark (``dask-deploy/<deployment>``). The status and cancel commands
+filter on the user and the name, so two users who both keep the default deployment name never
+count nor cancel each other's jobs, even where one of them may cancel any job (an operator).
+
+Polling: the status command runs at most once per ``status_interval`` seconds (default 10);
+in between, the backend answers from the last listing, updated by its own submits (a new job
+is pending) and cancels (a cancelled job has exited). A controller serves every user of a
+cluster; a scaler that listed its jobs every second would cost it ~86k calls a day. Changes
+made by others (a job starting, ending at its walltime, cancelled by hand) are seen at the
+next listing, at most ``status_interval`` later.
+
+Queue waits: a pending job waits for the batch system (Resources, Priority, a QOS limit, ...),
+not for its worker. :meth:`BatchBackend.waiting` says which jobs wait and why, so the loop
+never cancels one for being slow (``startup_timeout`` counts from when the job started) and
+logs the batch system's reason instead. Cancelling would only lose its place in the queue.
+
+Walltime: a worker job ends at its time limit. A running job within ``replace_before_end``
+seconds of its end is *leaving* and reported as EXITED: the loop counts it as gone and requests
+its replacement now, while it still works. The handover is then driven by the loop
+(:class:`HandsOverAtWalltime`): it retires the leaving worker through the scheduler once a
+replacement has registered, or when it is idle, or at the latest ``retire_before_end`` seconds
+before the end, so its data moves while there is time; the worker's own ``--lifetime`` is only
+a backstop shortly before the hard kill. ``scale_down`` and cleanup still cancel leaving jobs,
+because they look at the batch system's own state. A leaving job is still held: with
+``max_held`` set, ``scale_up`` never holds more jobs than that (the deployment's maximum plus
+its ``replacement_surge``), so replacements wait while too many leave at once.
 
 Timeouts: a command that has not finished after ``command_timeout`` seconds (default 30: above
 SLURM's own MessageTimeout, default 10 s, and its connect retries) is killed and the call fails,
@@ -41,22 +66,34 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .._errors import SettingsError
 from ._protocol import Backend, BackendContext, Instance, InstanceState, count_requested
 
 #: Seconds a submit, status or cancel command may take before it is killed (``command_timeout``).
 DEFAULT_COMMAND_TIMEOUT = 30.0
+#: Seconds between two runs of the status command (``status_interval``).
+DEFAULT_STATUS_INTERVAL = 10.0
 #: What ``job_name`` may hold: every batch system accepts these characters in a job name.
 JOB_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 OPTIONS = frozenset(
-    {"worker_script", "job_name", "submit_args", "replace_before_end", "command_timeout"}
+    {
+        "command_timeout",
+        "job_name",
+        "max_held",
+        "replace_before_end",
+        "retire_before_end",
+        "status_interval",
+        "submit_args",
+        "worker_script",
+    }
 )
 
 
@@ -74,6 +111,15 @@ class Command:
     """Text written to the command's standard input (e.g. a job script for ``bsub``)."""
 
 
+def current_user() -> str:
+    """The name of the user this process runs as: the owner of the jobs it submits.
+
+    From the process's user id, not ``$USER``, which a ``sudo`` or a job environment may carry
+    over from someone else.
+    """
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
 class BatchCommandError(RuntimeError):
     """A submit, status or cancel command failed; the message carries its stderr."""
 
@@ -88,6 +134,11 @@ class BatchSettings:
     submit_args: tuple[str, ...]
     replace_before_end: float = 0.0
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
+    status_interval: float = DEFAULT_STATUS_INTERVAL
+    retire_before_end: float = 0.0
+    max_held: int | None = None
+    user: str = field(default_factory=lambda: current_user())
+    """The user whose jobs these are: the one the scaler runs as, who submits them."""
 
     @property
     def comment(self) -> str:
@@ -123,10 +174,14 @@ class Dialect(Protocol):
       ``settings.comment`` (``dask-deploy/<deployment>``) somewhere the status output shows
       (SLURM: ``--comment``). ``parse_status`` keeps only the jobs carrying both, so two
       deployments with the same job name never see each other's jobs.
+    - The status command lists only jobs of ``settings.user`` (SLURM: ``--user``), and
+      ``parse_status`` drops any other user's job the output still shows: two users with the
+      same deployment name must never count each other's jobs.
     - The status command lists this deployment's jobs *including ended ones* the batch system
       still remembers, so a job that ends between two polls is seen as exited, not vanished.
-    - ``cancel_command`` names exactly the given job ids, and where the system allows, also
-      restricts by job name, so a stale id that was reused never cancels someone else's job.
+    - ``cancel_command`` names exactly the given job ids and restricts them to
+      ``settings.user`` and the job name, so neither a stale id that was reused nor an id of
+      another user's job is ever cancelled, even when the scaler runs as an operator.
     - The worker job script starts ``dask worker --name <job id>``: the job id printed by the
       submit command is the worker's name at the scheduler.
     - Times are Unix seconds. A state the dialect does not know maps to RUNNING, so a state
@@ -192,7 +247,20 @@ def load_settings(context: BackendContext) -> BatchSettings:
         tuple(submit_args),
         replace_before_end=_seconds(options, "replace_before_end", 0.0, minimum_allowed=True),
         command_timeout=_seconds(options, "command_timeout", DEFAULT_COMMAND_TIMEOUT),
+        status_interval=_seconds(
+            options, "status_interval", DEFAULT_STATUS_INTERVAL, minimum_allowed=True
+        ),
+        retire_before_end=_seconds(options, "retire_before_end", 0.0, minimum_allowed=True),
+        max_held=_max_held(options.get("max_held")),
     )
+
+
+def _max_held(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingsError("backend.options.max_held", value, "an integer >= 1, or null")
+    return value
 
 
 def _seconds(
@@ -242,6 +310,24 @@ async def run_command(command: Command, timeout: float) -> str:
 Runner = Callable[[Command, float], Awaitable[str]]
 
 
+@runtime_checkable
+class HandsOverAtWalltime(Protocol):
+    """A backend whose instances end at a walltime the loop must hand their work over before."""
+
+    def leaving(self) -> Mapping[str, float]:
+        """Name -> Unix time at which the latest safe retirement of a leaving instance is due."""
+        ...
+
+
+@runtime_checkable
+class ReportsQueueWaits(Protocol):
+    """A backend whose pending instances wait in a queue, for a reason it can report."""
+
+    def waiting(self) -> Mapping[str, str]:
+        """Name -> reason of every instance of the last listing that waits in the queue."""
+        ...
+
+
 def as_seen_by_the_loop(job: BatchJob, now: float, replace_before_end: float) -> Instance:
     """The job's instance, reported EXITED when it runs out of walltime within the lead time."""
     leaving = (
@@ -253,7 +339,17 @@ def as_seen_by_the_loop(job: BatchJob, now: float, replace_before_end: float) ->
 
 
 class BatchBackend:
-    """Submits, lists and cancels one deployment's worker jobs through a :class:`Dialect`."""
+    """Submits, lists and cancels one deployment's worker jobs through a :class:`Dialect`.
+
+    Example (inside a running event loop)::
+
+        from dask_deploy.backends import slurm
+
+        settings = BatchSettings("dask", Path("worker-job.sh"), "dask-worker", ())
+        backend = BatchBackend(slurm, settings)
+        await backend.scale_up(2)  # two sbatch
+        await backend.instances()  # [Instance("4711", PENDING, ...), Instance("4712", ...)]
+    """
 
     def __init__(
         self,
@@ -267,48 +363,96 @@ class BatchBackend:
         self.settings = settings
         self.clock = clock
         self.runner = runner
+        self._listing: dict[str, BatchJob] | None = None
+        self._listed_at = 0.0
 
     async def _run(self, command: Command) -> str:
         return await self.runner(command, self.settings.command_timeout)
 
     async def jobs(self) -> list[BatchJob]:
-        """This deployment's jobs as the batch system reports them, with their expected end."""
-        stdout = await self._run(self.dialect.status_command(self.settings))
-        return self.dialect.parse_status(stdout, self.settings)
+        """This deployment's jobs, with their expected end: listed at most once per
+        ``status_interval``, and between listings as this backend's own actions left them."""
+        now = self.clock()
+        if self._listing is None or now - self._listed_at >= self.settings.status_interval:
+            stdout = await self._run(self.dialect.status_command(self.settings))
+            jobs = self.dialect.parse_status(stdout, self.settings)
+            self._listing, self._listed_at = {job.instance.name: job for job in jobs}, now
+        return list(self._listing.values())
 
     async def instances(self) -> list[Instance]:
         now, lead = self.clock(), self.settings.replace_before_end
         return [as_seen_by_the_loop(job, now, lead) for job in await self.jobs()]
 
     async def scale_up(self, n: int) -> None:
-        for _ in range(n - count_requested(await self.instances())):
-            self.dialect.parse_job_id(await self._run(self.dialect.submit_command(self.settings)))
+        wanted = n - count_requested(await self.instances())
+        if self.settings.max_held is not None:
+            held = count_requested([job.instance for job in await self.jobs()])
+            wanted = min(wanted, self.settings.max_held - held)
+        for _ in range(wanted):
+            stdout = await self._run(self.dialect.submit_command(self.settings))
+            job_id = self.dialect.parse_job_id(stdout)
+            if self._listing is not None:
+                pending = Instance(job_id, InstanceState.PENDING, self.clock())
+                self._listing[job_id] = BatchJob(pending, None)
 
     async def scale_down(self, names: Collection[str]) -> None:
         jobs = await self.jobs()
         live = {j.instance.name for j in jobs if j.instance.state is not InstanceState.EXITED}
         doomed = live & set(names)
-        if doomed:
-            await self._run(self.dialect.cancel_command(self.settings, doomed))
+        if not doomed:
+            return
+        await self._run(self.dialect.cancel_command(self.settings, doomed))
+        if self._listing is not None:
+            for name in doomed:
+                job = self._listing[name]
+                exited = replace(job.instance, state=InstanceState.EXITED)
+                self._listing[name] = replace(job, instance=exited, ends_at=None, reason=None)
+
+    def leaving(self) -> Mapping[str, float]:
+        """Job id -> when it must be retired at the latest (its end - ``retire_before_end``),
+        for every running job of the last listing within ``replace_before_end`` of its end."""
+        now, settings = self.clock(), self.settings
+        return {
+            name: job.ends_at - settings.retire_before_end
+            for name, job in (self._listing or {}).items()
+            if job.instance.state is InstanceState.RUNNING
+            and job.ends_at is not None
+            and job.ends_at - now <= settings.replace_before_end
+        }
+
+    def waiting(self) -> Mapping[str, str]:
+        """Job id -> why it waits, for every pending job of the last listing: the batch
+        system's reason, or "queued" when it gives none (just submitted)."""
+        return {
+            name: job.reason or "queued"
+            for name, job in (self._listing or {}).items()
+            if job.instance.state is InstanceState.PENDING
+        }
 
     async def close(self) -> None:
         return None
 
 
-def _is_a_backend(backend: BatchBackend) -> Backend:
-    return backend  # mypy checks here that BatchBackend implements the Backend protocol
+def _is_a_backend(
+    backend: BatchBackend,
+) -> tuple[Backend, ReportsQueueWaits, HandsOverAtWalltime]:
+    return backend, backend, backend  # mypy checks that BatchBackend implements the protocols
 
 
 __all__ = [
     "DEFAULT_COMMAND_TIMEOUT",
+    "DEFAULT_STATUS_INTERVAL",
     "BatchBackend",
     "BatchCommandError",
     "BatchJob",
     "BatchSettings",
     "Command",
     "Dialect",
+    "HandsOverAtWalltime",
+    "ReportsQueueWaits",
     "Runner",
     "as_seen_by_the_loop",
+    "current_user",
     "load_settings",
     "run_command",
 ]

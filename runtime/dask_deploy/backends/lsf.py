@@ -6,8 +6,9 @@ extra ``bsub`` arguments, e.g. ``["-P", "physics"]``.
 Every worker job is submitted as ``bsub -J <job_name> -Jd dask-deploy/<deployment> < script``
 (the script on stdin, so its ``#BSUB`` lines count, as LSF's documentation submits scripts);
 the worker script starts ``dask worker --name $LSB_JOBID``, so ``Instance.name`` is the job id.
-Listing is ``bjobs -a -J <job_name> -o "..." -json`` (your own jobs, finished ones included)
-and keeps the jobs whose description is this deployment's mark; cancelling is ``bkill`` of
+Listing is ``bjobs -a -u <user> -J <job_name> -o "..." -json`` (the jobs of the user the scaler
+runs as, finished ones included) and keeps the user's jobs whose description is this deployment's
+mark; cancelling is ``bkill`` of
 exactly the ids. Times carry the year (``LSB_DISPLAY_YEAR=Y``) and read in local time.
 
 Only builders and parsers live here; :class:`~.batch.BatchBackend` runs them. Tested against
@@ -28,7 +29,7 @@ from .batch import BatchBackend, BatchCommandError, BatchJob, BatchSettings, Com
 PENDING_STATES = frozenset({"PEND", "PSUSP", "WAIT"})
 EXITED_STATES = frozenset({"DONE", "EXIT", "ZOMBI"})
 #: The fields ``parse_status`` reads, in ``bjobs -o`` spelling.
-FIELDS = "jobid job_name job_description stat submit_time start_time runtimelimit pend_reason"
+FIELDS = "jobid user job_name job_description stat submit_time start_time runtimelimit pend_reason"
 _SUBMITTED = re.compile(r"Job <(\d+)> is submitted")
 # "bsub < script" is how LSF reads #BSUB lines; sh does the redirection, the builder stays pure.
 _BSUB_FROM_STDIN = 'script=$1; shift; exec bsub "$@" < "$script"'
@@ -57,8 +58,9 @@ def submit_command(settings: BatchSettings) -> Command:
 
 
 def status_command(settings: BatchSettings) -> Command:
-    """``bjobs -a -J <job_name> -o FIELDS -json``: own jobs, recently finished ones included."""
-    argv = ("bjobs", "-a", "-J", settings.job_name, "-o", FIELDS, "-json")
+    """``bjobs -a -u <user> -J <job_name> -o FIELDS -json``: the user's jobs, recently finished
+    ones included."""
+    argv = ("bjobs", "-a", "-u", settings.user, "-J", settings.job_name, "-o", FIELDS, "-json")
     return Command(argv, {"LSB_DISPLAY_YEAR": "Y"})
 
 
@@ -128,7 +130,7 @@ def parse_status(stdout: str, settings: BatchSettings) -> list[BatchJob]:
     for record in records:
         if "ERROR" in record or record.get("JOB_NAME") != settings.job_name:
             continue
-        if record.get("JOB_DESCRIPTION") != settings.comment:
+        if record.get("JOB_DESCRIPTION") != settings.comment or record.get("USER") != settings.user:
             continue
         state = job_state(record.get("STAT", ""))
         started = lsf_time(record.get("START_TIME", ""))

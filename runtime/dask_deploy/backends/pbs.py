@@ -8,13 +8,15 @@ Every worker job is submitted as ``qsub -N <job_name> <script>``; the worker scr
 qstat lists it (``123.server``; plain ``123`` under SLURM's Torque commands).
 
 Listing is ``qstat -f``, the full display every flavour prints alike (``Job Id: <id>`` and one
-``attribute = value`` per line). It shows every user's jobs the server lets you see and no
-free-text field of the job's, so the job name is the mark: the default ``<deployment>-worker``
-is unique per deployment, and a custom ``job_name`` must be too. PBS Professional's JSON form
-(``qstat -f -F json``) is read as well. Times are ctime(3) in local time; a running job ends at
-its start (``start_time`` in Torque, ``stime`` in PBS Professional, ``mtime`` from SLURM's
-qstat, which has neither) + ``Resource_List.walltime``. A pending job's reason is its
-``comment`` when the server gives one (PBS Professional: "Not Running: ...").
+``attribute = value`` per line). It shows every user's jobs the server lets you see (``-u``
+does not combine with ``-f``), so the parser keeps those whose ``Job_Owner`` is the user the
+scaler runs as; there is no free-text field of the job's, so the job name is the mark: the
+default ``<deployment>-worker`` is unique per deployment, and a custom ``job_name`` must be too.
+PBS Professional's JSON form (``qstat -f -F json``) is read as well. Times are ctime(3) in
+local time; a running job ends at its start (``start_time`` in Torque, ``stime`` in PBS
+Professional, ``mtime`` from SLURM's qstat, which has neither) + ``Resource_List.walltime``.
+A pending job's reason is its ``comment`` when the server gives one (PBS Professional: "Not
+Running: ...").
 
 Only builders and parsers live here; :class:`~.batch.BatchBackend` runs them.
 """
@@ -139,7 +141,7 @@ def json_display(stdout: str) -> dict[str, dict[str, str]]:
 
 
 def parse_status(stdout: str, settings: BatchSettings) -> list[BatchJob]:
-    """``qstat -f`` (or ``-f -F json``) as records, only the jobs named ``settings.job_name``."""
+    """``qstat -f`` (or ``-f -F json``) as records, only the user's jobs named ``job_name``."""
     try:
         displayed = (
             json_display(stdout) if stdout.lstrip().startswith("{") else full_display(stdout)
@@ -148,7 +150,8 @@ def parse_status(stdout: str, settings: BatchSettings) -> list[BatchJob]:
         raise BatchCommandError(f"qstat printed {stdout[:200]!r}, expected qstat -f") from None
     jobs = []
     for job_id, attributes in displayed.items():
-        if attributes.get("Job_Name") != settings.job_name:
+        owner = attributes.get("Job_Owner", "").split("@", 1)[0]
+        if attributes.get("Job_Name") != settings.job_name or owner != settings.user:
             continue
         state = job_state(attributes.get("job_state", ""))
         submitted = ctime(attributes.get("qtime")) or ctime(attributes.get("ctime"))

@@ -6,10 +6,11 @@ extra ``qsub`` arguments, e.g. ``["-P", "physics"]``.
 Every worker job is submitted as ``qsub -terse -N <job_name>``; the worker script starts
 ``dask worker --name $JOB_ID``, so ``Instance.name`` is the job id the scheduler knows.
 
-Own jobs only: ``qstat`` lists the jobs of the user who runs it (the scaler's), and its job list
-has no free-text field, so the job name is the mark: the default ``<deployment>-worker`` is
-unique per deployment, and a custom ``job_name`` must be too. The templates also give every job
-the account string ``dask-deploy.<deployment>`` (``-A``; SGE refuses a '/'), for ``qacct``.
+Own jobs only: ``qstat -u <user>`` lists the jobs of the user the scaler runs as (the parser
+checks the owner again), and the job list has no free-text field, so the job name is the mark:
+the default ``<deployment>-worker`` is unique per deployment, and a custom ``job_name`` must be
+too. The templates also give every job the account string ``dask-deploy.<deployment>`` (``-A``;
+SGE refuses a '/'), for ``qacct``.
 
 Grid Engine forgets a job once it ended (``qstat`` lists only queued and running jobs), so an
 ended job is simply no longer listed. Pending jobs carry no reason in the job list: ``qw`` is
@@ -50,8 +51,8 @@ def submit_command(settings: BatchSettings) -> Command:
 
 
 def status_command(settings: BatchSettings) -> Command:
-    """``qstat -xml -r``: the invoking user's queued and running jobs, with their h_rt."""
-    return Command(("qstat", "-xml", "-r"))
+    """``qstat -xml -r -u <user>``: the user's queued and running jobs, with their h_rt."""
+    return Command(("qstat", "-xml", "-r", "-u", settings.user))
 
 
 def cancel_command(settings: BatchSettings, job_ids: Collection[str]) -> Command:
@@ -115,8 +116,8 @@ def _local_time(text: str | None) -> float | None:
         return None
 
 
-def parse_jobs(stdout: str, job_name: str) -> list[BatchJob]:
-    """``qstat -xml -r`` as records, only the jobs named ``job_name``.
+def parse_jobs(stdout: str, job_name: str, user: str) -> list[BatchJob]:
+    """``qstat -xml -r`` as records, only the jobs of ``user`` named ``job_name``.
 
     A running job lists its start time (``JAT_start_time``), a pending one its submit time
     (``JB_submission_time``): that time is the instance's ``requested_at``. A running job with
@@ -127,7 +128,7 @@ def parse_jobs(stdout: str, job_name: str) -> list[BatchJob]:
     for element in root.iter("job_list"):
         name = element.findtext("full_job_name") or element.findtext("JB_name")
         job_id = (element.findtext("JB_job_number") or "").strip()
-        if name != job_name or not job_id:
+        if name != job_name or element.findtext("JB_owner") != user or not job_id:
             continue
         native = (element.findtext("state") or "").strip()
         state = job_state(native)
@@ -149,7 +150,7 @@ def parse_jobs(stdout: str, job_name: str) -> list[BatchJob]:
 
 def parse_status(stdout: str, settings: BatchSettings) -> list[BatchJob]:
     """This deployment's jobs from ``status_command``'s output."""
-    return parse_jobs(stdout, settings.job_name)
+    return parse_jobs(stdout, settings.job_name, settings.user)
 
 
 def create(context: BackendContext) -> Backend:

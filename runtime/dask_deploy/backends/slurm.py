@@ -4,7 +4,8 @@ Options: those of every batch backend (:mod:`dask_deploy.backends.batch`); ``sub
 extra ``sbatch`` arguments, e.g. ``["--qos=high"]``.
 
 Every job gets ``--job-name`` and ``--comment dask-deploy/<deployment>``; listing and cancelling
-filter on both, so the backend never touches another deployment's jobs. The worker script starts
+filter on both and on the user (``--user``), so the backend never touches another deployment's
+jobs, nor another user's deployment of the same name. The worker script starts
 ``dask worker --name $SLURM_JOB_ID``, so ``Instance.name`` is the job id the scheduler knows.
 
 Only builders and parsers live here; :class:`~.batch.BatchBackend` runs them.
@@ -13,8 +14,7 @@ Only builders and parsers live here; :class:`~.batch.BatchBackend` runs them.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 
 from ._protocol import Backend, BackendContext, Instance, InstanceState
 from .batch import (
@@ -26,7 +26,6 @@ from .batch import (
     Command,
     as_seen_by_the_loop,
     load_settings,
-    run_command,
 )
 
 #: squeue's long state names; anything not listed counts as running, so a state added by a
@@ -51,8 +50,9 @@ EXITED_STATES = frozenset(
         "TIMEOUT",
     }
 )
-# Job id, state, submit time, expected end, comment; the comment may contain anything, so last.
-SQUEUE_FORMAT = "%i|%T|%V|%e|%k"
+# Job id, state, submit time, expected end, user, reason, comment; the comment may contain
+# anything, so last.
+SQUEUE_FORMAT = "%i|%T|%V|%e|%u|%r|%k"
 _JOB_ID = re.compile(r"^\d+$")
 
 # The names SLURM's callers and tests have always used for the shared types.
@@ -85,6 +85,7 @@ def status_command(settings: BatchSettings) -> Command:
         "squeue",
         "--noheader",
         "--states=all",
+        f"--user={settings.user}",
         f"--name={settings.job_name}",
         f"--format={SQUEUE_FORMAT}",
     )
@@ -95,8 +96,16 @@ list_command = status_command
 
 
 def cancel_command(settings: BatchSettings, job_ids: Collection[str]) -> Command:
-    """``scancel`` for exactly these job ids, and only if they carry this deployment's job name."""
-    return Command(("scancel", "--quiet", f"--name={settings.job_name}", *sorted(job_ids)), {})
+    """``scancel`` for exactly these job ids, only if they are this user's and carry this
+    deployment's job name."""
+    argv = (
+        "scancel",
+        "--quiet",
+        f"--user={settings.user}",
+        f"--name={settings.job_name}",
+        *sorted(job_ids),
+    )
+    return Command(argv, {})
 
 
 def parse_job_id(stdout: str) -> str:
@@ -125,51 +134,39 @@ def _unix_time(field: str) -> float | None:
     return float(field) if field.isdigit() else None  # "N/A", "Unknown", "NONE"
 
 
-def parse_jobs(stdout: str, comment: str) -> list[BatchJob]:
-    """Parse ``squeue --format=SQUEUE_FORMAT``, keeping only jobs with this deployment's comment."""
+def parse_jobs(stdout: str, comment: str, user: str) -> list[BatchJob]:
+    """Parse ``squeue --format=SQUEUE_FORMAT``: the jobs of this user with this comment."""
     jobs = []
     for line in stdout.splitlines():
         if not line.strip():
             continue
-        job_id, state_name, submitted, ends, job_comment = line.split("|", 4)
-        if job_comment != comment:
+        job_id, state_name, submitted, ends, owner, reason, job_comment = line.split("|", 6)
+        if job_comment != comment or owner != user:
             continue
         state = job_state(state_name)
         instance = Instance(job_id, state, _unix_time(submitted) or 0.0)
         ends_at = _unix_time(ends) if state is InstanceState.RUNNING else None
-        jobs.append(BatchJob(instance, ends_at))
+        waiting = reason if state is InstanceState.PENDING and reason != "None" else None
+        jobs.append(BatchJob(instance, ends_at, waiting))
     return jobs
 
 
 def parse_status(stdout: str, settings: BatchSettings) -> list[BatchJob]:
     """This deployment's jobs from ``status_command``'s output."""
-    return parse_jobs(stdout, settings.comment)
-
-
-# The backend under its old name, running commands through this module's ``_run`` (tests
-# replace it to answer without a SLURM).
-_run = run_command
-
-
-class SlurmBackend(BatchBackend):
-    """The batch backend speaking SLURM."""
-
-    def __init__(self, settings: BatchSettings, clock: Callable[[], float] = time.time) -> None:
-        from . import slurm  # this module is the dialect
-
-        super().__init__(slurm, settings, clock=clock, runner=lambda c, t: _run(c, t))
+    return parse_jobs(stdout, settings.comment, settings.user)
 
 
 def create(context: BackendContext) -> Backend:
     """Build the SLURM backend from the scaler configuration's ``backend.options``."""
-    return SlurmBackend(load_settings(context))
+    from . import slurm  # this module is the dialect
+
+    return BatchBackend(slurm, load_settings(context))
 
 
 # The dialect's functions are public: a module is checked against the Dialect protocol
 # through the names it exports.
 __all__ = [
     "DEFAULT_COMMAND_TIMEOUT",
-    "SlurmBackend",
     "as_seen_by_the_loop",
     "cancel_command",
     "create",

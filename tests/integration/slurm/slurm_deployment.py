@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,7 +82,8 @@ def deployment_values(name: str, scaler: dict[str, Any], **sections: Any) -> dic
             "threads": 1,
             "memory_mib": 512,
             "walltime_minutes": 10,
-            "lifetime_margin": 60,
+            "handover_margin": 60,
+            "lifetime_margin": 30,
             "lifetime_stagger": 0,
             "death_timeout": 20,
         },
@@ -121,3 +123,44 @@ def submitted(slurm: Slurm, values: dict[str, Any], folder: Path) -> Iterator[De
         subprocess.run(["scancel", f"--name={name}-scheduler,{name}-worker"], check=False)
         print(deployed.logs())  # shown by pytest when the test failed
         print(slurm.log_tails())
+
+
+def idle_cpus() -> int:
+    """CPUs no job holds right now (``sinfo %C`` prints allocated/idle/other/total)."""
+    counts = subprocess.run(
+        ["sinfo", "--noheader", "--format=%C"], capture_output=True, text=True, check=True
+    ).stdout.split("/")
+    return int(counts[1])
+
+
+@contextmanager
+def cluster_full_but(free: int, folder: Path) -> Iterator[str]:
+    """Hold every idle CPU but ``free`` with one long job (cancelled at the end): later jobs
+    wait in the queue for ``Resources`` as on a busy cluster. Yields the blocker's job id."""
+    taken = idle_cpus() - free
+    assert taken > 0, f"only {taken + free} CPUs idle, wanted to keep {free} free"
+    blocker = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--job-name=blocker-{folder.name}",
+            f"--ntasks={taken}",
+            "--cpus-per-task=1",
+            "--mem-per-cpu=1M",
+            f"--output={folder}/blocker-%j.out",
+            "--wrap=sleep 900",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        for _ in range(120):
+            if squeue(f"--jobs={blocker}", "--states=RUNNING"):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the blocker job {blocker} did not start")
+        yield blocker
+    finally:
+        subprocess.run(["scancel", blocker], check=False)

@@ -4,8 +4,9 @@
 # Rendered by dask-deploy 0.1.0.
 #
 # The worker is named after its job id, so the scaler cancels exactly the job of the worker the
-# scheduler retired. It retires itself 300-420 s before the walltime (--lifetime), moving its
-# data to other workers, and exits when the scheduler is unreachable for 60 s.
+# scheduler retired. Near its walltime the scaler retires it through the scheduler (its data
+# moves to other workers) at the latest 300 s before the end; as a backstop it retires itself
+# 60-60 s before the walltime (--lifetime). It exits when the scheduler is unreachable for 60 s.
 #BSUB -J secure-worker
 #BSUB -Jd dask-deploy/secure
 #BSUB -W 1:00
@@ -19,8 +20,8 @@ exec python3 -m dask worker \
   --name "$LSB_JOBID" \
   --nthreads 2 \
   --memory-limit 4096MiB \
-  --lifetime 3240s \
-  --lifetime-stagger 60s \
+  --lifetime 3540s \
+  --lifetime-stagger 0s \
   --death-timeout 60s \
   --tls-ca-file /shared/dask/tls/ca.pem \
   --tls-cert /shared/dask/tls/dask.crt \

@@ -4,8 +4,9 @@
 # Rendered by dask-deploy 0.1.0.
 #
 # The worker is named after its job id, so the scaler cancels exactly the job of the worker the
-# scheduler retired. It retires itself 240-420 s before the walltime (--lifetime), moving its
-# data to other workers, and exits when the scheduler is unreachable for 120 s.
+# scheduler retired. Near its walltime the scaler retires it through the scheduler (its data
+# moves to other workers) at the latest 600 s before the end; as a backstop it retires itself
+# 120-240 s before the walltime (--lifetime). It exits when the scheduler is unreachable for 120 s.
 #$ -N climate-worker
 #$ -S /bin/bash
 #$ -A proj-42
@@ -29,8 +30,8 @@ exec python3.11 -m dask worker \
   --name "$JOB_ID" \
   --nthreads 8 \
   --memory-limit 32000MiB \
-  --lifetime 14070s \
-  --lifetime-stagger 90s \
+  --lifetime 14220s \
+  --lifetime-stagger 60s \
   --death-timeout 120s \
   --resources GPU=1 \
   --scheduler-file scheduler.json
