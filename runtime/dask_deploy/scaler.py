@@ -120,6 +120,7 @@ class Scaler:
         self._last_connected: dict[str, float] = {}
         self._waiting: dict[str, str] = {}
         self._leaving_since: dict[str, float] = {}
+        self._handed_over_alone: set[str] = set()
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed.
@@ -240,28 +241,33 @@ class Scaler:
         )
         due: list[str] = []
         alone: list[str] = []
+        uncovered: list[str] = []
         for rank, name in enumerate(leaving):
-            if name in self._refused:
-                continue
-            if rank < replacements or workers[name].idle:
+            # A refusal is asked again every tick: the walltime does not wait, and a replacement
+            # that registers in the meantime gives the data somewhere to go.
+            if rank < replacements:
                 due.append(name)
-            elif due_at[name] <= now and not alone:
-                # One at a time: the first one's data moves to the others, and its job's end
-                # frees room for a replacement that the next one can hand over to.
-                due.append(name)
-                alone.append(name)
+            elif workers[name].idle or due_at[name] <= now:
+                uncovered.append(name)
+        if uncovered:
+            # One without a replacement at a time: its data moves to the others (never to a
+            # worker leaving in the same call), and its job's end frees room for a replacement
+            # that the next one can hand over to.
+            due.append(uncovered[0])
+            if not workers[uncovered[0]].idle:
+                alone.append(uncovered[0])
         if not due:
             return
-        if alone:
+        if set(alone) - self._handed_over_alone:
             logger.warning(
                 "handing over %s without a replacement: its walltime is near and no "
                 "replacement has registered (still in the queue?); its data moves to the others",
                 ", ".join(alone),
             )
-        else:
+        elif not alone:
             logger.info("handing over %s before the walltime", ", ".join(due))
+        self._handed_over_alone = (self._handed_over_alone & set(leaving)) | set(alone)
         retired = await _asking_scheduler(self.scheduler.retire(due))
-        self._refused.update({name: now for name in due if name not in retired})
         if retired:
             await self.backend.scale_down(sorted(retired))
 

@@ -148,6 +148,9 @@ class SlurmDeployment:
                 "metrics_port": 9090,
                 "cleanup_on_exit": True,
             },
+            # The scheduler runs here from the rendered arguments, not the scheduler job that
+            # would generate the certificates: plain TCP.
+            "tls": {"enabled": False},
         }
         render_over_defaults("slurm", values, folder)
         self.config = yaml.safe_load((folder / "scaler-config.yaml").read_text())

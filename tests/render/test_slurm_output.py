@@ -149,7 +149,44 @@ def test_defaults_scaler_config_follows_the_values(
     assert config["policy"]["name"] == "adaptive"
     assert (config["policy"]["minimum"], config["policy"]["maximum"]) == (0, 10)
     assert config["loop"]["cleanup_on_exit"] is True
-    assert config["scheduler"]["security"] is None
+    # TLS by default, with the certificates the scheduler job generates.
+    assert config["scheduler"]["security"] == {
+        "ca_file": "tls/ca.pem",
+        "cert_file": "tls/tls.crt",
+        "key_file": "tls/tls.key",
+    }
+
+
+def test_the_default_scheduler_job_generates_private_certificates_before_the_scheduler(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", scenario("defaults"), tmp_path)
+    script = (out / "scheduler-job.sh").read_text()
+    scheduler = command_args(script, "dask scheduler")
+    assert option(scheduler, "--protocol") == "tls"
+    worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
+    for args in (scheduler, worker):
+        assert option(args, "--tls-ca-file") == "tls/ca.pem"
+        assert option(args, "--tls-key") == "tls/tls.key"
+    # Run the script's generation lines as the job would, in an empty working directory.
+    lines = script.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("tls_dir="))
+    end = next(i for i, line in enumerate(lines) if line.startswith('chmod 0700 "$tls_dir"'))
+    assert start < next(i for i, line in enumerate(lines) if "-m dask scheduler" in line)
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    generation = "set -euo pipefail\n" + "\n".join(lines[start : end + 1])
+    for _ in range(2):  # a later run keeps the certificates of the first
+        ran = subprocess.run(["bash", "-c", generation], cwd=workdir, capture_output=True)
+        assert ran.returncode == 0, ran.stderr.decode()
+    folder = workdir / "tls"
+    assert (folder.stat().st_mode & 0o777) == 0o700
+    assert sorted(p.name for p in folder.iterdir()) == ["ca.pem", "tls.crt", "tls.key"]
+    assert (folder.joinpath("tls.key").stat().st_mode & 0o777) == 0o600
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", "ca.pem", "tls.crt"], cwd=folder, capture_output=True
+    )
+    assert verified.returncode == 0, verified.stderr.decode()
 
 
 def test_tls_scenario_uses_tls_and_certificate_paths_everywhere(
@@ -226,3 +263,66 @@ def test_apptainer_scenario_runs_python_inside_the_image(
     )
     config = yaml.safe_load((out / "scaler-config.yaml").read_text())
     assert config["policy"] == {"name": "fixed", "minimum": 4, "maximum": 4, "options": {}}
+
+
+SITE = {
+    "slurm": {"partition": "cpu", "account": "lab", "extra_directives": ["--constraint=haswell"]},
+    "scheduler": {"qos": "long", "extra_directives": ["--exclusive"]},
+    "worker": {"partition": "gpu", "account": "gpu-lab", "extra_directives": ["--gres=gpu:1"]},
+}
+
+
+def test_worker_only_and_scheduler_only_directives_render_where_they_belong(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", SITE, tmp_path)
+    scheduler = directives((out / "scheduler-job.sh").read_text())
+    worker = directives((out / "worker-job.sh").read_text())
+    assert {"--partition=cpu", "--account=lab", "--qos=long", "--exclusive"} <= set(scheduler)
+    assert "--constraint=haswell" in scheduler and "--gres=gpu:1" not in scheduler
+    assert {"--partition=gpu", "--account=gpu-lab", "--gres=gpu:1"} <= set(worker)
+    assert "--constraint=haswell" in worker
+    assert not {"--partition=cpu", "--account=lab", "--qos=long", "--exclusive"} & set(worker)
+
+
+def test_the_prologue_runs_first_in_both_jobs(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    prologue = ["module load python/3.11", "source /opt/env/bin/activate"]
+    out = render_scenario("slurm", {"slurm": {"prologue": prologue}}, tmp_path)
+    for script in ("scheduler-job.sh", "worker-job.sh"):
+        lines = (out / script).read_text().splitlines()
+        first_python = next(i for i, line in enumerate(lines) if "-m dask" in line)
+        assert [lines.index(line) < first_python for line in prologue] == [True, True], script
+
+
+def test_worker_interface_spill_folder_and_no_dashboard_by_default(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    values = {"worker": {"interface": "ib0", "local_directory": "$TMPDIR/dask"}}
+    values["scheduler"] = {"interface": "ib0"}
+    out = render_scenario("slurm", values, tmp_path)
+    worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
+    assert option(worker, "--interface") == "ib0"
+    assert option(worker, "--local-directory") == "$TMPDIR/dask"  # expanded by bash at run
+    assert "--no-dashboard" in worker and "--dashboard-address" not in worker
+    scheduler = command_args((out / "scheduler-job.sh").read_text(), "dask scheduler")
+    assert option(scheduler, "--interface") == "ib0"
+
+
+def test_a_worker_dashboard_binds_to_the_worker_host(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    values = {"worker": {"dashboard": True, "host": "10.1.2.3"}}
+    out = render_scenario("slurm", values, tmp_path)
+    worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
+    assert option(worker, "--dashboard-address") == "10.1.2.3:0"
+    assert "--no-dashboard" not in worker
+
+
+def test_no_scheduler_dashboard_when_its_port_is_null(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", {"scheduler": {"dashboard_port": None}}, tmp_path)
+    scheduler = command_args((out / "scheduler-job.sh").read_text(), "dask scheduler")
+    assert "--no-dashboard" in scheduler and "--dashboard-address" not in scheduler

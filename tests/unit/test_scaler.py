@@ -436,3 +436,19 @@ async def test_leaving_workers_without_replacements_are_handed_over_one_at_a_tim
     clock.now += 300
     await scaler.tick()
     assert scheduler.retire_calls == [["d-0"]]
+
+
+async def test_a_refused_last_moment_handover_is_asked_again_at_the_next_tick() -> None:
+    scaler, scheduler, backend, clock = walltime_scaler()
+    scheduler.target = 1
+    await scaler.tick()
+    scheduler.connect("d-0", processing=1)
+    backend.leave("d-0", due_at=clock.now + 10)
+    scheduler.refuse.add("d-0")  # its data has nowhere to go yet
+    clock.now += 10
+    await scaler.tick()
+    scheduler.refuse.clear()
+    clock.now += 1
+    await scaler.tick()
+    assert scheduler.retire_calls == [["d-0"], ["d-0"]]
+    assert "d-0" not in [i.name for i in await backend.instances()]

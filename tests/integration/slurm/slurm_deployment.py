@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +88,9 @@ def deployment_values(name: str, scaler: dict[str, Any], **sections: Any) -> dic
             "death_timeout": 20,
         },
         "scaler": {"interval": 0.5, "metrics_port": None, "cleanup_on_exit": True, **scaler},
+        # Plain TCP unless a test asks for TLS (the default): these tests' clients hold no
+        # certificates. test_slurm_tls.py runs the default.
+        "tls": {"enabled": False},
         **sections,
     }
 
@@ -105,9 +108,16 @@ def render(values: dict[str, Any], out: Path) -> None:
 
 
 @contextmanager
-def submitted(slurm: Slurm, values: dict[str, Any], folder: Path) -> Iterator[Deployment]:
-    """Render ``values`` into ``folder``, sbatch the scheduler job, cancel everything after."""
+def submitted(
+    slurm: Slurm,
+    values: dict[str, Any],
+    folder: Path,
+    edit: Callable[[Path], None] = lambda folder: None,
+) -> Iterator[Deployment]:
+    """Render ``values`` into ``folder``, let ``edit`` change the rendered files as a user may,
+    sbatch the scheduler job, cancel everything after."""
     render(values, folder)
+    edit(folder)
     sbatch = subprocess.run(
         ["sbatch", "--parsable", "scheduler-job.sh"],
         cwd=folder,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import subprocess
 import time
 import uuid
@@ -44,6 +45,7 @@ def deployment(slurm: Slurm, files: Certificates, tmp_path: Path) -> Iterator[De
     """Render with TLS on, sbatch the scheduler job, cancel everything afterwards."""
     tls = {
         "enabled": True,
+        "generate": False,
         "ca_file": str(files.ca),
         "cert_file": str(files.cert),
         "key_file": str(files.key),
@@ -107,3 +109,29 @@ def test_tls_scheduler_scaler_and_workers_refuse_clients_without_certificates(
 
     subprocess.run(["scancel", deployment.scheduler_job], check=True)
     wait_for("no job of the deployment remains", lambda: not deployment.all_live_jobs())
+
+
+def test_tls_is_on_by_default_with_certificates_generated_for_the_deployment(
+    slurm: Slurm, tmp_path: Path
+) -> None:
+    scaler = {"minimum": 1, "maximum": 1, "startup_timeout": 60}
+    values = deployment_values(f"tlsgen-{uuid.uuid4().hex[:6]}", scaler)
+    del values["tls"]  # the templates' default: TLS with generated certificates
+    with submitted(slurm, values, tmp_path / "rendered") as deployment:
+        scheduler_file = deployment.folder / "scheduler.json"
+        wait_for(
+            f"the scheduler job writes {scheduler_file}\n{deployment.logs()}",
+            lambda: scheduler_file.exists() and scheduler_file.stat().st_size > 0,
+            timeout=60,
+        )
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("tls://"), address
+        folder = deployment.folder / "tls"
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        files = Certificates(folder / "ca.pem", folder / "tls.crt", folder / "tls.key")
+        assert sorted(p.name for p in folder.iterdir()) == ["ca.pem", "tls.crt", "tls.key"]
+        assert stat.S_IMODE(files.key.stat().st_mode) == 0o600
+        with Client(address, security=client_security(files), timeout="30s") as client:
+            wait_for(f"the worker registers\n{deployment.logs()}", lambda: worker_names(client))
+            assert client.submit(sum, [1, 2, 3]).result() == 6
+        assert_only_certified_clients_get_in(address, files, tmp_path)

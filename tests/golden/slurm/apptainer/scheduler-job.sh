@@ -14,6 +14,25 @@
 #SBATCH --output=boxed-scheduler-%j.log
 set -euo pipefail
 
+# This deployment's own CA, certificate and key (tls.generate), made once and readable by you
+# alone: only clients given these files get in. The CA's key is deleted once it has signed.
+tls_dir=tls
+if [ ! -s "$tls_dir/tls.key" ]; then
+  (
+    umask 077
+    mkdir -p "$tls_dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=dask-deploy boxed CA" \
+      -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.pem"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=dask-deploy boxed" \
+      -keyout "$tls_dir/tls.key" -out "$tls_dir/tls.csr"
+    printf 'extendedKeyUsage=serverAuth,clientAuth\n' >"$tls_dir/tls.ext"
+    openssl x509 -req -in "$tls_dir/tls.csr" -CA "$tls_dir/ca.pem" -CAkey "$tls_dir/ca.key" \
+      -CAcreateserial -days 365 -extfile "$tls_dir/tls.ext" -out "$tls_dir/tls.crt"
+    rm -f "$tls_dir/ca.key" "$tls_dir/ca.srl" "$tls_dir/tls.csr" "$tls_dir/tls.ext"
+  )
+fi
+chmod 0700 "$tls_dir"
+
 scheduler_file=scheduler.json
 # A file left by an earlier run would send workers and clients to a scheduler that is gone.
 rm -f "$scheduler_file"
@@ -21,7 +40,11 @@ rm -f "$scheduler_file"
 apptainer exec --bind /scratch --cleanenv /shared/images/dask-deploy_0.1.0.sif python3 -m dask scheduler \
   --port 0 \
   --preload dask_deploy.scheduler_preload \
+  --protocol tls \
   --dashboard-address :8787 \
+  --tls-ca-file tls/ca.pem \
+  --tls-cert tls/tls.crt \
+  --tls-key tls/tls.key \
   --scheduler-file "$scheduler_file" &
 scheduler=$!
 

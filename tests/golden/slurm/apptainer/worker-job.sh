@@ -19,9 +19,13 @@ set -euo pipefail
 
 exec apptainer exec --bind /scratch --cleanenv /shared/images/dask-deploy_0.1.0.sif python3 -m dask worker \
   --name "$SLURM_JOB_ID" \
+  --no-dashboard \
   --nthreads 2 \
   --memory-limit 4096MiB \
   --lifetime 3540s \
   --lifetime-stagger 0s \
   --death-timeout 60s \
+  --tls-ca-file tls/ca.pem \
+  --tls-cert tls/tls.crt \
+  --tls-key tls/tls.key \
   --scheduler-file scheduler.json

@@ -24,6 +24,25 @@ set -euo pipefail
 export VIRTUAL_ENV=/shared/envs/dask
 export PATH="$VIRTUAL_ENV/bin:$PATH"
 export DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False
+# This deployment's own CA, certificate and key (tls.generate), made once and readable by you
+# alone: only clients given these files get in. The CA's key is deleted once it has signed.
+tls_dir=tls
+if [ ! -s "$tls_dir/tls.key" ]; then
+  (
+    umask 077
+    mkdir -p "$tls_dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=dask-deploy climate CA" \
+      -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.pem"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=dask-deploy climate" \
+      -keyout "$tls_dir/tls.key" -out "$tls_dir/tls.csr"
+    printf 'extendedKeyUsage=serverAuth,clientAuth\n' >"$tls_dir/tls.ext"
+    openssl x509 -req -in "$tls_dir/tls.csr" -CA "$tls_dir/ca.pem" -CAkey "$tls_dir/ca.key" \
+      -CAcreateserial -days 365 -extfile "$tls_dir/tls.ext" -out "$tls_dir/tls.crt"
+    rm -f "$tls_dir/ca.key" "$tls_dir/ca.srl" "$tls_dir/tls.csr" "$tls_dir/tls.ext"
+  )
+fi
+chmod 0700 "$tls_dir"
+
 scheduler_file=scheduler.json
 # A file left by an earlier run would send workers and clients to a scheduler that is gone.
 rm -f "$scheduler_file"
@@ -31,7 +50,11 @@ rm -f "$scheduler_file"
 python3.11 -m dask scheduler \
   --port 8786 \
   --preload dask_deploy.scheduler_preload \
+  --protocol tls \
   --no-dashboard \
+  --tls-ca-file tls/ca.pem \
+  --tls-cert tls/tls.crt \
+  --tls-key tls/tls.key \
   --idle-timeout 3600 \
   --scheduler-file "$scheduler_file" &
 scheduler=$!

@@ -30,10 +30,14 @@ export OMP_NUM_THREADS=1
 export MALLOC_TRIM_THRESHOLD_=65536
 exec python3.11 -m dask worker \
   --name "$SLURM_JOB_ID" \
+  --no-dashboard \
   --nthreads 8 \
   --memory-limit 32000MiB \
   --lifetime 14220s \
   --lifetime-stagger 60s \
   --death-timeout 120s \
+  --tls-ca-file tls/ca.pem \
+  --tls-cert tls/tls.crt \
+  --tls-key tls/tls.key \
   --resources GPU=1 \
   --scheduler-file scheduler.json

@@ -19,6 +19,7 @@ set -euo pipefail
 
 exec python3 -m dask worker \
   --name "$SLURM_JOB_ID" \
+  --no-dashboard \
   --nthreads 2 \
   --memory-limit 4096MiB \
   --lifetime 3540s \
