@@ -2,5 +2,6 @@
 
 from docker_support import docker_engine, docker_images  # noqa: F401  (session fixtures)
 from process_support import processes  # noqa: F401  (function fixture)
+from sge_support import sge  # noqa: F401  (session fixture)
 from slurm_support import other_user, slurm  # noqa: F401  (session fixtures)
 from ssh_support import sshd  # noqa: F401  (session fixture)

@@ -27,7 +27,10 @@ BUILTIN = {
     "fake": "dask_deploy.backends.fake:create",
     "kubernetes": "dask_deploy.backends.kubernetes:create",
     "local": "dask_deploy.backends.local:create",
+    "lsf": "dask_deploy.backends.lsf:create",
     "marathon": "dask_deploy.backends.marathon:create",
+    "pbs": "dask_deploy.backends.pbs:create",
+    "sge": "dask_deploy.backends.sge:create",
     "slurm": "dask_deploy.backends.slurm:create",
     "ssh": "dask_deploy.backends.ssh:create",
 }

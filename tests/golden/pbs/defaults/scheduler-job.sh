@@ -1,0 +1,64 @@
+#!/bin/bash
+# Dask scheduler and its scaler for deployment "dask", in one PBS job.
+# Rendered by dask-deploy 0.1.0. Submit it from the folder it was rendered into:
+#   qsub scheduler-job.sh
+# Clients connect with Client(scheduler_file="scheduler.json"); the scaler
+# submits worker-job.sh as the load asks and cancels exactly the workers the scheduler retired.
+#PBS -N dask-scheduler
+#PBS -l walltime=24:00:00
+#PBS -l nodes=1:ppn=1
+#PBS -l mem=2048mb
+#PBS -j oe
+set -euo pipefail
+cd "${PBS_O_WORKDIR:-$PWD}"
+
+scheduler_file=scheduler.json
+# A file left by an earlier run would send workers and clients to a scheduler that is gone.
+rm -f "$scheduler_file"
+
+python3 -m dask scheduler \
+  --port 0 \
+  --preload dask_deploy.scheduler_preload \
+  --dashboard-address :8787 \
+  --scheduler-file "$scheduler_file" &
+scheduler=$!
+
+# The scaler reads the scheduler's address from the file, so it starts once the file is there.
+for _ in $(seq 1 120); do
+  [ -s "$scheduler_file" ] && break
+  kill -0 "$scheduler" 2>/dev/null || { echo "the scheduler exited before it wrote $scheduler_file" >&2; exit 1; }
+  sleep 1
+done
+[ -s "$scheduler_file" ] || { echo "no $scheduler_file after 120 s" >&2; kill "$scheduler"; exit 1; }
+
+start_scaler() {
+  python3 -m dask_deploy.cli scale --config scaler-config.yaml &
+  scaler=$!
+}
+start_scaler
+
+# qdel, or the walltime, sends SIGTERM (SIGKILL after the server's kill_delay): stop the scaler
+# first so that it deletes the worker jobs (cleanup_on_exit), then the scheduler.
+stop() {
+  trap - TERM INT
+  kill -TERM "$scaler" 2>/dev/null || true
+  wait "$scaler" || true
+  kill -TERM "$scheduler" 2>/dev/null || true
+  wait "$scheduler" || true
+}
+trap 'stop; exit 143' TERM INT
+
+# The scheduler's end is the deployment's end. A scaler that dies is started again, as Marathon
+# or Kubernetes would: it is level-triggered and takes over the worker jobs it finds. The pause
+# keeps a scaler that cannot start (a broken configuration) from spinning.
+while true; do
+  status=0
+  wait -n || status=$?
+  kill -0 "$scheduler" 2>/dev/null || break
+  echo "the scaler exited with status $status; starting it again in 5 s" >&2
+  sleep 5 &
+  wait "$!" || true
+  start_scaler
+done
+stop
+exit "$status"

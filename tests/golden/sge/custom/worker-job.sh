@@ -1,0 +1,37 @@
+#!/bin/bash
+# One Dask worker of deployment "climate". The scaler submits this script with
+# qsub; do not submit it by hand unless you want the scaler to adopt the job as its own.
+# Rendered by dask-deploy 0.1.0.
+#
+# The worker is named after its job id, so the scaler cancels exactly the job of the worker the
+# scheduler retired. Near its walltime the scaler retires it through the scheduler (its data
+# moves to other workers) at the latest 600 s before the end; as a backstop it retires itself
+# 120-240 s before the walltime (--lifetime). It exits when the scheduler is unreachable for 120 s.
+#$ -N climate-worker
+#$ -S /bin/bash
+#$ -A proj-42
+#$ -l h_rt=4:00:00
+#$ -j y
+#$ -o climate-worker-$JOB_ID.log
+#$ -wd /scratch/climate/dask
+#$ -pe threads 8
+#$ -l h_vmem=4000M
+#$ -P physics
+#$ -q gpu.q
+#$ -l gpu=1
+#$ -R y
+set -euo pipefail
+
+# The Python environment every process runs from.
+export VIRTUAL_ENV=/shared/envs/dask
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+export OMP_NUM_THREADS=1
+exec python3.11 -m dask worker \
+  --name "$JOB_ID" \
+  --nthreads 8 \
+  --memory-limit 32000MiB \
+  --lifetime 14220s \
+  --lifetime-stagger 60s \
+  --death-timeout 120s \
+  --resources GPU=1 \
+  --scheduler-file scheduler.json

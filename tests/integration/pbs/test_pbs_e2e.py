@@ -1,0 +1,215 @@
+"""End to end with real PBS commands: SLURM's Torque-compatible qsub/qstat/qdel
+(Debian's slurm-wlm-torque, unpacked by scripts/torque-commands.sh) on the project's SLURM.
+
+The user runs `qsub scheduler-job.sh`; its #PBS lines are read by sbatch. The scaler in it
+submits worker jobs with `qsub -N`, lists them with `qstat -f` and deletes them with `qdel`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from distributed import Client
+
+from dask_deploy.backends import pbs
+from process_support import wait_for
+from slurm_support import Slurm
+
+pytestmark = pytest.mark.pbs
+
+REPO = Path(__file__).resolve().parents[3]
+VENV = Path(sys.executable).parent.parent
+
+
+@pytest.fixture(scope="module")
+def torque_commands(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("torque") / "bin"
+    made = subprocess.run(
+        [str(REPO / "scripts" / "torque-commands.sh"), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert made.returncode == 0, made.stderr
+    return folder
+
+
+def qstat_full() -> dict[str, dict[str, str]]:
+    return pbs.full_display(subprocess.run(["qstat", "-f"], capture_output=True, text=True).stdout)
+
+
+@dataclass
+class Deployment:
+    name: str
+    folder: Path
+    scheduler_job: str
+
+    def worker_jobs(self) -> dict[str, str]:
+        """Job id -> job_state of this deployment's worker jobs that have not ended."""
+        return {
+            job: attributes["job_state"]
+            for job, attributes in qstat_full().items()
+            if attributes.get("Job_Name") == f"{self.name}-worker"
+            and attributes.get("job_state") in ("Q", "R")
+        }
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"----- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
+            for log in sorted(self.folder.glob(f"{self.name}-*.[oe]*"))
+        )
+
+
+def worker_names(client: Client) -> set[str]:
+    return {str(w["name"]) for w in client.scheduler_info()["workers"].values()}
+
+
+@pytest.fixture
+def deployment(
+    slurm: Slurm, torque_commands: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Deployment]:
+    monkeypatch.setenv("PATH", f"{torque_commands}{os.pathsep}{os.environ['PATH']}")
+    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    values: dict[str, Any] = {
+        "deployment": name,
+        "python": {"venv": str(VENV)},
+        "scheduler": {"host": "127.0.0.1", "dashboard_port": None, "memory_mib": 512},
+        "worker": {
+            "host": "127.0.0.1",
+            "threads": 1,
+            "memory_mib": 512,
+            "walltime_minutes": 10,
+            "handover_margin": 60,
+            "lifetime_margin": 30,
+            "lifetime_stagger": 0,
+            "death_timeout": 20,
+        },
+        "scaler": {
+            "interval": 0.5,
+            "metrics_port": None,
+            "minimum": 1,
+            "maximum": 3,
+            "scale_down_window": 4,
+            "startup_timeout": 120,
+        },
+    }
+    folder = tmp_path / "rendered"
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    render = [str(VENV / "bin" / "dask-deploy"), "render", "--backend", "pbs"]
+    rendered = subprocess.run(
+        [*render, "--values", str(values_file), "--out", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    qsub = subprocess.run(
+        ["qsub", "scheduler-job.sh"], cwd=folder, capture_output=True, text=True, check=True
+    )
+    deployed = Deployment(name, folder, pbs.parse_job_id(qsub.stdout))
+    try:
+        yield deployed
+    finally:
+        left = [
+            job
+            for job, attributes in qstat_full().items()
+            if attributes.get("Job_Name", "").startswith(name)
+            and attributes.get("job_state") in ("Q", "R")
+        ]
+        if left:
+            subprocess.run(["qdel", *left], capture_output=True)
+        print(deployed.logs())
+        print(slurm.log_tails())
+
+
+def connect(deployment: Deployment) -> Client:
+    scheduler_file = deployment.folder / "scheduler.json"
+    wait_for(
+        f"the scheduler job writes {scheduler_file}\n{deployment.logs()}",
+        scheduler_file.exists,
+        timeout=60,
+    )
+    return Client(scheduler_file=str(scheduler_file), timeout="30s")
+
+
+def burst(client: Client, seconds: int) -> tuple[list[Any], list[Any]]:
+    sleeps = client.map(time.sleep, [1.0] * seconds, pure=False)
+    squares = client.map(pow, range(seconds), [2] * seconds)
+    return sleeps, squares
+
+
+def tear_down(deployment: Deployment) -> None:
+    subprocess.run(["qdel", deployment.scheduler_job], check=True, capture_output=True)
+    wait_for("the scaler deletes its workers on the way out", lambda: not deployment.worker_jobs())
+
+
+def test_burst_scales_up_and_idle_deletes_exactly_the_retired_jobs(
+    deployment: Deployment,
+) -> None:
+    with connect(deployment) as client:
+        wait_for("the minimum of one worker registers", lambda: len(worker_names(client)) == 1)
+        sleeps, squares = burst(client, 40)
+        seen: set[str] = set()
+
+        def scaled_up() -> bool:
+            seen.update(deployment.worker_jobs())
+            return len(worker_names(client)) >= 2
+
+        wait_for("the burst brings more workers", scaled_up)
+        assert worker_names(client) <= seen
+        client.gather(sleeps)
+        assert client.gather(squares) == [x * x for x in range(40)]
+
+        def every_live_job_is_a_worker() -> set[str]:
+            live, names = set(deployment.worker_jobs()), worker_names(client)
+            seen.update(live)
+            assert len(live) <= 3, f"more worker jobs than the maximum: {live}"
+            return names if live == names else set()
+
+        busy = wait_for("every live worker job has registered", every_live_job_is_a_worker)
+        before_idle = set(seen)
+
+        def down_to_minimum() -> bool:
+            seen.update(deployment.worker_jobs())
+            return len(worker_names(client)) == 1
+
+        wait_for("the workers go down to the minimum", down_to_minimum)
+        remaining = worker_names(client)
+        assert remaining <= busy
+
+        def only_the_remaining_job_is_live() -> bool:
+            live = set(deployment.worker_jobs())
+            seen.update(live)
+            return live == remaining
+
+        wait_for("only the remaining worker's job is live", only_the_remaining_job_is_live)
+        assert seen == before_idle, "a job was submitted while going idle"
+        assert client.gather(squares) == [x * x for x in range(40)]
+    tear_down(deployment)
+
+
+def test_worker_job_deleted_from_outside_is_replaced(deployment: Deployment) -> None:
+    with connect(deployment) as client:
+        sleeps, squares = burst(client, 60)
+        wait_for("the burst brings three workers", lambda: len(worker_names(client)) == 3)
+        before = set(deployment.worker_jobs())
+        victim = sorted(worker_names(client))[0]
+        subprocess.run(["qdel", victim], check=True, capture_output=True)
+        new_jobs = wait_for(
+            "the scaler submits a replacement", lambda: set(deployment.worker_jobs()) - before
+        )
+        wait_for("the replacement registers", lambda: worker_names(client) & new_jobs)
+        assert victim not in worker_names(client)
+        client.gather(sleeps)
+        assert client.gather(squares) == [x * x for x in range(60)]
+    tear_down(deployment)
