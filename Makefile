@@ -13,8 +13,13 @@ SET ?=
 OUT ?= rendered/$(BACKEND)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# The suite mostly waits (for SLURM, Docker, schedulers, workers), so more workers than cores
+# pay: tests that share a SLURM, a Docker engine or fault bounds keep to one worker each
+# (xdist groups, assigned by marker in tests/conftest.py).
+TEST_WORKERS ?= 4
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
 
-.PHONY: help venv render golden lint test demo clean docker-up docker-down base-images images bench-images bench bench-all bench-quick
+.PHONY: help venv render golden lint test test-fast fuzz demo clean docker-up docker-down base-images images bench-images bench bench-all bench-quick
 
 help: ## List the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,8 +43,14 @@ lint: $(STAMP) ## ruff and mypy (strict on runtime/)
 	$(BIN)/ruff format --check runtime tests bench
 	$(BIN)/mypy
 
-test: lint ## Lint, then every test tier (installs what it needs)
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: lint ## Lint, then every test tier on TEST_WORKERS workers (installs what it needs); ends with the 15 slowest
+	$(BIN)/pytest $(XDIST) --durations=15 $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Unit, render and fuzz tiers only: no SLURM, Docker or live cluster (< 2 min)
+	$(BIN)/pytest $(XDIST) --durations=15 tests/unit tests/render tests/fuzz $(PYTEST_ARGS)
+
+fuzz: $(STAMP) ## The fuzz tier with the "fuzz" Hypothesis profile: five times the cases, new random ones each run
+	$(BIN)/pytest $(XDIST) --durations=15 --hypothesis-profile=fuzz tests/fuzz $(PYTEST_ARGS)
 
 docker-up: ## Install docker.io when missing and start dockerd --bridge=none when no engine answers
 	scripts/docker-up.sh

@@ -12,6 +12,7 @@ no partial folder and an existing OUT untouched.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -83,7 +84,17 @@ FILTERS = {
 
 
 def make_environment(root: Path) -> jinja2.Environment:
-    """The Jinja environment of the render contract, loading templates relative to ``root``."""
+    """The Jinja environment of the render contract, loading templates relative to ``root``.
+
+    One environment per folder for the life of the process: it keeps the compiled templates
+    (compiling is most of a render's cost) and, with Jinja's auto_reload, recompiles a file
+    whose modification time changed.
+    """
+    return _environment(root.resolve())
+
+
+@functools.lru_cache(maxsize=32)
+def _environment(root: Path) -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
         undefined=jinja2.StrictUndefined,
