@@ -27,6 +27,9 @@ XDIST_GROUPS: dict[str, str] = {
     "slurm": "slurm",
     # One Docker engine and the project's images; the worker that started dockerd stops it.
     "docker": "docker",
+    # checkov's own venv, built on first use (minutes on a fresh clone): one worker builds it
+    # and runs the checks while the others go on, instead of all of them waiting for the build.
+    "checkov": "checkov",
     # No group for "faults": a fault test owns its scheduler, ports and state folder, and its
     # recovery bound counts scaler ticks, not seconds, so a busy neighbour cannot break it.
 }

@@ -329,6 +329,7 @@ def build_checkov_venv() -> None:
             pytest.fail(f"cannot build {CHECKOV_VENV}: {' '.join(step)}\n{result.stderr[-2000:]}")
 
 
+@pytest.mark.checkov
 @pytest.mark.parametrize("folder", KUBERNETES, ids=lambda p: p.name)
 def test_checkov_passes_on_the_kubernetes_manifests(folder: Path, tmp_path: Path) -> None:
     checkov = checkov_binary()
