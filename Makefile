@@ -13,11 +13,12 @@ SET ?=
 OUT ?= rendered/$(BACKEND)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
-# The suite mostly waits (for SLURM, Docker, schedulers, workers), so more workers than cores
-# pay: tests that share a SLURM, a Docker engine or fault bounds keep to one worker each
-# (xdist groups, assigned by marker in tests/conftest.py).
+# The whole suite mostly waits (for SLURM, Docker, schedulers, workers), so more workers than
+# cores pay; the unit, render and fuzz tiers compute, so one worker per core. Tests that share
+# a SLURM or a Docker engine keep to one worker (xdist groups by marker, tests/conftest.py).
 TEST_WORKERS ?= 4
-XDIST := -n $(TEST_WORKERS) --dist loadgroup
+FAST_WORKERS ?= auto
+XDIST := --dist loadgroup
 
 .PHONY: help venv render golden lint test test-fast fuzz demo clean docker-up docker-down base-images images bench-images bench bench-all bench-quick
 
@@ -44,13 +45,13 @@ lint: $(STAMP) ## ruff and mypy (strict on runtime/)
 	$(BIN)/mypy
 
 test: lint ## Lint, then every test tier on TEST_WORKERS workers (installs what it needs); ends with the 15 slowest
-	$(BIN)/pytest $(XDIST) --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Unit, render and fuzz tiers only: no SLURM, Docker or live cluster (< 2 min)
-	$(BIN)/pytest $(XDIST) --durations=15 tests/unit tests/render tests/fuzz $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(FAST_WORKERS) $(XDIST) --durations=15 tests/unit tests/render tests/fuzz $(PYTEST_ARGS)
 
 fuzz: $(STAMP) ## The fuzz tier with the "fuzz" Hypothesis profile: five times the cases, new random ones each run
-	$(BIN)/pytest $(XDIST) --durations=15 --hypothesis-profile=fuzz tests/fuzz $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(FAST_WORKERS) $(XDIST) --durations=15 --hypothesis-profile=fuzz tests/fuzz $(PYTEST_ARGS)
 
 docker-up: ## Install docker.io when missing and start dockerd --bridge=none when no engine answers
 	scripts/docker-up.sh
