@@ -66,7 +66,7 @@ CYCLE = (
     "scheduler-restart",
 )
 CYCLES = 12
-INTERVAL = 1.0
+INTERVAL = 0.5
 #: New results pinned to each connected worker after every fault, so every worker the scaler
 #: retires holds some; the oldest are released beyond HELD_LIMIT.
 KEYS_PER_WORKER = 2
