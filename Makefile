@@ -16,8 +16,14 @@ BENCH_ARGS ?=
 REGISTRY ?=
 TAG ?=
 REGISTRY_PORT ?= 5000
+# The whole suite mostly waits (for SLURM, Docker, schedulers, workers), so more workers than
+# cores pay; the unit, render and fuzz tiers compute, so one worker per core. Tests that share
+# a SLURM or a Docker engine keep to one worker (xdist groups by marker, tests/conftest.py).
+TEST_WORKERS ?= 4
+FAST_WORKERS ?= auto
+XDIST := --dist loadgroup
 
-.PHONY: help venv render golden lint test demo clean docker-up docker-down base-images images publish registry-up registry-down bench-images bench bench-all bench-quick
+.PHONY: help venv render golden lint test test-fast fuzz demo clean docker-up docker-down base-images images publish registry-up registry-down bench-images bench bench-all bench-quick
 
 help: ## List the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,8 +47,14 @@ lint: $(STAMP) ## ruff and mypy (strict on runtime/)
 	$(BIN)/ruff format --check runtime tests bench
 	$(BIN)/mypy
 
-test: lint ## Lint, then every test tier (installs what it needs)
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: lint ## Lint, then every test tier on TEST_WORKERS workers (installs what it needs); ends with the 15 slowest
+	$(BIN)/pytest -n $(TEST_WORKERS) $(XDIST) --durations=15 $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Unit, render and fuzz tiers only: no SLURM, Docker or live cluster (< 2 min)
+	$(BIN)/pytest -n $(FAST_WORKERS) $(XDIST) --durations=15 tests/unit tests/render tests/fuzz $(PYTEST_ARGS)
+
+fuzz: $(STAMP) ## The fuzz tier with the "fuzz" Hypothesis profile: five times the cases, new random ones each run
+	$(BIN)/pytest -n $(FAST_WORKERS) $(XDIST) --durations=15 --hypothesis-profile=fuzz tests/fuzz $(PYTEST_ARGS)
 
 docker-up: ## Install docker.io when missing and start dockerd --bridge=none when no engine answers
 	scripts/docker-up.sh

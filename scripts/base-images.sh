@@ -21,6 +21,10 @@ tarball="$cache/debian-$suite-minbase.tar"
 
 log() { echo "base-images: $*" >&2; }
 
+# One import at a time on this machine (two test sessions, or a test worker and `make images`).
+exec 9>"${TMPDIR:-/tmp}/dask-deploy-base-images.lock"
+flock 9
+
 if docker image inspect "$tag" >/dev/null 2>&1; then
   log "$tag present; nothing to do"
   exit 0

@@ -2,19 +2,25 @@
 # Install the Debian packages named on the command line when any is missing.
 # Serialised with a lock, because tests and make targets may call it at the same time.
 set -euo pipefail
-missing=()
-for package in "$@"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
+find_missing() {
+  missing=()
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+}
+find_missing "$@"
 [ ${#missing[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 exec 9>/tmp/dask-deploy-apt.lock
 flock 9
+# Another test worker may have installed them while we waited for the lock.
+find_missing "$@"
+[ ${#missing[@]} -eq 0 ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 # Lists older than a day (or none at all, on a fresh machine) are refreshed once.
 if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -1)" ]; then
-  $SUDO apt-get update -qq
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
 fi
 echo "ensure-apt: installing ${missing[*]}" >&2
-$SUDO apt-get install -o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

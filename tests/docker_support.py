@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROLES = ("scheduler", "worker", "scaler")
 REPOSITORY = os.environ.get("DASK_DEPLOY_IMAGE_REPOSITORY", "ghcr.io/dask-deploy/dask-deploy")
 LABEL_TEST = "dask-deploy.test"
+REVISION = "org.opencontainers.image.revision"
 
 
 def package_version() -> str:
@@ -81,10 +82,37 @@ def _image_created(tag: str) -> float | None:
     return parsed.timestamp()
 
 
+def _revision() -> str:
+    """The commit scripts/build-images.sh writes into the images' revision label."""
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    )
+    return head.stdout.strip() if head.returncode == 0 else "unknown"
+
+
+def _image_revision(tag: str) -> str:
+    label = f'{{{{index .Config.Labels "{REVISION}"}}}}'
+    inspected = subprocess.run(
+        ["docker", "image", "inspect", "--format", label, tag], capture_output=True, text=True
+    )
+    return inspected.stdout.strip()
+
+
 def images_fresh() -> bool:
+    """Built from this checkout's commit, and after its inputs last changed.
+
+    The engine and the tags are shared by every checkout on the machine: an image another
+    checkout built a minute ago is newer than our files but not ours (its revision differs).
+    """
     newest_input = _inputs_mtime()
-    created = [_image_created(image_tag(role)) for role in ROLES]
-    return all(stamp is not None and stamp > newest_input for stamp in created)
+    revision = _revision()
+    for role in ROLES:
+        created = _image_created(image_tag(role))
+        if created is None or created <= newest_input:
+            return False
+        if _image_revision(image_tag(role)) != revision:
+            return False
+    return True
 
 
 def remove_test_containers() -> None:

@@ -12,6 +12,7 @@ no partial folder and an existing OUT untouched.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -87,9 +88,16 @@ def make_environment(root: Path | Sequence[Path]) -> jinja2.Environment:
     """The Jinja environment of the render contract, loading templates relative to ``root``.
 
     With several roots, a template is taken from the first root that has it (a fork laid
-    over the installed templates).
+    over the installed templates). One environment per list of folders for the life of the
+    process: it keeps the compiled templates (compiling is most of a render's cost) and, with
+    Jinja's auto_reload, recompiles a file whose modification time changed.
     """
     roots = [root] if isinstance(root, Path) else list(root)
+    return _environment(tuple(r.resolve() for r in roots))
+
+
+@functools.lru_cache(maxsize=32)
+def _environment(roots: tuple[Path, ...]) -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(r)) for r in roots]),
         undefined=jinja2.StrictUndefined,

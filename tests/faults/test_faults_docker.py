@@ -30,10 +30,10 @@ import yaml
 from bounds import BoundsWatch, fixed_policy, scaler_ticks
 from distributed import Client, Future, wait
 from docker_fault_proxy import TIMEOUT, DockerFaultProxy
-from tally import TALLY, FaultRecord
 
 from process_support import free_port, start, tail
 from render_support import render_over_defaults
+from tally import TALLY, FaultRecord
 
 pytestmark = [
     pytest.mark.faults,

@@ -46,11 +46,11 @@ import pytest
 import yaml
 from bounds import BoundsWatch, fixed_policy, scaler_metrics_up, scaler_ticks
 from distributed import Client, Future
-from tally import TALLY, FaultRecord
 
 from dask_deploy.testing.kubernetes import KubernetesStandIn
 from kubernetes_support import kubernetes_values, local_worker_pod, render_kubernetes
 from process_support import free_port, listening, start, tail
+from tally import TALLY, FaultRecord
 
 pytestmark = [pytest.mark.faults, pytest.mark.kubernetes, pytest.mark.integration]
 

@@ -19,10 +19,10 @@ results spread over every worker. The faults come in cycles of five:
   two scaler ticks of the killed process being gone;
 - ``scheduler-restart``: every connection of the scheduler drops at once and a new scheduler
   listens on the same port. distributed 2026.8.0 workers do not reconnect: a worker whose
-  scheduler stream breaks closes itself and its nanny, so the fault is over when the new
-  scheduler listens and every old worker either registered with it (one still booting) or
-  its process is gone. The held results are gone with the scheduler: they are counted as
-  lost (never as lost from a removed worker) and submitted again.
+  scheduler stream breaks closes itself (the workers run without a nanny), so the fault is
+  over when the new scheduler listens and every old worker either registered with it (one
+  still booting) or its process is gone. The held results are gone with the scheduler: they
+  are counted as lost (never as lost from a removed worker) and submitted again.
 
 After every fault: every lost result was lost with a worker this test SIGKILLed (the ledger),
 the count never exceeds MAXIMUM, it is back within [MINIMUM, MAXIMUM] within
@@ -50,10 +50,10 @@ from bounds import BoundsWatch, fixed_policy, scaler_metrics_up, scaler_ticks
 from distributed import Client, Future, Scheduler, wait
 from ledger_preload import dask_setup as install_ledger
 from scaler_support import Deployment, ScalerProcess, slow
-from tally import TALLY, FaultRecord
 
 from dask_deploy.scheduler_preload import dask_setup as install_counts
 from process_support import free_port
+from tally import TALLY, FaultRecord
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -66,7 +66,7 @@ CYCLE = (
     "scheduler-restart",
 )
 CYCLES = 12
-INTERVAL = 1.0
+INTERVAL = 0.5
 #: New results pinned to each connected worker after every fault, so every worker the scaler
 #: retires holds some; the oldest are released beyond HELD_LIMIT.
 KEYS_PER_WORKER = 2
@@ -144,6 +144,7 @@ class FaultDeployment(Deployment):
                     "state_dir": str(self.state_dir),
                     "memory_limit": "512MiB",
                     "death_timeout": self.death_timeout,
+                    "worker_args": ["--no-nanny"],  # not under test; halves a worker's boot
                 },
             },
         }

@@ -40,13 +40,13 @@ import requests
 import yaml
 from bounds import BoundsWatch, fixed_policy, scaler_metrics_up, scaler_ticks
 from distributed import Client, Future
-from tally import TALLY, FaultRecord
 
 import process_support
 from dask_deploy.testing.marathon import MarathonStandIn
 from marathon_support import marathon_values
 from process_support import free_port, listening, start, tail
 from render_support import render_over_defaults
+from tally import TALLY, FaultRecord
 
 pytestmark = [pytest.mark.faults, pytest.mark.marathon, pytest.mark.integration]
 

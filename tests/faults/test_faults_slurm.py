@@ -45,12 +45,12 @@ import pytest
 import yaml
 from bounds import BoundsWatch, fixed_policy, scaler_metrics_up, scaler_ticks
 from distributed import Client, Future
-from tally import MAX_TICKS_TO_BOUNDS, TALLY, FaultRecord
 
 import process_support
 from process_support import free_port, tail
 from render_support import render_over_defaults
 from slurm_support import REPO, STATE, Slurm
+from tally import MAX_TICKS_TO_BOUNDS, TALLY, FaultRecord
 
 pytestmark = [pytest.mark.faults, pytest.mark.slurm, pytest.mark.integration]
 

@@ -14,6 +14,7 @@ Marathon ``cpus`` below 0.001 passes our schema but not Marathon's).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -26,6 +27,17 @@ Schema = Mapping[str, Any]
 KEY_TEXT = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,11}", fullmatch=True)
 PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
 PLAIN_TEXT = st.text(PRINTABLE, max_size=16)
+
+
+#: The media type a values schema gives to strings that are shell code of the user's own.
+SHELL = "text/x-shellscript"
+SHELL_LINES = (
+    "module load python/3.11",
+    "source ~/envs/dask/bin/activate",
+    'export DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="60s"',
+    "conda activate 'my env'",
+    "ulimit -n 4096 || true",
+)
 
 
 def _string(schema: Schema) -> st.SearchStrategy[str]:
@@ -82,10 +94,18 @@ def _object(schema: Schema, *, partial: bool) -> st.SearchStrategy[dict[str, Any
     return fixed
 
 
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
 def values_for(schema: Schema, *, partial: bool = True) -> st.SearchStrategy[Any]:
     """Values the schema accepts; ``partial`` leaves out required keys (merged over defaults)."""
     if "const" in schema:
         return st.just(schema["const"])
+    if schema.get("contentMediaType") == SHELL:
+        # Shell the user writes (a prologue): rendered verbatim, so only valid shell can render
+        # a valid script. Realistic lines, with the quoting a user would write.
+        return st.sampled_from(SHELL_LINES)
     if "enum" in schema:
         return st.sampled_from(list(schema["enum"]))
     for combinator in ("anyOf", "oneOf"):
@@ -102,6 +122,7 @@ def values_for(schema: Schema, *, partial: bool = True) -> st.SearchStrategy[Any
             values_for(items, partial=False),
             min_size=int(schema.get("minItems", 0)),
             max_size=min(int(schema.get("maxItems", 3)), 3),
+            unique_by=_canonical if schema.get("uniqueItems") else None,
         )
     if kind == "string":
         return _string(schema)
@@ -156,8 +177,14 @@ def wrong_type_value(schema: Schema) -> st.SearchStrategy[Any]:
         wrong.append(st.just({"nested": {"deep": 1}}))
     if not allowed & {"array"}:
         wrong.append(st.just([1, "two"]))
-    if not allowed & {"string"} or "enum" in schema or "pattern" in schema:
-        wrong.append(st.just("\u00e9\u00e8 not in any enum or pattern !"))
+    off_pattern = "\u00e9\u00e8 not in any enum or pattern !"
+    # A permissive pattern (say, "no quotes or backslashes") accepts that text: not wrong there.
+    if (
+        not allowed & {"string"}
+        or "enum" in schema
+        or ("pattern" in schema and not re.search(schema["pattern"], off_pattern))
+    ):
+        wrong.append(st.just(off_pattern))
     if not wrong:
         wrong = [candidates.get(k, st.just(object())) for k in allowed]
     return st.one_of(wrong)

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from dask_deploy import values
 from dask_deploy.cli import main
-from dask_deploy.render import output_name, template_names
+from dask_deploy.render import RECORD_FILE, checksums, output_name, template_names
 
 from .strategies import leaf_paths, out_of_range_value, values_for, wrong_type_value
 from .validators import CHECKS, shellcheck
@@ -46,17 +46,17 @@ BACKENDS = sorted(
 )
 SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 
-#: Deterministic in CI: no example database, a fixed derivation of examples from the test.
+#: The Hypothesis profile (tests/conftest.py) decides how many cases and which: ``make test``
+#: ("ci", 100 examples) derives a fixed set from each test, ``make fuzz`` ("fuzz") draws five
+#: times as many at random. Per backend in ``make test``: VALID_CASES + BROKEN_CASES = 1000.
 #: No shrinking: a failure prints the generated input as is, within the tier's time budget.
-#: Per backend: VALID_CASES + BROKEN_CASES >= 1000 generated cases.
-VALID_CASES = 400
-BROKEN_CASES = 600
+SCALE = settings.default.max_examples
+VALID_CASES = 4 * SCALE
+BROKEN_CASES = 6 * SCALE
+SHELLCHECK_CASES = SCALE // 4
 FUZZ = settings(
-    max_examples=1000,
     phases=[Phase.explicit, Phase.generate],
     deadline=None,
-    derandomize=True,
-    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
@@ -113,6 +113,11 @@ def run_render(
             if out.is_dir()
             else {}
         )
+        # What a render writes beside the manifests: the record of what it wrote, so that a
+        # later render can tell hand edits apart. It must name exactly the manifests.
+        record = files.pop(RECORD_FILE, None)
+        if files:
+            assert record == checksums(files), "the render record does not match the files"
         leftovers = sorted(
             p.name for p in work.iterdir() if p.name not in ("my-values.yaml", "out")
         )
@@ -297,9 +302,9 @@ def test_broken_input_exits_2_naming_the_key_and_writes_nothing(backend: str) ->
 # --------------------------------------------------------------------------- slow validators
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "slurm"])
-def test_sampled_slurm_scripts_pass_shellcheck(backend: str) -> None:
-    @settings(FUZZ, max_examples=25)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("lsf", "pbs", "sge", "slurm")])
+def test_sampled_batch_scripts_pass_shellcheck(backend: str) -> None:
+    @settings(FUZZ, max_examples=SHELLCHECK_CASES)
     @given(override=values_for(schema(backend)))
     def check(override: dict[str, Any]) -> None:
         outcome = run_render(backend, values_text=yaml.safe_dump(override))

@@ -118,6 +118,17 @@ def check_slurm(files: Files) -> None:
     _scaler_config(files["scaler-config.yaml"], "slurm")
 
 
+def batch_check(backend: str) -> Callable[[Files], None]:
+    """Every job script passes ``bash -n``; the scaler config loads (SGE, PBS, LSF)."""
+
+    def check(files: Files) -> None:
+        assert {"scheduler-job.sh", "worker-job.sh"} <= set(files)
+        _bash_n(files)
+        _scaler_config(files["scaler-config.yaml"], backend)
+
+    return check
+
+
 def check_docker(files: Files) -> None:
     """compose.yaml parses with the two host-network services; embedded config = file."""
     compose: dict[str, Any] = yaml.safe_load(files["compose.yaml"])
@@ -184,7 +195,10 @@ CHECKS: dict[str, Callable[[Files], None]] = {
     "command": check_command,
     "docker": check_docker,
     "kubernetes": check_kubernetes,
+    "lsf": batch_check("lsf"),
     "marathon": check_marathon,
+    "pbs": batch_check("pbs"),
+    "sge": batch_check("sge"),
     "slurm": check_slurm,
     "ssh": check_ssh,
 }

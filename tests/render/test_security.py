@@ -9,6 +9,7 @@ manifests with every skipped check justified in tests/render/checkov.yaml.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import subprocess
@@ -344,26 +345,40 @@ def test_command_docker_example_runs_workers_non_root_read_only_bounded(folder: 
 
 
 def checkov_binary() -> Path:
-    """checkov from its own venv (its dependency tree fights our pins), built on first use."""
+    """checkov from its own venv (its dependency tree fights our pins), built on first use.
+
+    Several xdist workers may ask at once: the first builds under a lock, the others wait for
+    it and then find the venv ready; the finished-mark is written only after pip succeeded.
+    """
     checkov = CHECKOV_VENV / "bin" / "checkov"
-    if checkov.is_file():
+    ready = CHECKOV_VENV / ".installed"
+    if ready.is_file():
         return checkov
+    with (REPO / ".venv-checkov.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ready.is_file():
+            build_checkov_venv()
+            ready.touch()
+    return checkov
+
+
+def build_checkov_venv() -> None:
     pin = next(
         line.strip()
         for line in (REPO / "constraints.txt").read_text().splitlines()
         if line.startswith("checkov==")
     )
     steps = [
-        [sys.executable, "-m", "venv", str(CHECKOV_VENV)],
+        [sys.executable, "-m", "venv", "--clear", str(CHECKOV_VENV)],
         [str(CHECKOV_VENV / "bin" / "pip"), "install", "--quiet", pin],
     ]
     for step in steps:
         result = subprocess.run(step, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             pytest.fail(f"cannot build {CHECKOV_VENV}: {' '.join(step)}\n{result.stderr[-2000:]}")
-    return checkov
 
 
+@pytest.mark.checkov
 @pytest.mark.parametrize("folder", KUBERNETES, ids=lambda p: p.name)
 def test_checkov_passes_on_the_kubernetes_manifests(folder: Path, tmp_path: Path) -> None:
     checkov = checkov_binary()

@@ -129,7 +129,13 @@ class Deployment:
             "loop": {"interval": 0.3, "startup_timeout": 60, "cleanup_on_exit": False},
             "backend": {
                 "name": "local",
-                "options": {"state_dir": str(self.state_dir), "memory_limit": "512MiB"},
+                "options": {
+                    "state_dir": str(self.state_dir),
+                    "memory_limit": "512MiB",
+                    # The nanny is not under test here: without it a worker boots in half the
+                    # time and CPU (one Python process, not two).
+                    "worker_args": ["--no-nanny"],
+                },
             },
         }
         path = self.tmp / f"scaler-{len(self.scalers)}.yaml"

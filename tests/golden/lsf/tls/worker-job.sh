@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2016  # quoted values hold $ and ` literally, on purpose
 # One Dask worker of deployment "secure". The scaler submits this script with
 # bsub; do not submit it by hand unless you want the scaler to adopt the job as its own.
 # Rendered by dask-deploy 0.1.0.

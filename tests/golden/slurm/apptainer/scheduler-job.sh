@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2016  # quoted values hold $ and ` literally, on purpose
 # Dask scheduler and its scaler for deployment "boxed", in one SLURM allocation.
 # Rendered by dask-deploy 0.1.0. Submit it from the folder it was rendered into:
 #   sbatch scheduler-job.sh
