@@ -2,4 +2,4 @@
 
 from docker_support import docker_engine, docker_images  # noqa: F401  (session fixtures)
 from process_support import processes  # noqa: F401  (function fixture)
-from slurm_support import slurm  # noqa: F401  (session fixture)
+from slurm_support import other_user, slurm  # noqa: F401  (session fixtures)

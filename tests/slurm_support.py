@@ -18,6 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("DASK_DEPLOY_SLURM_DIR", "/tmp/dask-deploy-slurm"))
+#: A second Unix user for the tests of what one user may see of another's jobs.
+OTHER_USER = "dask-deploy-other"
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,19 @@ def slurm() -> Iterator[Slurm]:
             subprocess.run(
                 [str(REPO / "scripts" / "slurm-down.sh")], capture_output=True, timeout=120
             )
+
+
+@pytest.fixture(scope="session")
+def other_user() -> str:
+    """A second Unix user, created when missing; it may submit to the test SLURM, which keeps
+    no accounting (every user of the machine may run jobs, as on a site without limits)."""
+    if subprocess.run(["id", OTHER_USER], capture_output=True).returncode != 0:
+        created = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER],
+            capture_output=True,
+            text=True,
+        )
+        # Exit status 9: another session created it a moment ago.
+        if created.returncode not in (0, 9):
+            pytest.fail(f"could not create the user {OTHER_USER}: {created.stderr}", pytrace=False)
+    return OTHER_USER

@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from . import steps
 from .backends import Backend, BackendContext, load_backend_factory
+from .backends.batch import ReportsQueueWaits
 from .config import LoopSettings, ScalerConfig
 from .metrics import ScalerMetrics
 from .observe import SchedulerLink, connect, resolve_address
@@ -121,6 +122,7 @@ class Scaler:
         self._unknown_logged: set[str] = set()
         self._last_line = ""
         self._memory: LoopMemory | None = None
+        self._waiting: dict[str, str] = {}
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed.
@@ -149,10 +151,16 @@ class Scaler:
         )
 
     async def _replace_stale(self, observation: Observation, now: float) -> Observation:
-        """Remove instances that stayed unconnected for longer than the startup timeout."""
+        """Remove instances that stayed unconnected for longer than the startup timeout.
+
+        A job waiting in the batch queue (Resources, Priority, ...) is waiting for the batch
+        system, not failing to start: cancelling it would only lose its place, so it is never
+        timed out, its reason is logged, and its clock starts when it leaves the queue.
+        """
         memory = self._memory or LoopMemory(started_at=now)
         timeout = self.settings.startup_timeout
-        self._memory, stale = steps.find_stale(memory, observation, now, timeout)
+        waiting = self._queue_waits(observation)
+        self._memory, stale = steps.find_stale(memory, observation, now, timeout, waiting=waiting)
         if not stale or self.dry_run:
             return observation
         names = sorted(i.name for i in stale)
@@ -164,6 +172,23 @@ class Scaler:
         )
         await self.backend.scale_down(names)
         return steps.without_instances(observation, names)
+
+    def _queue_waits(self, observation: Observation) -> dict[str, str]:
+        """Pending instances that wait in the backend's queue, and why; each new reason logged."""
+        if not isinstance(self.backend, ReportsQueueWaits):
+            return {}
+        pending = {i.name for i in observation.pending}
+        waiting = {n: r for n, r in self.backend.waiting().items() if n in pending}
+        for name, reason in sorted(waiting.items()):
+            if self._waiting.get(name) != reason:
+                logger.info(
+                    "%s waits in the queue: %s (never cancelled for that; startup_timeout "
+                    "counts from its start)",
+                    name,
+                    reason,
+                )
+        self._waiting = waiting
+        return waiting
 
     def _log_unknown(self, observation: Observation) -> None:
         for worker in observation.unknown_workers:

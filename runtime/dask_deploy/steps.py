@@ -91,15 +91,27 @@ def unconnected_since(memory: LoopMemory, instance: Instance) -> float:
 
 
 def find_stale(
-    memory: LoopMemory, observation: Observation, now: float, startup_timeout: float
+    memory: LoopMemory,
+    observation: Observation,
+    now: float,
+    startup_timeout: float,
+    *,
+    waiting: Collection[str] = (),
 ) -> tuple[LoopMemory, tuple[Instance, ...]]:
-    """Note who is connected now; return the pending instances past the startup timeout."""
+    """Note who is connected now; return the pending instances past the startup timeout.
+
+    ``waiting`` names jobs the backend reports waiting in a batch queue: never stale, and their
+    clock restarts while they wait (it counts from when they leave the queue).
+    """
     current = {i.name for i in observation.instances}
     last_connected = {n: t for n, t in memory.last_connected.items() if n in current}
     last_connected.update((name, now) for name in observation.registered_names)
+    last_connected.update((name, now) for name in waiting if name in current)
     memory = replace(memory, last_connected=last_connected)
     stale = tuple(
-        i for i in observation.pending if now - unconnected_since(memory, i) > startup_timeout
+        i
+        for i in observation.pending
+        if i.name not in waiting and now - unconnected_since(memory, i) > startup_timeout
     )
     return memory, stale
 

@@ -64,7 +64,8 @@ class Tally:
             "time outside [minimum, maximum]: "
             f"{sum(f.seconds_outside_bounds for f in self.faults):.1f}s",
             f"most ticks to get back within bounds: {slowest.ticks_to_bounds} "
-            f"(limit {MAX_TICKS_TO_BOUNDS}; {slowest.backend}/{slowest.kind})",
+            f"(limit {MAX_TICKS_TO_BOUNDS}, plus one status interval where the backend polls "
+            f"less often; {slowest.backend}/{slowest.kind})",
             f"worst time to recover: {worst.recovery_seconds:.1f}s ({worst.backend}/{worst.kind})",
         ]
 

@@ -28,6 +28,7 @@ this deployment's jobs (by job name) are ever looked at or cancelled.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -44,7 +45,7 @@ import pytest
 import yaml
 from bounds import BoundsWatch, fixed_policy, scaler_metrics_up, scaler_ticks
 from distributed import Client, Future
-from tally import TALLY, FaultRecord
+from tally import MAX_TICKS_TO_BOUNDS, TALLY, FaultRecord
 
 import process_support
 from process_support import free_port, tail
@@ -61,6 +62,10 @@ INTERVAL = 0.5
 COMMAND_TIMEOUT = 3.0
 PAUSE = (4.0, 6.0)
 TIMEOUT = 90.0
+#: The scaler's squeue runs at most every STATUS_INTERVAL seconds: a job killed from outside is
+#: seen at the next listing, so getting back within bounds may take that many ticks more.
+STATUS_INTERVAL = 2.0
+MAX_TICKS = MAX_TICKS_TO_BOUNDS + math.ceil(STATUS_INTERVAL / INTERVAL)
 #: squeue states of a live job (the tally's "requested, pending or running").
 LIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING"})
 PLAN = (
@@ -139,6 +144,7 @@ class SlurmDeployment:
                 "maximum": MAXIMUM,
                 "interval": INTERVAL,
                 "startup_timeout": 120,
+                "status_interval": STATUS_INTERVAL,
                 "metrics_port": 9090,
                 "cleanup_on_exit": True,
             },
@@ -429,7 +435,7 @@ def test_faults_on_a_real_slurm_converge_and_lose_no_result_of_a_retired_worker(
                 )
                 lost_before, keys_before = Counter(), set()
             over = time.monotonic()
-            ticks = watch.ticks_to_bounds(TIMEOUT, d.logs)
+            ticks = watch.ticks_to_bounds(TIMEOUT, d.logs, limit=MAX_TICKS)
             wait_for(f"recovery from {kind}", converged, d.logs)
             recovered = time.monotonic()
             if restoring is not None:

@@ -266,3 +266,51 @@ async def test_failed_scale_down_calls_are_counted_against_whoever_failed() -> N
     backend.scale_down = removal_times_out  # type: ignore[method-assign]
     assert not (await scaler.tick()).ok
     assert errors() == (1, 1)
+
+
+class QueueBackend(FakeBackend):
+    """A fake batch backend: its pending instances wait in a queue for a reason."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__("d", clock=clock)
+        self.reasons: dict[str, str] = {}
+
+    def waiting(self) -> dict[str, str]:
+        return dict(self.reasons)
+
+
+async def test_a_job_waiting_in_the_queue_is_never_replaced_for_being_slow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scaler, scheduler, _, clock = make(startup_timeout=60)
+    backend = QueueBackend(clock)
+    scaler.backend = backend
+    scheduler.target = 1
+    await scaler.tick()
+    backend.reasons["d-0"] = "Resources"
+    with caplog.at_level(logging.INFO, logger="dask_deploy.scaler"):
+        for _ in range(10):  # ten minutes in the queue
+            clock.now += 60
+            await scaler.tick()
+    assert not [call for call in backend.calls if call[0] == "scale_down"]
+    assert [i.name for i in await backend.instances()] == ["d-0"]
+    assert sum("d-0 waits in the queue: Resources" in r.message for r in caplog.records) == 1
+
+
+async def test_startup_timeout_counts_from_when_a_queued_job_started() -> None:
+    scaler, scheduler, _, clock = make(startup_timeout=60)
+    backend = QueueBackend(clock)
+    scaler.backend = backend
+    scheduler.target = 1
+    await scaler.tick()
+    backend.reasons["d-0"] = "Priority"
+    clock.now += 3600
+    await scaler.tick()
+    del backend.reasons["d-0"]  # it starts running, its worker does not register
+    backend.set_state("d-0", InstanceState.RUNNING)
+    clock.now += 59
+    await scaler.tick()
+    assert ("scale_down", ["d-0"]) not in backend.calls
+    clock.now += 2
+    await scaler.tick()
+    assert ("scale_down", ["d-0"]) in backend.calls

@@ -2,54 +2,64 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dask_deploy import SettingsError
-from dask_deploy.backends import BackendContext, Instance, InstanceState, slurm
-from dask_deploy.backends.slurm import (
+from dask_deploy.backends import BackendContext, Instance, InstanceState, batch, slurm
+from dask_deploy.backends.batch import (
+    BatchBackend,
+    BatchCommandError,
+    BatchJob,
+    BatchSettings,
     Command,
-    SlurmCommandError,
-    SlurmSettings,
+    as_seen_by_the_loop,
+)
+from dask_deploy.backends.slurm import (
     cancel_command,
     job_state,
-    list_command,
     parse_job_id,
     parse_jobs,
+    parse_status,
+    status_command,
     submit_command,
 )
 
 pytestmark = pytest.mark.slurm  # `pytest -m slurm` runs every SLURM test; these need no SLURM
 
-SETTINGS = SlurmSettings("dask", Path("/opt/dask/worker-job.sh"), "dask-worker", ())
+SETTINGS = BatchSettings("dask", Path("/opt/dask/worker-job.sh"), "dask-worker", (), user="alice")
 COMMENT = "dask-deploy/dask"
 
-# One line per state squeue can print (SLURM 22.05, `--states=all --format=%i|%T|%V|%e|%k`,
-# SLURM_TIME_FORMAT=%s): pending jobs have no end yet, ended ones stay listed for MinJobAge.
+# One line per state squeue can print (SLURM 22.05, `--states=all --format=%i|%T|%V|%e|%u|%r|%k`,
+# SLURM_TIME_FORMAT=%s): pending jobs have no end yet, ended ones stay listed for MinJobAge;
+# the reason is "None" for jobs that do not wait.
 SQUEUE_EVERY_STATE = """\
-101|PENDING|1795869283|N/A|dask-deploy/dask
-102|CONFIGURING|1795869283|1795872883|dask-deploy/dask
-103|RUNNING|1795869283|1795872883|dask-deploy/dask
-104|COMPLETING|1795869283|1795869290|dask-deploy/dask
-105|COMPLETED|1795869283|1795869287|dask-deploy/dask
-106|CANCELLED|1795869283|1795869288|dask-deploy/dask
-107|FAILED|1795869283|1795869284|dask-deploy/dask
-108|TIMEOUT|1795869283|1795872883|dask-deploy/dask
-109|NODE_FAIL|1795869283|1795869300|dask-deploy/dask
-110|OUT_OF_MEMORY|1795869283|1795869300|dask-deploy/dask
-111|PREEMPTED|1795869283|1795869300|dask-deploy/dask
-112|BOOT_FAIL|1795869283|1795869300|dask-deploy/dask
-113|DEADLINE|1795869283|1795869300|dask-deploy/dask
-114|SUSPENDED|1795869283|1795872883|dask-deploy/dask
-115|REQUEUED|1795869283|Unknown|dask-deploy/dask
-116|REQUEUE_HOLD|1795869283|Unknown|dask-deploy/dask
-117|SIGNALING|1795869283|1795872883|dask-deploy/dask
-118|STAGE_OUT|1795869283|1795872883|dask-deploy/dask
-119|SPECIAL_EXIT|1795869283|1795869300|dask-deploy/dask
-120|RESIZING|1795869283|1795872883|dask-deploy/dask
-121|STOPPED|1795869283|1795872883|dask-deploy/dask
-122|REVOKED|1795869283|1795869300|dask-deploy/dask
+101|PENDING|1795869283|N/A|alice|Resources|dask-deploy/dask
+102|CONFIGURING|1795869283|1795872883|alice|None|dask-deploy/dask
+103|RUNNING|1795869283|1795872883|alice|None|dask-deploy/dask
+104|COMPLETING|1795869283|1795869290|alice|None|dask-deploy/dask
+105|COMPLETED|1795869283|1795869287|alice|None|dask-deploy/dask
+106|CANCELLED|1795869283|1795869288|alice|None|dask-deploy/dask
+107|FAILED|1795869283|1795869284|alice|None|dask-deploy/dask
+108|TIMEOUT|1795869283|1795872883|alice|None|dask-deploy/dask
+109|NODE_FAIL|1795869283|1795869300|alice|None|dask-deploy/dask
+110|OUT_OF_MEMORY|1795869283|1795869300|alice|None|dask-deploy/dask
+111|PREEMPTED|1795869283|1795869300|alice|None|dask-deploy/dask
+112|BOOT_FAIL|1795869283|1795869300|alice|None|dask-deploy/dask
+113|DEADLINE|1795869283|1795869300|alice|None|dask-deploy/dask
+114|SUSPENDED|1795869283|1795872883|alice|None|dask-deploy/dask
+115|REQUEUED|1795869283|Unknown|alice|BeginTime|dask-deploy/dask
+116|REQUEUE_HOLD|1795869283|Unknown|alice|JobHeldAdmin|dask-deploy/dask
+117|SIGNALING|1795869283|1795872883|alice|None|dask-deploy/dask
+118|STAGE_OUT|1795869283|1795872883|alice|None|dask-deploy/dask
+119|SPECIAL_EXIT|1795869283|1795869300|alice|None|dask-deploy/dask
+120|RESIZING|1795869283|1795872883|alice|None|dask-deploy/dask
+121|STOPPED|1795869283|1795872883|alice|None|dask-deploy/dask
+122|REVOKED|1795869283|1795869300|alice|None|dask-deploy/dask
 """
 
 EXPECTED_STATES = {
@@ -79,17 +89,17 @@ EXPECTED_STATES = {
 
 
 def test_every_squeue_state_maps_to_pending_running_or_exited() -> None:
-    jobs = parse_jobs(SQUEUE_EVERY_STATE, COMMENT)
+    jobs = parse_status(SQUEUE_EVERY_STATE, SETTINGS)
     assert {job.instance.name: job.instance.state for job in jobs} == EXPECTED_STATES
 
 
 def test_requested_at_is_the_submit_time() -> None:
-    jobs = parse_jobs(SQUEUE_EVERY_STATE, COMMENT)
+    jobs = parse_status(SQUEUE_EVERY_STATE, SETTINGS)
     assert {job.instance.requested_at for job in jobs} == {1795869283.0}
 
 
 def test_running_jobs_report_their_expected_end_and_pending_ones_none() -> None:
-    ends = {job.instance.name: job.ends_at for job in parse_jobs(SQUEUE_EVERY_STATE, COMMENT)}
+    ends = {job.instance.name: job.ends_at for job in parse_status(SQUEUE_EVERY_STATE, SETTINGS)}
     assert ends["103"] == 1795872883.0
     assert ends["101"] is None
     assert ends["102"] is None  # CONFIGURING has not started the script yet
@@ -98,17 +108,33 @@ def test_running_jobs_report_their_expected_end_and_pending_ones_none() -> None:
 
 def test_jobs_of_other_deployments_are_ignored() -> None:
     output = (
-        "1|RUNNING|1795869283|1795872883|dask-deploy/dask\n"
-        "2|RUNNING|1795869283|1795872883|dask-deploy/other\n"
-        "3|RUNNING|1795869283|1795872883|(null)\n"
-        "4|RUNNING|1795869283|1795872883|dask-deploy/dask|with a pipe\n"
+        "1|RUNNING|1795869283|1795872883|alice|None|dask-deploy/dask\n"
+        "2|RUNNING|1795869283|1795872883|alice|None|dask-deploy/other\n"
+        "3|RUNNING|1795869283|1795872883|alice|None|(null)\n"
+        "4|RUNNING|1795869283|1795872883|alice|None|dask-deploy/dask|with a pipe\n"
     )
-    assert [job.instance.name for job in parse_jobs(output, COMMENT)] == ["1"]
+    assert [job.instance.name for job in parse_jobs(output, COMMENT, "alice")] == ["1"]
+
+
+def test_jobs_of_another_user_with_the_same_deployment_name_are_ignored() -> None:
+    output = (
+        "1|RUNNING|1795869283|1795872883|alice|None|dask-deploy/dask\n"
+        "2|RUNNING|1795869283|1795872883|bob|None|dask-deploy/dask\n"
+    )
+    assert [job.instance.name for job in parse_status(output, SETTINGS)] == ["1"]
+
+
+def test_a_pending_job_carries_the_reason_it_waits_and_others_none() -> None:
+    reasons = {job.instance.name: job.reason for job in parse_status(SQUEUE_EVERY_STATE, SETTINGS)}
+    assert reasons["101"] == "Resources"
+    assert reasons["116"] == "JobHeldAdmin"
+    assert reasons["103"] is None
+    assert reasons["105"] is None
 
 
 def test_empty_squeue_output_is_no_jobs() -> None:
-    assert parse_jobs("", COMMENT) == []
-    assert parse_jobs("\n", COMMENT) == []
+    assert parse_status("", SETTINGS) == []
+    assert parse_status("\n", SETTINGS) == []
 
 
 def test_a_state_slurm_adds_later_holds_its_job() -> None:
@@ -121,7 +147,7 @@ def test_sbatch_parsable_output_gives_the_job_id() -> None:
 
 
 def test_sbatch_output_without_a_job_id_is_an_error() -> None:
-    with pytest.raises(SlurmCommandError, match="expected a job id"):
+    with pytest.raises(BatchCommandError, match="expected a job id"):
         parse_job_id("sbatch: error: Batch job submission failed\n")
 
 
@@ -137,21 +163,29 @@ def test_submit_names_the_job_and_marks_it_with_the_deployment() -> None:
 
 
 def test_submit_args_come_before_the_script() -> None:
-    settings = SlurmSettings("dask", Path("w.sh"), "dask-worker", ("--qos=high",))
+    settings = BatchSettings("dask", Path("w.sh"), "dask-worker", ("--qos=high",))
     assert submit_command(settings).argv[-2:] == ("--qos=high", "w.sh")
 
 
-def test_list_filters_by_job_name_includes_ended_jobs_and_asks_for_unix_times() -> None:
-    command = list_command(SETTINGS)
+def test_list_filters_by_user_and_job_name_includes_ended_jobs_and_asks_for_unix_times() -> None:
+    command = status_command(SETTINGS)
+    assert "--user=alice" in command.argv
     assert "--name=dask-worker" in command.argv
     assert "--states=all" in command.argv
     assert "--noheader" in command.argv
     assert command.env == {"SLURM_TIME_FORMAT": "%s"}
 
 
-def test_cancel_names_exactly_the_job_ids_and_the_job_name() -> None:
+def test_cancel_names_exactly_the_job_ids_the_user_and_the_job_name() -> None:
     command = cancel_command(SETTINGS, {"12", "10"})
-    assert command.argv == ("scancel", "--quiet", "--name=dask-worker", "10", "12")
+    assert command.argv == (
+        "scancel",
+        "--quiet",
+        "--user=alice",
+        "--name=dask-worker",
+        "10",
+        "12",
+    )
 
 
 def test_options_default_the_job_name_from_the_deployment(tmp_path: Path) -> None:
@@ -162,6 +196,8 @@ def test_options_default_the_job_name_from_the_deployment(tmp_path: Path) -> Non
     assert settings.job_name == "dask-worker"
     assert settings.comment == "dask-deploy/dask"
     assert settings.command_timeout == slurm.DEFAULT_COMMAND_TIMEOUT == 30
+    assert settings.status_interval == batch.DEFAULT_STATUS_INTERVAL == 10
+    assert settings.user == pwd.getpwuid(os.geteuid()).pw_name
 
 
 def test_options_take_a_command_timeout(tmp_path: Path) -> None:
@@ -176,24 +212,21 @@ async def test_a_command_that_hangs_is_killed_at_the_timeout(tmp_path: Path) -> 
     # Like an squeue waiting on a stopped slurmctld: it must not hold the tick longer.
     pid_file = tmp_path / "pid"
     hang = Command(("sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"), {})
-    with pytest.raises(SlurmCommandError, match=r"within 0\.5s .*command_timeout"):
-        await slurm._run(hang, timeout=0.5)
+    with pytest.raises(BatchCommandError, match=r"within 0\.5s .*command_timeout"):
+        await batch.run_command(hang, timeout=0.5)
     assert not Path(f"/proc/{pid_file.read_text().strip()}").exists()
 
 
 async def test_a_failing_command_raises_with_its_stderr() -> None:
     failing = Command(("sh", "-c", "echo 'Unable to contact slurm controller' >&2; exit 1"), {})
-    with pytest.raises(SlurmCommandError, match="exited 1: Unable to contact slurm controller"):
-        await slurm._run(failing, timeout=5)
+    with pytest.raises(BatchCommandError, match="exited 1: Unable to contact slurm controller"):
+        await batch.run_command(failing, timeout=5)
 
 
-async def test_every_command_runs_with_the_configured_timeout(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    fake = FakeSlurm("2|RUNNING|1795869283|1795872883|dask-deploy/dask\n")
-    monkeypatch.setattr(slurm, "_run", fake.run)
-    settings = SlurmSettings("dask", Path("w.sh"), "dask-worker", (), command_timeout=7.0)
-    backend = slurm.SlurmBackend(settings, clock=lambda: NOW)
+async def test_every_command_runs_with_the_configured_timeout() -> None:
+    fake = FakeSlurm("2|RUNNING|1795869283|1795872883|alice|None|dask-deploy/dask\n")
+    settings = replace(SETTINGS, command_timeout=7.0, status_interval=0)
+    backend = fake.backend(settings)
     await backend.scale_up(2)
     await backend.scale_down(["2"])
     assert [argv[0] for argv in fake.commands] == ["squeue", "sbatch", "squeue", "scancel"]
@@ -212,6 +245,8 @@ async def test_every_command_runs_with_the_configured_timeout(
         ({"worker_script": "SCRIPT", "command_timeout": -5}, "backend.options.command_timeout"),
         ({"worker_script": "SCRIPT", "command_timeout": "9"}, "backend.options.command_timeout"),
         ({"worker_script": "SCRIPT", "command_timeout": True}, "backend.options.command_timeout"),
+        ({"worker_script": "SCRIPT", "status_interval": -1}, "backend.options.status_interval"),
+        ({"worker_script": "SCRIPT", "status_interval": "9"}, "backend.options.status_interval"),
     ],
 )
 def test_bad_options_name_the_key(tmp_path: Path, options: dict[str, object], key: str) -> None:
@@ -237,6 +272,7 @@ class FakeSlurm:
         self.commands: list[tuple[str, ...]] = []
         self.timeouts: set[float] = set()
         self.next_id = 500
+        self.now = NOW
 
     async def run(self, command: Command, timeout: float) -> str:
         self.commands.append(command.argv)
@@ -248,40 +284,44 @@ class FakeSlurm:
             return f"{self.next_id}\n"
         return ""
 
+    def backend(self, settings: BatchSettings = SETTINGS) -> BatchBackend:
+        return BatchBackend(slurm, settings, clock=lambda: self.now, runner=self.run)
+
+    def count(self, program: str) -> int:
+        return sum(1 for argv in self.commands if argv[0] == program)
+
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSlurm:
-    fake = FakeSlurm(
-        "1|PENDING|1795869283|N/A|dask-deploy/dask\n"
-        "2|RUNNING|1795869283|1795872883|dask-deploy/dask\n"
-        "3|CANCELLED|1795869283|1795869290|dask-deploy/dask\n"
+def fake() -> FakeSlurm:
+    return FakeSlurm(
+        "1|PENDING|1795869283|N/A|alice|Priority|dask-deploy/dask\n"
+        "2|RUNNING|1795869283|1795872883|alice|None|dask-deploy/dask\n"
+        "3|CANCELLED|1795869283|1795869290|alice|None|dask-deploy/dask\n"
     )
-    monkeypatch.setattr(slurm, "_run", fake.run)
-    return fake
 
 
 async def test_scale_up_counts_pending_jobs_as_requested(fake: FakeSlurm) -> None:
-    await slurm.SlurmBackend(SETTINGS, clock=lambda: NOW).scale_up(4)
+    await fake.backend().scale_up(4)
     assert [argv[0] for argv in fake.commands] == ["squeue", "sbatch", "sbatch"]
 
 
 async def test_scale_up_never_lowers_the_count(fake: FakeSlurm) -> None:
-    await slurm.SlurmBackend(SETTINGS, clock=lambda: NOW).scale_up(1)
+    await fake.backend().scale_up(1)
     assert [argv[0] for argv in fake.commands] == ["squeue"]
 
 
 async def test_scale_down_cancels_only_live_jobs_it_was_named(fake: FakeSlurm) -> None:
-    await slurm.SlurmBackend(SETTINGS, clock=lambda: NOW).scale_down(["1", "3", "999"])
-    assert fake.commands[-1] == ("scancel", "--quiet", "--name=dask-worker", "1")
+    await fake.backend().scale_down(["1", "3", "999"])
+    assert fake.commands[-1] == ("scancel", "--quiet", "--user=alice", "--name=dask-worker", "1")
 
 
 async def test_scale_down_of_unknown_names_runs_no_scancel(fake: FakeSlurm) -> None:
-    await slurm.SlurmBackend(SETTINGS, clock=lambda: NOW).scale_down(["999"])
+    await fake.backend().scale_down(["999"])
     assert [argv[0] for argv in fake.commands] == ["squeue"]
 
 
 async def test_instances_are_this_deployments_jobs(fake: FakeSlurm) -> None:
-    instances = await slurm.SlurmBackend(SETTINGS, clock=lambda: NOW).instances()
+    instances = await fake.backend().instances()
     assert instances == [
         Instance("1", InstanceState.PENDING, 1795869283.0),
         Instance("2", InstanceState.RUNNING, 1795869283.0),
@@ -289,38 +329,76 @@ async def test_instances_are_this_deployments_jobs(fake: FakeSlurm) -> None:
     ]
 
 
-def running_job(ends_at: float | None) -> slurm.SlurmJob:
-    return slurm.SlurmJob(Instance("7", InstanceState.RUNNING, NOW - 3000), ends_at)
+async def test_squeue_runs_at_most_once_per_status_interval(fake: FakeSlurm) -> None:
+    # A minute of one-second ticks, scaling up and down in between: six listings, not sixty.
+    backend = fake.backend(replace(SETTINGS, status_interval=10))
+    for second in range(60):
+        fake.now = NOW + second
+        await backend.instances()
+        if second == 15:
+            await backend.scale_up(3)
+        if second == 35:
+            await backend.scale_down(["2"])
+    assert fake.count("squeue") == 6
+    assert (fake.count("sbatch"), fake.count("scancel")) == (1, 1)
+
+
+async def test_between_listings_own_submits_are_pending_and_own_cancels_exited(
+    fake: FakeSlurm,
+) -> None:
+    backend = fake.backend(replace(SETTINGS, status_interval=10))
+    await backend.scale_up(3)  # lists, then submits job 501
+    fake.now += 1
+    await backend.scale_down(["2"])
+    fake.now += 1
+    states = {i.name: i.state for i in await backend.instances()}
+    assert states == {
+        "1": InstanceState.PENDING,
+        "2": InstanceState.EXITED,
+        "3": InstanceState.EXITED,
+        "501": InstanceState.PENDING,
+    }
+    assert fake.count("squeue") == 1
+    await backend.scale_up(3)  # two requested now, 1 and 501: one more job
+    assert fake.count("sbatch") == 2
+
+
+async def test_a_listing_older_than_the_interval_is_renewed(fake: FakeSlurm) -> None:
+    backend = fake.backend(replace(SETTINGS, status_interval=10))
+    await backend.instances()
+    fake.squeue = "2|COMPLETED|1795869283|1795869999|alice|None|dask-deploy/dask\n"
+    fake.now += 9.9
+    assert [i.state for i in await backend.instances()][1] is InstanceState.RUNNING
+    fake.now += 0.1
+    assert [i.state for i in await backend.instances()] == [InstanceState.EXITED]
+
+
+def running_job(ends_at: float | None) -> BatchJob:
+    return BatchJob(Instance("7", InstanceState.RUNNING, NOW - 3000), ends_at)
 
 
 def test_a_job_near_its_walltime_is_reported_gone_so_its_replacement_starts_now() -> None:
-    seen = slurm.as_seen_by_the_loop(running_job(NOW + 100), NOW, replace_before_end=120)
+    seen = as_seen_by_the_loop(running_job(NOW + 100), NOW, replace_before_end=120)
     assert seen == Instance("7", InstanceState.EXITED, NOW - 3000)
 
 
 def test_a_job_with_walltime_left_beyond_the_lead_is_running() -> None:
-    seen = slurm.as_seen_by_the_loop(running_job(NOW + 121), NOW, replace_before_end=120)
+    seen = as_seen_by_the_loop(running_job(NOW + 121), NOW, replace_before_end=120)
     assert seen.state is InstanceState.RUNNING
 
 
 def test_a_pending_job_is_never_leaving() -> None:
-    job = slurm.SlurmJob(Instance("8", InstanceState.PENDING, NOW), None)
-    assert slurm.as_seen_by_the_loop(job, NOW, replace_before_end=10**6).state is (
-        InstanceState.PENDING
-    )
+    job = BatchJob(Instance("8", InstanceState.PENDING, NOW), None)
+    assert as_seen_by_the_loop(job, NOW, replace_before_end=10**6).state is (InstanceState.PENDING)
 
 
-async def test_scale_up_replaces_a_job_near_its_walltime_and_scale_down_still_cancels_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    fake = FakeSlurm(f"7|RUNNING|{NOW - 3000:.0f}|{NOW + 60:.0f}|dask-deploy/dask\n")
-    monkeypatch.setattr(slurm, "_run", fake.run)
-    settings = SlurmSettings("dask", Path("w.sh"), "dask-worker", (), replace_before_end=120)
-    backend = slurm.SlurmBackend(settings, clock=lambda: NOW)
+async def test_scale_up_replaces_a_job_near_its_walltime_and_scale_down_still_cancels_it() -> None:
+    fake = FakeSlurm(f"7|RUNNING|{NOW - 3000:.0f}|{NOW + 60:.0f}|alice|None|dask-deploy/dask\n")
+    backend = fake.backend(replace(SETTINGS, replace_before_end=120))
     await backend.scale_up(1)
     assert [argv[0] for argv in fake.commands] == ["squeue", "sbatch"]
     await backend.scale_down(["7"])
-    assert fake.commands[-1] == ("scancel", "--quiet", "--name=dask-worker", "7")
+    assert fake.commands[-1] == ("scancel", "--quiet", "--user=alice", "--name=dask-worker", "7")
 
 
 def test_replace_before_end_must_be_seconds(tmp_path: Path) -> None:
@@ -330,3 +408,9 @@ def test_replace_before_end_must_be_seconds(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as error:
         slurm.load_settings(BackendContext("dask", "tcp://127.0.0.1:8786", options))
     assert error.value.key == "backend.options.replace_before_end"
+
+
+async def test_waiting_names_every_pending_job_with_the_reason_it_waits(fake: FakeSlurm) -> None:
+    backend = fake.backend()
+    await backend.scale_up(3)  # lists (1 pending for Priority), then submits 501
+    assert backend.waiting() == {"1": "Priority", "501": "queued"}
