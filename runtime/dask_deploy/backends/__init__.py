@@ -27,6 +27,7 @@ BUILTIN = {
     "kubernetes": "dask_deploy.backends.kubernetes:create",
     "local": "dask_deploy.backends.local:create",
     "marathon": "dask_deploy.backends.marathon:create",
+    "htcondor": "dask_deploy.backends.htcondor:create",
     "slurm": "dask_deploy.backends.slurm:create",
 }
 
