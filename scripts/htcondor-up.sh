@@ -40,6 +40,15 @@ fail() {
 "$here/ensure-apt.sh" debootstrap
 mkdir -p "$state/share"
 chmod 1777 "$state/share"
+healthy() {
+  [ "$(docker inspect -f '{{.State.Running}}' "$container" 2>/dev/null)" = "true" ] &&
+    docker exec "$container" condor_status -af Name 2>/dev/null | grep -q slot
+}
+# A healthy pool needs nothing: answer without queueing behind other Docker work for the lock.
+if docker image inspect "$image" >/dev/null 2>&1 && healthy; then
+  log "already up ($container)"
+  exit 0
+fi
 exec 9>"${DASK_DEPLOY_DOCKER_LOCK:-/tmp/dd-docker.lock}"
 flock 9
 
@@ -81,10 +90,6 @@ build_image() {
   log "image $image built in $((SECONDS - started)) s"
 }
 
-healthy() {
-  [ "$(docker inspect -f '{{.State.Running}}' "$container" 2>/dev/null)" = "true" ] &&
-    docker exec "$container" condor_status -af Name 2>/dev/null | grep -q slot
-}
 
 started=$SECONDS
 docker image inspect "$image" >/dev/null 2>&1 || build_image
