@@ -15,6 +15,7 @@ import pytest
 from hypothesis import settings
 
 from docker_support import docker_engine, docker_images  # noqa: F401  (session fixtures)
+from htcondor_support import htcondor  # noqa: F401  (session fixture)
 from process_support import processes  # noqa: F401  (function fixture)
 from sge_support import sge  # noqa: F401  (session fixture)
 from slurm_support import other_user, slurm  # noqa: F401  (session fixtures)
@@ -36,6 +37,9 @@ XDIST_GROUPS: dict[str, str] = {
     "checkov": "checkov",
     # One Grid Engine (scripts/sge-up.sh).
     "sge": "sge",
+    # The HTCondor pool runs in a container of that same engine (scripts/htcondor-up.sh), so it
+    # shares the docker group: the worker that started dockerd stops it after its last test.
+    "htcondor": "docker",
     # One set of sshd on 127.0.0.2-4 (scripts/sshd-up.sh), stopped by the worker that started it.
     "ssh": "ssh",
     # No group for "faults": a fault test owns its scheduler, ports and state folder, and its
@@ -60,6 +64,7 @@ FIXTURE_GROUPS: dict[str, str] = {
     "docker_images": "docker",
     "sge": "sge",
     "sshd": "ssh",
+    "htcondor": "docker",
 }
 
 

@@ -129,6 +129,16 @@ def batch_check(backend: str) -> Callable[[Files], None]:
     return check
 
 
+def check_htcondor(files: Files) -> None:
+    """The shell scripts pass ``bash -n``; the submit description names its executable and
+    queues one job; the scaler config loads."""
+    _bash_n(files)
+    submit = files["worker.sub"]
+    assert re.search(r"^executable\s*=", submit, re.M), submit
+    assert re.search(r"^queue 1$", submit, re.M), submit
+    _scaler_config(files["scaler-config.yaml"], "htcondor")
+
+
 def check_docker(files: Files) -> None:
     """compose.yaml parses with the two host-network services; embedded config = file."""
     compose: dict[str, Any] = yaml.safe_load(files["compose.yaml"])
@@ -194,6 +204,7 @@ def shellcheck(files: Files, shellcheck_path: Path) -> None:
 CHECKS: dict[str, Callable[[Files], None]] = {
     "command": check_command,
     "docker": check_docker,
+    "htcondor": check_htcondor,
     "kubernetes": check_kubernetes,
     "lsf": batch_check("lsf"),
     "marathon": check_marathon,

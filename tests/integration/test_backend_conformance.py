@@ -168,6 +168,27 @@ async def command(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
         yield subject
 
 
+@contextlib.asynccontextmanager
+async def htcondor(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    pool = request.getfixturevalue("htcondor")  # the project's pool, shims on PATH
+    folder = pool.share / f"conformance-{uuid.uuid4().hex[:6]}"
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)  # the pool's submitting user writes the job logs here
+    (folder / "sleeper.sh").write_text("#!/bin/sh\nexec sleep 300\n")
+    (folder / "sleeper.sh").chmod(0o755)
+    submit = folder / "worker.sub"
+    submit.write_text(
+        f"executable = {folder}/sleeper.sh\nrequest_cpus = 1\nrequest_memory = 64\n"
+        f"request_disk = 1024\nlog = {folder}/events\nqueue 1\n"
+    )
+    options = {"worker_script": str(submit), "status_interval": 0.5}
+    try:
+        async with subject_of("htcondor", options) as subject:
+            yield subject
+    finally:
+        subprocess.run(["rm", "-rf", str(folder)], check=False)
+
+
 SUBJECTS = [
     pytest.param(fake, id="fake"),
     pytest.param(local, id="local", marks=pytest.mark.integration),
@@ -176,6 +197,7 @@ SUBJECTS = [
     pytest.param(slurm, id="slurm", marks=pytest.mark.slurm),
     pytest.param(ssh, id="ssh", marks=pytest.mark.ssh),
     pytest.param(command, id="command", marks=pytest.mark.command),
+    pytest.param(htcondor, id="htcondor", marks=pytest.mark.htcondor),
 ]
 
 

@@ -25,6 +25,7 @@ BUILTIN = {
     "command": "dask_deploy.backends.command:create",
     "docker": "dask_deploy.backends.docker:create",
     "fake": "dask_deploy.backends.fake:create",
+    "htcondor": "dask_deploy.backends.htcondor:create",
     "kubernetes": "dask_deploy.backends.kubernetes:create",
     "local": "dask_deploy.backends.local:create",
     "lsf": "dask_deploy.backends.lsf:create",

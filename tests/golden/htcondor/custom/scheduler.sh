@@ -1,0 +1,67 @@
+#!/bin/bash
+# Dask scheduler and its scaler for deployment "physics", on the submit host.
+# Rendered by dask-deploy 0.1.0. Run it from the folder it was rendered into, which the
+# execute nodes must see (they read the scheduler file there), and keep it running:
+#   nohup ./scheduler.sh > physics-scheduler.log 2>&1 &
+# Clients connect with Client(scheduler_file="scheduler.json"); the scaler
+# submits worker.sub as the load asks and removes exactly the workers the scheduler retired.
+# It runs here, not in a job, because condor_submit/condor_q/condor_rm need the schedd of a
+# submit host, which an execute slot usually cannot reach.
+set -euo pipefail
+
+# The Python environment every process runs from.
+export VIRTUAL_ENV=/shared/envs/dask
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+export DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False
+cd "$(dirname "$0")"
+scheduler_file=scheduler.json
+# A file left by an earlier run would send workers and clients to a scheduler that is gone.
+rm -f "$scheduler_file"
+
+python3.11 -m dask scheduler \
+  --port 8786 \
+  --preload dask_deploy.scheduler_preload \
+  --no-dashboard \
+  --idle-timeout 3600 \
+  --scheduler-file "$scheduler_file" &
+scheduler=$!
+
+# The scaler reads the scheduler's address from the file, so it starts once the file is there.
+for _ in $(seq 1 120); do
+  [ -s "$scheduler_file" ] && break
+  kill -0 "$scheduler" 2>/dev/null || { echo "the scheduler exited before it wrote $scheduler_file" >&2; exit 1; }
+  sleep 1
+done
+[ -s "$scheduler_file" ] || { echo "no $scheduler_file after 120 s" >&2; kill "$scheduler"; exit 1; }
+
+start_scaler() {
+  python3.11 -m dask_deploy.cli scale --config scaler-config.yaml &
+  scaler=$!
+}
+start_scaler
+
+# SIGTERM or Ctrl-C: stop the scaler first so that it removes the worker jobs (cleanup_on_exit),
+# then the scheduler.
+stop() {
+  trap - TERM INT
+  kill -TERM "$scaler" 2>/dev/null || true
+  wait "$scaler" || true
+  kill -TERM "$scheduler" 2>/dev/null || true
+  wait "$scheduler" || true
+}
+trap 'stop; exit 143' TERM INT
+
+# The scheduler's end is the deployment's end. A scaler that dies is started again, as Marathon
+# or Kubernetes would: it is level-triggered and takes over the worker jobs it finds. The pause
+# keeps a scaler that cannot start (a broken configuration) from spinning.
+while true; do
+  status=0
+  wait -n || status=$?
+  kill -0 "$scheduler" 2>/dev/null || break
+  echo "the scaler exited with status $status; starting it again in 5 s" >&2
+  sleep 5 &
+  wait "$!" || true
+  start_scaler
+done
+stop
+exit "$status"

@@ -1,0 +1,13 @@
+#!/bin/bash
+# One Dask worker of deployment "dask", the executable of worker.sub.
+# Rendered by dask-deploy 0.1.0. Its argument is the job id $(ClusterId).$(ProcId),
+# which names the worker, so the scaler removes exactly the job the scheduler retired.
+# It exits when the scheduler is unreachable for 60 s.
+set -euo pipefail
+
+exec python3 -m dask worker \
+  --name "$1" \
+  --nthreads 2 \
+  --memory-limit 4096MiB \
+  --death-timeout 60s \
+  --scheduler-file scheduler.json
