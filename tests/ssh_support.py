@@ -62,8 +62,11 @@ def sshd() -> Iterator[SshServers]:
     said = _script("sshd-up.sh", *SSH_HOSTS)
     were_up = [host for host in SSH_HOSTS if f"{host}:{SSH_PORT} already up" in said]
     yield SshServers(SSH_HOSTS, SSH_PORT, SSH_DIR / "id_ed25519", SSH_DIR / "known_hosts")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Under xdist another worker's session may still be using them (its own instance of
+        # this fixture found them "already up"): they are left running, like the machine's
+        # other services; the run's end stops them.
+        return
     started = [host for host in SSH_HOSTS if host not in were_up]
     if started:
         _script("sshd-down.sh", *started)
-    if were_up:
-        _script("sshd-up.sh", *were_up)  # one a test stopped is up again, as it was found

@@ -28,7 +28,7 @@ from typing import Any, Protocol, cast
 
 from .config import PolicyConfig, ScalerConfig, parse_config
 from .options import POLICY_OPTIONS, validate_plugin_options
-from .policy import Decision, Policy, PolicySettings, describe, load_policy_factory
+from .policy import Decision, Hold, Policy, PolicySettings, describe, load_policy_factory
 from .scaler import Scaler, TickResult, build_scaler
 from .steps import Bounds
 
@@ -159,10 +159,7 @@ class ChannelScaler(Scaler):
         return scaler
 
     async def _apply_request(self) -> None:
-        try:
-            request = await self.metadata.get_metadata(request_key(self.deployment))
-        except Exception:
-            return  # the scheduler is unreachable: the tick itself holds and says so
+        request = await self.metadata.get_metadata(request_key(self.deployment))
         if not isinstance(request, Mapping) or request.get("id") == self.applied_request:
             return
         request_id = str(request.get("id"))
@@ -218,7 +215,17 @@ class ChannelScaler(Scaler):
         }
 
     async def tick(self) -> TickResult:
-        await self._apply_request()
+        try:
+            await self._apply_request()
+        except Exception as error:
+            # The scheduler is unreachable. Hold now: asking it again to observe would wait out
+            # a second connect timeout, and the outage would show that much later.
+            hold = Hold(f"scheduler unreachable, not scaling: {error!r}")
+            self.metrics.scheduler_errors.inc()
+            self.metrics.decisions.labels(kind=hold.kind).inc()
+            self._log_decision(hold)
+            self._remember(hold)
+            return TickResult(hold, None, ok=False)
         result = await super().tick()
         self._remember(result.decision)
         try:

@@ -124,3 +124,23 @@ def test_validate_request_gives_the_scaler_yaml_line() -> None:
     assert str(error.value).startswith("policy.options.growth_factor: got 0.5")
     with pytest.raises(SettingsError, match=r"policy\.name: got 'adaptiv'"):
         validate_request({"name": "adaptiv"})
+
+
+async def test_an_unreachable_scheduler_holds_at_once_without_a_second_wait() -> None:
+    scaler, scheduler, backend = make()
+    observed: list[float | None] = []
+
+    async def unreachable(keys: list[str]) -> Any:
+        raise OSError("connection refused")
+
+    async def observe(target_duration: float | None) -> SchedulerState:
+        observed.append(target_duration)
+        raise OSError("connection refused")
+
+    scheduler.get_metadata = unreachable  # type: ignore[method-assign]
+    scheduler.observe = observe  # type: ignore[method-assign]
+    result = await scaler.tick()
+    assert not result.ok and "scheduler unreachable" in result.decision.reason
+    assert observed == []  # one connect timeout per tick, not two
+    assert scaler.metrics.scheduler_errors._value.get() == 1
+    assert await backend.instances() == []
