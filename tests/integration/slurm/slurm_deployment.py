@@ -135,24 +135,19 @@ def submitted(
         print(slurm.log_tails())
 
 
-def usable_cpus() -> int:
-    """CPUs the cluster can give jobs, busy or not (``sinfo %C``: allocated/idle/other/total;
-    "other" are down or drained)."""
+def idle_cpus() -> int:
+    """CPUs no job holds right now (``sinfo %C`` prints allocated/idle/other/total)."""
     counts = subprocess.run(
         ["sinfo", "--noheader", "--format=%C"], capture_output=True, text=True, check=True
     ).stdout.split("/")
-    return int(counts[3]) - int(counts[2])
+    return int(counts[1])
 
 
 @contextmanager
 def cluster_full_but(free: int, folder: Path) -> Iterator[str]:
-    """Hold every CPU but ``free`` with one long job (cancelled at the end): later jobs wait in
-    the queue for ``Resources`` as on a busy cluster. Yields the blocker's job id once it runs.
-
-    Counted from the cluster's size, not from what is idle now: jobs of an earlier test that
-    are still ending would otherwise leave their CPUs free for this test's jobs once they end.
-    """
-    taken = usable_cpus() - free
+    """Hold every idle CPU but ``free`` with one long job (cancelled at the end): later jobs
+    wait in the queue for ``Resources`` as on a busy cluster. Yields the blocker's job id."""
+    taken = idle_cpus() - free
     assert taken > 0, f"only {taken + free} CPUs idle, wanted to keep {free} free"
     blocker = subprocess.run(
         [
