@@ -19,7 +19,10 @@ REGISTRY_PORT ?= 5000
 # The whole suite mostly waits (for SLURM, Docker, schedulers, workers), so more workers than
 # cores pay; the unit, render and fuzz tiers compute, so one worker per core. Tests that share
 # a SLURM or a Docker engine keep to one worker (xdist groups by marker, tests/conftest.py).
-TEST_WORKERS ?= 4
+# 0 runs the whole suite in one process, one test after another: on 4 workers the tiers that
+# share a real SLURM, Docker engine or sshd still fail a few tests a run (see the README), so
+# the parallel run is opt-in (`make test TEST_WORKERS=4`) until they are stable beside each other.
+TEST_WORKERS ?= 0
 FAST_WORKERS ?= auto
 XDIST := --dist loadgroup
 
