@@ -18,15 +18,15 @@ TAG ?=
 REGISTRY_PORT ?= 5000
 # The whole suite mostly waits (for SLURM, Docker, schedulers, workers), so more workers than
 # cores pay; the unit, render and fuzz tiers compute, so one worker per core. Tests that share
-# a SLURM or a Docker engine keep to one worker (xdist groups by marker, tests/conftest.py).
-# 0 runs the whole suite in one process, one test after another: on 4 workers the tiers that
-# share a real SLURM, Docker engine or sshd still fail a few tests a run (see the README), so
-# the parallel run is opt-in (`make test TEST_WORKERS=4`) until they are stable beside each other.
-TEST_WORKERS ?= 0
+# a SLURM, the project's images, the HTCondor pool, the sshd servers or Grid Engine keep to one
+# worker per group (xdist groups by marker, tests/conftest.py); the services a run started are
+# stopped once the whole run ended (tests/service_support.py). TEST_WORKERS=0 runs the suite in
+# one process, one test after another.
+TEST_WORKERS ?= 4
 FAST_WORKERS ?= auto
 XDIST := --dist loadgroup
 
-.PHONY: help venv render golden lint test test-fast fuzz demo clean docker-up docker-down base-images images publish registry-up registry-down bench-images bench bench-all bench-quick
+.PHONY: help venv render golden lint test test-fast fuzz demo clean docker-up docker-down base-images images publish registry-up registry-down bench-images bench bench-boot30 bench-all bench-quick
 
 help: ## List the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -81,16 +81,19 @@ registry-up: ## Start a Distribution registry (Debian docker-registry) on 127.0.
 registry-down: ## Stop the registry registry-up started on REGISTRY_PORT
 	scripts/registry-down.sh $(REGISTRY_PORT)
 
-bench-images: images ## Print each image's size, its layers' sizes, and the median cold start of a worker container
+bench-images: images ## Print each image's size against its target, each layer with the instruction that made it and which images share it, and the median cold start of a worker container
 	$(BIN)/python bench/images.py
 
 demo: $(STAMP) ## Start a scheduler and the scaler, run a bursty workload, plot workers over time
 	$(BIN)/python -m dask_deploy.demo
 
-bench: $(STAMP) ## Real workers, every trace x policy (ours, Adaptive, static max/min), 3 interleaved reps; table + PNGs in bench/results/ (< 20 min)
+bench: $(STAMP) ## Real workers on the short traces (ours, Adaptive, static max/min; clairvoyant simulated), 3 interleaved reps; then the simulated suite at boot 5/30/90 s and the 1000-worker scheduler cost (< 22 min)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-bench-all: bench-images bench ## Both benchmarks: the images (size, cold start), then the scaler comparison
+bench-boot30: $(STAMP) ## One real run of `bursty` per policy at a 30 s boot delay, to check the simulator there (about 4 min)
+	$(BIN)/python bench/run.py --boot-delay 30 --traces bursty --reps 1 --no-suite --out bench/results/boot30 $(BENCH_ARGS)
+
+bench-all: bench-images bench bench-boot30 ## Every benchmark: the images (size, cold start), the scaler comparison, the 30 s boot check
 
 bench-quick: $(STAMP) ## One repetition of two short traces (development check of the bench harness)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)

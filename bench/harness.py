@@ -56,7 +56,8 @@ DISTRIBUTED_ADAPTIVE = "distributed-adaptive"
 SCALER_HANDLERS = (
     "identity",
     "processing",
-    scheduler_preload.HANDLER,
+    scheduler_preload.SUMMARY_HANDLER,
+    scheduler_preload.COUNTS_HANDLER,
     "adaptive_target",
     "workers_to_close",
     "retire_workers",
@@ -116,6 +117,13 @@ class RecordedLocalWorkers:
         self.requested: dict[str, float] = {}
         self.exited: dict[str, float] = {}
         self._live: set[str] = set()
+        # The sampler, the scaler (or Adaptive's shim) all call the backend; the local backend
+        # works in a thread and is not safe to call from two threads at once, so the harness
+        # makes one call at a time. Two listings reap the same exited child (KeyError); a
+        # listing during a scale-up finds the new worker's record before its process and
+        # reports it exited (the run recorded a worker that ran 20 s as exited 0.1 s after
+        # its request: 20.6 real worker-seconds against 44 simulated).
+        self._calls = asyncio.Lock()
 
     def set_boot_delay(self, seconds: float) -> None:
         self.delay_file.write_text(str(seconds))
@@ -138,17 +146,18 @@ class RecordedLocalWorkers:
         self._live = {n for n in seen if n not in self.exited}
 
     async def scale_up(self, n: int) -> None:
-        # Not followed by instances(): the local backend finds workers by their command line,
-        # which a process only has once it has exec'd; asked at once it would report them gone.
-        # The backend's own records (one JSON file per requested instance) name them at once.
-        await self.inner.scale_up(n)
+        # The backend's own records (one JSON file per requested instance) name the new
+        # workers and their request times at once, without a listing of /proc.
+        async with self._calls:
+            await self.inner.scale_up(n)
         for record in self.state_dir.glob("*.json"):
             if record.stem not in self.requested:
                 self.requested[record.stem] = json.loads(record.read_text())["requested_at"]
                 self._live.add(record.stem)
 
     async def scale_down(self, names: Collection[str]) -> None:
-        await self.inner.scale_down(names)
+        async with self._calls:
+            await self.inner.scale_down(names)
         now = time.time()
         for name in names:
             if name in self.requested:
@@ -156,12 +165,14 @@ class RecordedLocalWorkers:
         await self.instances()
 
     async def instances(self) -> list[Instance]:
-        instances = await self.inner.instances()
+        async with self._calls:
+            instances = await self.inner.instances()
         self._note(instances)
         return instances
 
     async def close(self) -> None:
-        names = [i.name for i in await self.inner.instances()]
+        async with self._calls:
+            names = [i.name for i in await self.inner.instances()]
         await self.inner.scale_down(names)
         await self.inner.close()
         os.environ.pop(BOOT_DELAY_FILE, None)
@@ -219,12 +230,39 @@ def _time_handlers(scheduler: Scheduler, names: Collection[str]) -> list[float]:
 
 
 # -- drivers ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tick:
+    """What the policy saw at one tick and what it decided (to set real and simulated runs
+    side by side: ``bench/agreement.py``)."""
+
+    at: float
+    observation: Observation
+    decision: Decision
+
+    def row(self, t0: float = 0.0) -> str:
+        """One line: the observation's numbers and the decision with the policy's numbers."""
+        o = self.observation
+        numbers = self.decision.numbers
+        work = "-" if o.work_seconds is None else f"{o.work_seconds:5.2f}"
+        boot = numbers.get("boot_s")
+        done_in = numbers.get("work_done_in_s")
+        return (
+            f"{self.at - t0:6.2f} reg {len(o.workers)} pend {len(o.pending)} "
+            f"proc {o.tasks_processing} queued {o.tasks_queued} work {work} "
+            f"target {o.adaptive_target} boot {'-' if boot is None else f'{boot:.2f}'} "
+            f"done_in {'-' if done_in is None else f'{done_in:.2f}'} | "
+            f"{type(self.decision).__name__} {self.decision.reason}"
+        )
+
+
 class RecordingPolicy:
-    """Our policy, unchanged, with every decision noted for the metrics."""
+    """Our policy, unchanged, with every decision noted for the metrics and every tick's
+    observation kept beside it (:class:`Tick`)."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.decisions: list[DecisionRecord] = []
+        self.ticks: list[Tick] = []
 
     @property
     def target_duration(self) -> float | None:
@@ -233,6 +271,7 @@ class RecordingPolicy:
     def decide(self, observation: Observation, now: float) -> Decision:
         decision = self.policy.decide(observation, now)
         self.decisions.append(record_decision(now, decision, observation))
+        self.ticks.append(Tick(now, observation, decision))
         return decision
 
 
@@ -290,9 +329,16 @@ class ClusterShim:
 
 # -- one run ---------------------------------------------------------------------------------
 async def run_once(
-    trace: Trace, spec: PolicySpec, settings: HarnessSettings, run_id: str
+    trace: Trace,
+    spec: PolicySpec,
+    settings: HarnessSettings,
+    run_id: str,
+    tick_log: list[Tick] | None = None,
 ) -> RunRecord:
-    """Replay ``trace`` under ``spec`` on a fresh scheduler and fresh workers."""
+    """Replay ``trace`` under ``spec`` on a fresh scheduler and fresh workers.
+
+    ``tick_log``, when given, receives our policy's ticks (times relative to the trace start).
+    """
     held = {
         g.name for g in trace.groups if g.hold or any(c.depends_on == g.name for c in trace.groups)
     }
@@ -455,6 +501,8 @@ async def run_once(
             assert policy is not None
             ticks = [d for d in policy.decisions if d.at >= t0]
             record.decisions = [replace(d, at=d.at - t0) for d in ticks]
+            if tick_log is not None:
+                tick_log.extend(replace(t, at=t.at - t0) for t in policy.ticks)
             record.scheduler_seconds_per_poll = sum(handler_seconds) / max(1, len(ticks))
         record.tasks_recomputed = sum(c - 1 for c in recorder.executions.values() if c > 1)
         record.keys_lost = recorder.keys_lost

@@ -1,10 +1,13 @@
 """Image sizes and worker cold start: `make bench-images` (a benchmark, not a test).
 
-For each image (scheduler, worker, scaler) prints its size and the size of each of its layers
-(what made the layer, from `docker history`); then starts a scheduler container
-and, RUNS times, one worker container, measuring from `docker run` to the worker being
-registered with the scheduler; prints every run and the median. Host network, 127.0.0.1.
-Needs the images (`make images`) and an engine (`make docker-up`).
+For each image (scheduler, worker, scaler) prints its size next to its target (issue 22: worker
+at most 400 MB, scaler at most 180 MB; the scheduler has none) as a ratio, and each of its
+layers, base first: its size, the instruction that made it (from `docker history`) and which
+other images share it; then what a node running all three stores (each shared layer once).
+Then starts a scheduler container and, RUNS times, one worker container, measuring from
+`docker run` to the worker being registered with the scheduler; prints every run and the
+median. Host network, 127.0.0.1. Needs the images (`make images`) and an engine
+(`make docker-up`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -19,6 +23,7 @@ import sys
 import time
 import tomllib
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from distributed import Client
@@ -47,19 +52,57 @@ def image_size(tag: str) -> int:
     return int(docker("image", "inspect", "--format", "{{.Size}}", tag).strip())
 
 
-def layers(tag: str) -> list[tuple[int, str]]:
-    """(bytes, what made it) of each non-empty layer, base first."""
+#: Size targets (bytes) from issue 22; the scheduler has none.
+TARGETS = {"worker": 400_000_000, "scaler": 180_000_000}
+
+
+@dataclass(frozen=True)
+class Layer:
+    size: int
+    made_by: str
+    #: Every layer up to this one, as (size, instruction): equal in two images that share the
+    #: layer (a COPY's instruction names the digest of what it copied).
+    chain: tuple[tuple[int, str], ...]
+
+
+def layers(tag: str) -> list[Layer]:
+    """Each layer with content, base first, with the instruction that made it."""
     history = docker("history", "--human=false", "--no-trunc", "--format", "{{json .}}", tag)
     rows = [json.loads(line) for line in history.splitlines() if line.strip()]
-    made = []
+    made: list[Layer] = []
     for row in reversed(rows):
         size = int(row["Size"])
         if size == 0:
             continue
         command = " ".join(str(row["CreatedBy"]).split())
-        command = command.removeprefix("/bin/sh -c ").removeprefix("#(nop) ")
-        made.append((size, command or str(row.get("Comment") or "base image")))
+        command = command.removeprefix("/bin/sh -c ").removeprefix("#(nop) ").strip()
+        command = command or str(row.get("Comment") or "base image")
+        chain = (*(made[-1].chain if made else ()), (size, command))
+        made.append(Layer(size, command, chain))
     return made
+
+
+def print_sizes(tags: dict[str, str]) -> None:
+    images = {role: layers(tag) for role, tag in tags.items()}
+    print("image sizes (layers base first; 'shared' = the same layer is in that image too):")
+    for role, tag in tags.items():
+        size = image_size(tag)
+        target = TARGETS.get(role)
+        versus = (
+            f"{size / target:5.2f} of its target {target / 1e6:.0f} MB" if target else "no target"
+        )
+        print(f"  {tag:55} {size:>11,} B = {size / 1e6:6.1f} MB  ({versus})")
+        for layer in images[role]:
+            shared = [
+                other
+                for other, others in images.items()
+                if other != role and any(o.chain == layer.chain for o in others)
+            ]
+            note = f"  [shared: {', '.join(shared)}]" if shared else ""
+            made_by = re.sub(r"\b(dir|file):([0-9a-f]{12})[0-9a-f]+", r"\1:\2…", layer.made_by)
+            print(f"    {layer.size / 1e6:7.1f} MB  {made_by[:80]}{note}")
+    unique = {layer.chain: layer.size for each in images.values() for layer in each}
+    print(f"  all three on one node (each shared layer once): {sum(unique.values()) / 1e6:.1f} MB")
 
 
 def cold_start(client: Client, worker_image: str, address: str, run: int) -> float:
@@ -95,13 +138,12 @@ def main() -> int:
     warnings.filterwarnings("ignore", message="Mismatched versions found")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="cold starts to measure (default 5)")
+    parser.add_argument("--sizes-only", action="store_true", help="print the sizes, start nothing")
     args = parser.parse_args()
     tags = {role: f"{REPOSITORY}-{role}:{version()}" for role in ("scheduler", "worker", "scaler")}
-    print("image sizes (layers base first):")
-    for tag in tags.values():
-        print(f"  {tag:55} {image_size(tag) / 1e6:7.1f} MB")
-        for size, command in layers(tag):
-            print(f"    {size / 1e6:7.1f} MB  {command[:90]}")
+    print_sizes(tags)
+    if args.sizes_only:
+        return 0
 
     port, dashboard = free_port(), free_port()
     address = f"tcp://127.0.0.1:{port}"

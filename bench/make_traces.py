@@ -7,6 +7,7 @@ on a 2-core machine, with a 5 s worker boot delay.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from dask_deploy.simulate.trace import TaskGroup, Trace, save_trace
@@ -51,6 +52,14 @@ TRACES = [
             group("b2", 14, 7, 1.0),
             group("b3", 24, 7, 1.0),
         ),
+    ),
+    Trace(
+        "bursty-repeat",
+        "The bursts of `bursty`, of one task prefix (the same function run again): from the "
+        "second burst on, the scheduler knows the tasks' duration when they arrive (the "
+        "simulator-agreement test's trace)",
+        seed=1,
+        groups=tuple(group(f"burst-{i}", at, 7, 1.0) for i, at in enumerate([0, 7, 14, 24])),
     ),
     Trace(
         "dependent",
@@ -110,9 +119,65 @@ GAPS = Trace(
 )
 
 
+def _session(name: str, seed: int, minutes: float, think: tuple[float, float]) -> Trace:
+    """Bursts of varied size and task length separated by random think-time gaps."""
+    rng = random.Random(seed)
+    groups, at, index = [], 0.0, 0
+    while at < minutes * 60:
+        count, duration = rng.randint(20, 120), rng.choice([0.5, 1.0, 2.0, 4.0])
+        groups.append(group(f"s{index}", round(at, 1), count, duration))
+        busy = count * duration / 20  # about the time the burst keeps 20 workers busy
+        at += busy + rng.uniform(*think)
+        index += 1
+    low, high = think
+    return Trace(
+        name,
+        f"Simulator only: a {minutes:g}-minute interactive session, bursts of 20-120 tasks "
+        f"(0.5-4 s), think time {low:g}-{high:g} s between them",
+        seed=seed,
+        groups=tuple(groups),
+    )
+
+
+SUITE = [
+    _session("session-long", 11, 60, (30.0, 300.0)),
+    _session("session-short", 12, 20, (30.0, 60.0)),
+    Trace(
+        "map-reduce",
+        "Simulator only: a map of 2000 one-second tasks whose held results feed a reduce of "
+        "40 five-second tasks",
+        seed=13,
+        groups=(
+            group("map", 0, 2000, 1.0, jitter=0.3, hold=True, output_bytes=1_000_000),
+            group("reduce", 0, 40, 5.0, depends_on="map"),
+        ),
+    ),
+    Trace(
+        "trickle-spikes",
+        "Simulator only: 30 minutes of one 2 s task every 10 s, with spikes of 150 one-second "
+        "tasks at irregular times",
+        seed=14,
+        groups=tuple(
+            sorted(
+                [group(f"t{i}", 10.0 * i, 1, 2.0) for i in range(180)]
+                + [group(f"spike{i}", at, 150, 1.0) for i, at in enumerate([300, 740, 1130, 1510])],
+                key=lambda g: g.submit_at,
+            )
+        ),
+    ),
+    Trace(
+        "periodic",
+        "Simulator only: 60 one-second tasks every 3 minutes for 45 minutes (a cron-like job)",
+        seed=15,
+        groups=tuple(group(f"p{i}", 180.0 * i, 60, 1.0) for i in range(15)),
+    ),
+]
+"""The long simulated suite (`make bench` simulates it at boot delays of 5, 30 and 90 s)."""
+
+
 def main() -> None:
     HERE.mkdir(exist_ok=True)
-    for trace in [*TRACES, SCALE, GAPS]:
+    for trace in [*TRACES, SCALE, GAPS, *SUITE]:
         save_trace(trace, HERE / f"{trace.name}.json")
         print(HERE / f"{trace.name}.json")
 

@@ -25,7 +25,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dask_deploy.simulate import SimulationSettings, simulate
+import scheduler_cost
+import suite
+from dask_deploy.simulate import CLAIRVOYANT, SimulationSettings, simulate
 from dask_deploy.simulate.engine import ModelSettings, RunRecord
 from dask_deploy.simulate.metrics import compute_metrics
 from dask_deploy.simulate.trace import Trace, load_trace
@@ -50,9 +52,10 @@ COLUMNS = [
 ]
 
 
-def policies(maximum: int) -> list[PolicySpec]:
+def policies(maximum: int, boot_delay: float = 5.0) -> list[PolicySpec]:
     return [
-        PolicySpec(OURS, "adaptive"),
+        # Told the deployment's boot time, as an operator would set it (suite.policy_settings).
+        PolicySpec(OURS, "adaptive", {"boot_time": boot_delay}),
         PolicySpec(ADAPTIVE, DISTRIBUTED_ADAPTIVE),
         PolicySpec(STATIC_MAX, "fixed", {"workers": maximum}),
         PolicySpec(STATIC_MIN, "fixed"),
@@ -301,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minimum", type=int, default=1)
     parser.add_argument("--maximum", type=int, default=6)
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--no-suite", action="store_true", help="skip the simulated suite and the 1000-worker cost"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.traces = 1, ",".join(QUICK_TRACES)
@@ -313,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = HarnessSettings(
         minimum=args.minimum, maximum=args.maximum, boot_delay=args.boot_delay
     )
-    specs = policies(args.maximum)
+    specs = policies(args.maximum, args.boot_delay)
     runs = schedule(traces, specs, args.reps)
     console = Console(width=200)
     results: dict[str, dict[str, list[dict[str, float]]]] = {
@@ -345,6 +351,18 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(results)
     boot = args.boot_delay + (statistics.median(startup) if startup else 0.0)
     agreement = simulator_agreement(traces, specs, summary, settings, boot)
+    for trace in traces:  # the reference, simulated at the measured boot delay
+        oracle = simulate(
+            trace,
+            SimulationSettings(
+                policy=CLAIRVOYANT,
+                minimum=settings.minimum,
+                maximum=settings.maximum,
+                model=ModelSettings(threads=settings.threads, boot_delay=boot),
+            ),
+        ).metrics.as_dict()
+        oracle["scheduler_ms_per_poll"] = math.nan
+        summary[trace.name][f"{suite.ORACLE} (sim)"] = oracle
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(
         json.dumps(
@@ -382,6 +400,46 @@ def main(argv: list[str] | None = None) -> int:
         + "\n".join(ours_md)
         + "\n"
     )
+    suite_md = ""
+    if not args.no_suite:
+        started_suite = time.time()
+        rows = suite.run_suite(
+            suite.load(suite.SHORT_TRACES + suite.LONG_TRACES), suite.BOOT_DELAYS
+        )
+        verdicts = suite.verdicts(rows)
+        cells = suite.suite_cells(rows)
+        checks = suite.verdict_cells(verdicts)
+        console.print(suite.rich_table("simulated suite", suite.SUITE_HEAD, cells))
+        console.print(suite.rich_table("ours against the targets", suite.VERDICT_HEAD, checks))
+        summary_lines = suite.summary_lines(verdicts)
+        cost = asyncio.run(scheduler_cost.measure(1000, 20))
+        summary_lines += scheduler_cost.lines(cost)
+        for line in summary_lines:
+            console.print(line)
+        console.print(f"simulated suite and scheduler cost in {time.time() - started_suite:.0f} s")
+        suite_md = (
+            "\nsimulated suite (minimum 1; maximum 6 on the short traces, 20 on the long ones)\n\n"
+            + suite.markdown(suite.SUITE_HEAD, cells)
+            + "\nours against the targets\n\n"
+            + suite.markdown(suite.VERDICT_HEAD, checks)
+            + "\n"
+            + "\n".join(f"- {line}" for line in summary_lines)
+            + "\n"
+        )
+        data = json.loads((args.out / "results.json").read_text())
+        data["suite"] = [
+            {"trace": r.trace, "boot_delay": r.boot, "policy": r.label, **r.metrics.as_dict()}
+            for r in rows
+        ]
+        data["scheduler_cost"] = {
+            "workers": cost.workers,
+            "ours_ms_per_tick": cost.ours_ms,
+            "per_handler_ms": cost.per_handler_ms,
+            "adaptive_target_ms": cost.adaptive_target_ms,
+        }
+        (args.out / "results.json").write_text(json.dumps(data, indent=2))
+        with (args.out / "summary.md").open("a") as out:
+            out.write(suite_md)
     console.print(f"{len(runs)} runs in {elapsed / 60:.1f} min; results in {args.out}/")
     return 0
 

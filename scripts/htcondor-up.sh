@@ -14,6 +14,21 @@
 # Docker work is serialised with the other engineers' through /tmp/dd-docker.lock.
 set -euo pipefail
 
+# Docker work is serialised with the other engineers' through this lock. A caller that holds it
+# already (`flock /tmp/dd-docker.lock make test`: pytest inherited the fd, we did not) would
+# otherwise wait for itself forever: an ancestor holding the file open means we are under it.
+docker_lock="${DASK_DEPLOY_DOCKER_LOCK:-/tmp/dd-docker.lock}"
+under_lock() {
+  local pid=$PPID fd
+  while [ "${pid:-1}" -gt 1 ]; do
+    for fd in "/proc/$pid/fd"/*; do
+      [ "$(readlink "$fd" 2>/dev/null)" = "$docker_lock" ] && return 0
+    done
+    pid="$(awk '/^PPid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)"
+  done
+  return 1
+}
+
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 state="${DASK_DEPLOY_HTCONDOR_DIR:-/tmp/dask-deploy-htcondor}"
@@ -49,8 +64,7 @@ if docker image inspect "$image" >/dev/null 2>&1 && healthy; then
   log "already up ($container)"
   exit 0
 fi
-exec 9>"${DASK_DEPLOY_DOCKER_LOCK:-/tmp/dd-docker.lock}"
-flock 9
+under_lock || { exec 9>"$docker_lock" && flock 9; }
 
 build_image() {
   local started=$SECONDS

@@ -12,6 +12,11 @@
 #  - min_uid/min_gid are 1000, so root cannot submit: lowered to 0 (the tests run as root);
 #  - `qconf -Mconf FILE` only accepts a file named "global";
 #  - the scheduler runs every 15 s by default: every second here;
+#  - jobs start as login shells of their owner by default (login_shells bash,...), so root's
+#    jobs here would run this machine's ~/.profile: its `pyenv init` takes a lock file that a
+#    job killed by qdel at that moment leaves behind, and from then on every login on the
+#    machine (ssh sessions too) waits 60 s for it. Jobs start as plain shells (login_shells
+#    none): the rendered job scripts never rely on a login environment (sge.prologue is for that);
 #  - the init script cannot stop the daemons: scripts/sge-down.sh uses `qconf -km` / `-ke`.
 # On failure it prints the tail of the daemons' messages and exits non-zero.
 set -euo pipefail
@@ -98,6 +103,7 @@ apply() { # apply SHOW MODIFY ADD NAME FILE: modify when NAME exists, add otherw
 mkdir -p "$work/conf"
 qconf -sconf global | sed -e '/^#/d' \
   -e 's/^min_uid .*/min_uid 0/' -e 's/^min_gid .*/min_gid 0/' \
+  -e 's/^login_shells .*/login_shells none/' \
   -e 's/^execd_params .*/execd_params ENABLE_ADDGRP_KILL=true/' \
   -e 's/^load_report_time .*/load_report_time 00:00:05/' \
   -e 's/^max_unheard .*/max_unheard 00:00:30/' >"$work/conf/global"

@@ -10,6 +10,14 @@
 # On failure it prints the tail of SLURM's and munge's logs and exits non-zero.
 set -euo pipefail
 
+# The daemons started below inherit every open descriptor and keep it for their whole life: a
+# caller's lock (`flock /tmp/dd-slurm.lock scripts/slurm-up.sh`) would stay held by munged for as
+# long as SLURM runs, and nobody could take it again. Close all but 0-2.
+for fd in "/proc/$$/fd"/*; do
+  fd="${fd##*/}"
+  [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null || true
+done
+
 here="$(cd "$(dirname "$0")" && pwd)"
 state="${DASK_DEPLOY_SLURM_DIR:-/tmp/dask-deploy-slurm}"
 nodes="${DASK_DEPLOY_SLURM_NODES:-3}"

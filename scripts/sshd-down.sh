@@ -15,12 +15,21 @@ if [ ${#hosts[@]} -eq 0 ]; then
     hosts+=("${host%.pid}")
   done
 fi
+# The lock scripts/sshd-up.sh holds: a server it starts meanwhile keeps its pid file.
+mkdir -p "$state"
+exec 8>"$state.lock"
+flock 8
 for host in "${hosts[@]}"; do
   pid_file="$state/sshd-$host.pid"
   [ -s "$pid_file" ] || continue
   pid="$(cat "$pid_file")"
   if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # Gone, and its address free, before the next sshd-up may bind it.
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "sshd-down: $host (pid $pid) did not stop within 10 s" >&2
+      exit 1
+    fi
     echo "sshd-down: $host stopped (pid $pid)" >&2
   fi
   rm -f "$pid_file"

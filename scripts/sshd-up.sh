@@ -11,6 +11,14 @@
 # scripts/sshd-down.sh stops them (all, or the addresses named), and only them.
 set -euo pipefail
 
+# The daemons started below inherit every open descriptor and keep it for their whole life: a
+# caller's lock (`flock /tmp/dd-ssh.lock scripts/sshd-up.sh`) would stay held by sshd for as
+# long as it runs, and nobody could take it again. Close all but 0-2.
+for fd in "/proc/$$/fd"/*; do
+  fd="${fd##*/}"
+  [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null || true
+done
+
 here="$(cd "$(dirname "$0")" && pwd)"
 state="${DASK_DEPLOY_SSH_DIR:-/tmp/dask-deploy-sshd}"
 port="${DASK_DEPLOY_SSH_PORT:-2022}"
@@ -19,6 +27,10 @@ hosts=("$@")
 
 log() { echo "sshd-up: $*" >&2; }
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# The pid listening on HOST:$port, if any.
+listener() {
+  ss -Hltnp "src = $1 and sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2 || true
+}
 
 "$here/ensure-apt.sh" openssh-server openssh-client
 mkdir -p "$state"
@@ -52,10 +64,28 @@ UsePAM no
 StrictModes no
 MaxStartups 100:30:200
 MaxSessions 50
+# bash runs ~/.bashrc for a command from sshd only at shell level 1. The tests log in as this
+# machine's user, whose ~/.bashrc runs 'pyenv init': a synchronous 'pyenv rehash' under a lock
+# file that a killed shell leaves behind, after which every login waits 60 s (a CI run failed
+# every ssh test so). The backend's scripts need nothing from a login environment.
+SetEnv SHLVL=1
 CONF
   if alive "$state/sshd-$host.pid"; then
     log "$host:$port already up (pid $(cat "$state/sshd-$host.pid"))"
     continue
+  fi
+  # A listener without our pid file: ours if it runs this very config (its pid file was lost),
+  # then it is adopted; anything else holding the address is refused by name, never killed.
+  holder="$(listener "$host")"
+  if [ -n "$holder" ]; then
+    # (the listener rewrites its title: "sshd: /usr/sbin/sshd -f CONFIG ... [listener] ...")
+    if tr '\0' ' ' <"/proc/$holder/cmdline" 2>/dev/null | grep -qF -- "sshd -f $config "; then
+      echo "$holder" >"$state/sshd-$host.pid"
+      log "$host:$port already up (pid $holder, pid file restored)"
+      continue
+    fi
+    echo "sshd-up: $host:$port is taken by pid $holder ($(tr '\0' ' ' <"/proc/$holder/cmdline" 2>/dev/null)), not by a server of $state; stop it or set DASK_DEPLOY_SSH_PORT" >&2
+    exit 1
   fi
   /usr/sbin/sshd -t -f "$config"
   # -E: the log file; sshd detaches itself and writes its pid file.

@@ -31,6 +31,24 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def processes_working_in(folder: Path) -> list[str]:
+    """Command lines of live processes whose working directory is ``folder`` or below it
+    (the stand-ins run each task or pod in its own sandbox folder)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = Path(os.readlink(Path(entry.path, "cwd")))
+            state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
+            raw = Path(entry.path, "cmdline").read_bytes()
+        except OSError:
+            continue
+        if state != "Z" and cwd.is_relative_to(folder):
+            found.append(f"{entry.name}: {raw.decode(errors='replace').replace(chr(0), ' ')}")
+    return found
+
+
 def metrics_url(scaler_log: Path) -> str | None:
     """The scaler's metrics endpoint, as its log announces it."""
     if not scaler_log.is_file():

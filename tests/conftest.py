@@ -8,17 +8,19 @@ them.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import asdict
 from typing import Any
 
 import pytest
 from hypothesis import settings
 
+import service_support
 from docker_support import docker_engine, docker_images  # noqa: F401  (session fixtures)
 from htcondor_support import htcondor  # noqa: F401  (session fixture)
 from process_support import processes  # noqa: F401  (function fixture)
 from sge_support import sge  # noqa: F401  (session fixture)
-from slurm_support import other_user, slurm  # noqa: F401  (session fixtures)
+from slurm_support import other_user, slurm, torque_commands  # noqa: F401  (session fixtures)
 from ssh_support import sshd  # noqa: F401  (session fixture)
 from tally import TALLY, FaultRecord
 
@@ -26,21 +28,24 @@ from tally import TALLY, FaultRecord
 #: so a fault test on SLURM runs with the other SLURM tests. A new tier that uses an engine of
 #: its own (a Grid Engine, a registry, ...) adds its marker here and gets its own group.
 XDIST_GROUPS: dict[str, str] = {
-    # One SLURM (scripts/slurm-up.sh), stopped at the end by the worker that started it.
+    # One SLURM (scripts/slurm-up.sh); a test sizes its jobs by the CPUs the others leave idle.
     "slurm": "slurm",
     # PBS runs slurm-wlm-torque's qsub/qstat/qdel on that same SLURM.
     "pbs": "slurm",
-    # One Docker engine and the project's images; the worker that started dockerd stops it.
+    # The project's images on one Docker engine: built once, then the tests that run them, one
+    # after another (test_publish removes and pulls back the images the others run).
     "docker": "docker",
     # checkov's own venv, built on first use (minutes on a fresh clone): one worker builds it
     # and runs the checks while the others go on, instead of all of them waiting for the build.
     "checkov": "checkov",
     # One Grid Engine (scripts/sge-up.sh).
     "sge": "sge",
-    # The HTCondor pool runs in a container of that same engine (scripts/htcondor-up.sh), so it
-    # shares the docker group: the worker that started dockerd stops it after its last test.
-    "htcondor": "docker",
-    # One set of sshd on 127.0.0.2-4 (scripts/sshd-up.sh), stopped by the worker that started it.
+    # The HTCondor pool: a container of that same engine (scripts/htcondor-up.sh) built from its
+    # own trixie image, touching neither the project's images nor their test containers, so its
+    # build and its tests run beside the docker group. The engine is stopped when the whole run
+    # ends (tests/service_support.py), never when one group's worker ends.
+    "htcondor": "htcondor",
+    # One set of sshd on 127.0.0.2-4 (scripts/sshd-up.sh); one test stops and restarts a server.
     "ssh": "ssh",
     # No group for "faults": a fault test owns its scheduler, ports and state folder, and its
     # recovery bound counts scaler ticks, not seconds, so a busy neighbour cannot break it.
@@ -56,15 +61,16 @@ settings.load_profile("ci")
 
 
 #: session fixture -> xdist group: the same groups for a test that uses the engine's fixture
-#: but forgot the marker (the fixture's teardown would stop the engine under another worker).
+#: but forgot the marker (it would otherwise run beside the group's tests on the same engine).
 FIXTURE_GROUPS: dict[str, str] = {
     "slurm": "slurm",
     "other_user": "slurm",
+    "torque_commands": "slurm",
     "docker_engine": "docker",
     "docker_images": "docker",
     "sge": "sge",
     "sshd": "ssh",
-    "htcondor": "docker",
+    "htcondor": "htcondor",
 }
 
 
@@ -76,12 +82,41 @@ def xdist_group(item: pytest.Item) -> str | None:
     return next((group for name, group in FIXTURE_GROUPS.items() if name in fixtures), None)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist turns xdist_group markers into scheduling scopes
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> Generator[None, None, None]:
+    """Mark each test with its group, then make sure a grouped test reaches the xdist
+    controller as ``nodeid@group``.
+
+    Before the other implementations (xdist's among them) run, every test that shares an
+    engine gets its ``xdist_group`` marker. xdist's loadgroup then tells the controller the
+    group by appending ``@group`` to the node id in the worker (it assigns ``item._nodeid``).
+    pytest 9.2 keeps the id in a structured ``item.id`` and ignores that attribute
+    (pytest-xdist issue #1386), so every group was silently dropped: SLURM, Docker and sshd
+    tests ran on several workers at once and stopped or filled each other's services. After
+    xdist's hook the id is replaced the way pytest-xdist PR #1388 does, and a run that still
+    cannot group refuses to start instead of running those tests side by side.
+    """
     for item in items:
         group = xdist_group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    yield
+    if not getattr(config.option, "loadgroup", False):
+        return  # not an xdist worker with --dist loadgroup: nothing is scheduled by group
+    for item in items:
+        group = xdist_group(item)
+        if group is None or item.nodeid.endswith(f"@{group}"):
+            continue
+        structured = getattr(item, "id", None)
+        if structured is not None and hasattr(type(structured), "parse"):
+            item._id = type(structured).parse(f"{item.nodeid}@{group}")
+        if not item.nodeid.endswith(f"@{group}"):
+            raise pytest.UsageError(
+                f"--dist loadgroup: {item.nodeid} did not get its group '{group}' "
+                "(pytest-xdist could not name the scheduling scope); run with -n 0"
+            )
 
 
 # The fault tally: fault tests append to TALLY in whichever process runs them. Under xdist each
@@ -95,10 +130,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             "faults": [asdict(fault) for fault in TALLY.faults],
             "instances_left_behind": TALLY.instances_left_behind,
         }
+        # The controller stops them once every worker has ended (tests/service_support.py).
+        workeroutput["started_services"] = dict(service_support.STARTED)
+        return
+    # The whole run ends here (one process, or the xdist controller after its last worker).
+    said = service_support.stop_started()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in said:
+        if reporter is not None:
+            reporter.write_line(f"services this run started, stopped: {line}")
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: defined only when xdist runs the session
 def pytest_testnodedown(node: Any, error: object) -> None:
+    service_support.merge(getattr(node, "workeroutput", {}).get("started_services", {}))
     tally = getattr(node, "workeroutput", {}).get("fault_tally")
     if tally:
         TALLY.faults.extend(FaultRecord(**fault) for fault in tally["faults"])

@@ -1,11 +1,12 @@
 """A Docker engine and the project's images for the tests marked ``docker``.
 
 ``docker_engine`` (session) runs scripts/docker-up.sh, which installs docker.io when missing and
-starts ``dockerd --bridge=none`` when no engine answers; at the end it stops the engine only when
-this session started it. ``docker_images`` (session) provides the base stand-in and builds the
-three images unless each tag exists and is newer than every input (Dockerfile, requirements,
-constraints.txt, pyproject.toml, runtime/). When the engine or a build fails, the test fails
-with the script's output (which carries the tail of dockerd's or the build's log).
+starts ``dockerd --bridge=none`` when no engine answers; the end of the run stops the engine
+only when the run started it (tests/service_support.py). ``docker_images`` (session) provides
+the base stand-in and builds the three images unless each tag exists and is newer than every
+input (Dockerfile, requirements, constraints.txt, pyproject.toml, runtime/). When the engine or
+a build fails, the test fails with the script's output (the tail of dockerd's or the build's
+log).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from render_support import render_with_settings
+from service_support import stop_at_end
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = ("scheduler", "worker", "scaler")
@@ -60,10 +62,17 @@ def _inputs_mtime() -> float:
     inputs = [
         context / "Dockerfile",
         context / "build-venv.sh",
+        context / ".dockerignore",
         *(context / "requirements").glob("*.txt"),
         REPO / "constraints.txt",
         REPO / "pyproject.toml",
-        *(REPO / "runtime").rglob("*.py"),
+        # The package's data files (templates, the scaler's schema) are in the wheel too; the
+        # bytecode Python writes beside the sources is not.
+        *(
+            path
+            for path in (REPO / "runtime" / "dask_deploy").rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts
+        ),
     ]
     return max(path.stat().st_mtime for path in inputs)
 
@@ -83,11 +92,16 @@ def _image_created(tag: str) -> float | None:
 
 
 def _revision() -> str:
-    """The commit scripts/build-images.sh writes into the images' revision label."""
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    """What scripts/build-images.sh writes into the images' revision label: the full commit,
+    with ``-dirty`` when tracked files have uncommitted changes."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown"
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
     )
-    return head.stdout.strip() if head.returncode == 0 else "unknown"
+    return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
 
 
 def _image_revision(tag: str) -> str:
@@ -128,7 +142,7 @@ def remove_test_containers() -> None:
 
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[None]:
-    """A Docker engine that answers; stopped at the end only if this session started it."""
+    """A Docker engine that answers; stopped when the run ends, only if this run started it."""
     started = _script("docker-up.sh", timeout=600)
     if started.returncode != 0:
         pytest.fail(
@@ -136,13 +150,12 @@ def docker_engine() -> Iterator[None]:
             f"{started.stdout}{started.stderr}",
             pytrace=False,
         )
-    we_started = "starting dockerd" in started.stderr
+    if "starting dockerd" in started.stderr:
+        stop_at_end("docker-down.sh")  # when the whole run ends (the pool may still use it)
     try:
         yield
     finally:
         remove_test_containers()
-        if we_started:
-            _script("docker-down.sh", timeout=120)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import yaml
 
 from dask_deploy.testing.kubernetes import KubernetesStandIn
-from process_support import tail
+from process_support import start, tail
 from render_support import render_over_defaults
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +60,10 @@ def kubernetes_values(deployment: str, port: int, **sections: Any) -> dict[str, 
                 "threads": 1,
                 "memory": "1Gi",
                 "death_timeout": 20,
-                "termination_grace_period": 10,
+                # The worker preload's handover (as rendered by default), shortened; the grace
+                # period covers it and the 10 s a nanny may take to stop its worker after.
+                "termination_grace_period": 20,
+                "handover_timeout": 10,
                 "extra_args": ["--no-nanny"],
             },
             **sections,
@@ -141,3 +146,43 @@ def deployment_logs(api: KubernetesStandIn, logs_dir: Path) -> Callable[[], str]
         return "\n".join(parts)
 
     return logs
+
+
+def start_scheduler_and_scaler(
+    api: KubernetesStandIn,
+    rendered: Rendered,
+    tmp_path: Path,
+    port: int,
+    pod_name: str,
+    scheduler_preloads: Iterable[str] = (),
+) -> list[subprocess.Popen[bytes]]:
+    """The scheduler pod's two containers as local processes: a scheduler on ``port`` and the
+    rendered scaler configuration, pointed at the stand-in and at a worker pod that joins that
+    scheduler. Logs go to ``tmp_path/logs``; ``pod_name`` is what the downward API would give;
+    ``scheduler_preloads`` are more ``--preload`` modules (or files) for the scheduler."""
+    bin_dir = Path(sys.executable).parent
+    logs_dir = tmp_path / "logs"
+    worker_pod = rendered.worker_pod()
+    local_worker_pod(worker_pod, f"tcp://127.0.0.1:{port}")
+    (tmp_path / "worker-pod.yaml").write_text(yaml.safe_dump(worker_pod))
+    config = rendered.scaler_config()
+    config["metrics"]["host"] = "127.0.0.1"
+    config["backend"]["options"] |= {
+        "worker_template": str(tmp_path / "worker-pod.yaml"),
+        "kubeconfig": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+    }
+    (tmp_path / "scaler-config.yaml").write_text(yaml.safe_dump(config))
+    scheduler = [str(bin_dir / "dask"), "scheduler", "--preload", "dask_deploy.scheduler_preload"]
+    scheduler += ["--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"]
+    scheduler += [arg for preload in scheduler_preloads for arg in ("--preload", preload)]
+    scaler = [
+        str(bin_dir / "dask-deploy"),
+        "scale",
+        "--config",
+        str(tmp_path / "scaler-config.yaml"),
+    ]
+    pod = {"DASK_DEPLOY_POD_NAME": pod_name, "DASK_DEPLOY_POD_UID": api.add_owner()}
+    return [
+        start(scheduler, logs_dir / "scheduler.log"),
+        start(scaler, logs_dir / "scaler.log", pod),
+    ]

@@ -9,11 +9,12 @@ cannot start, the test fails with the tail of its own messages.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from service_support import stop_at_end
 
 REPO = Path(__file__).resolve().parents[1]
 SPOOL = Path("/var/spool/gridengine")
@@ -35,8 +36,8 @@ class GridEngine:
 
 
 @pytest.fixture(scope="session")
-def sge() -> Iterator[GridEngine]:
-    """Start Grid Engine once per session; stop it afterwards unless it was already running."""
+def sge() -> GridEngine:
+    """Start Grid Engine once per session; the run's end stops it unless it was already running."""
     started = subprocess.run(
         [str(REPO / "scripts" / "sge-up.sh")], capture_output=True, text=True, timeout=900
     )
@@ -46,11 +47,6 @@ def sge() -> Iterator[GridEngine]:
             f"{started.stdout}{started.stderr}",
             pytrace=False,
         )
-    was_running = "starting sge_qmaster" not in started.stderr
-    try:
-        yield GridEngine(SPOOL)
-    finally:
-        if not was_running:
-            subprocess.run(
-                [str(REPO / "scripts" / "sge-down.sh")], capture_output=True, timeout=120
-            )
+    if "starting sge_qmaster" in started.stderr:
+        stop_at_end("sge-down.sh")  # when the whole run ends, not when this session does
+    return GridEngine(SPOOL)

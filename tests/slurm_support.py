@@ -2,8 +2,8 @@
 
 The session fixture ``slurm`` (registered in tests/conftest.py) installs slurm-wlm and munge
 when missing (so a fresh CI machine works), starts munged, slurmctld and several slurmd on
-127.0.0.1, and stops them at the end. When SLURM cannot start, the test fails with the tail of
-SLURM's own logs.
+127.0.0.1, and the end of the run stops them (tests/service_support.py). When SLURM cannot
+start, the test fails with the tail of SLURM's own logs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from service_support import stop_at_end
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("DASK_DEPLOY_SLURM_DIR", "/tmp/dask-deploy-slurm"))
@@ -40,7 +42,7 @@ class Slurm:
 
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[Slurm]:
-    """Start SLURM once per session; stop it afterwards unless it was already running."""
+    """Start SLURM once per session; the run's end stops it unless it was already running."""
     started = subprocess.run(
         [str(REPO / "scripts" / "slurm-up.sh")], capture_output=True, text=True, timeout=600
     )
@@ -50,7 +52,8 @@ def slurm() -> Iterator[Slurm]:
             f"{started.stdout}{started.stderr}",
             pytrace=False,
         )
-    was_running = "already up" in started.stderr
+    if "already up" not in started.stderr:
+        stop_at_end("slurm-down.sh")  # when the whole run ends, not when this session does
     conf = STATE / "slurm.conf"
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)
@@ -61,10 +64,6 @@ def slurm() -> Iterator[Slurm]:
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = previous
-        if not was_running:
-            subprocess.run(
-                [str(REPO / "scripts" / "slurm-down.sh")], capture_output=True, timeout=120
-            )
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +80,18 @@ def other_user() -> str:
         if created.returncode not in (0, 9):
             pytest.fail(f"could not create the user {OTHER_USER}: {created.stderr}", pytrace=False)
     return OTHER_USER
+
+
+@pytest.fixture(scope="session")
+def torque_commands(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with SLURM's Torque-compatible qsub, qstat and qdel (scripts/torque-commands.sh),
+    the real PBS command line of the pbs tier; put it first on PATH."""
+    folder = tmp_path_factory.mktemp("torque") / "bin"
+    made = subprocess.run(
+        [str(REPO / "scripts" / "torque-commands.sh"), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert made.returncode == 0, made.stderr
+    return folder

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from service_support import stop_at_end
 
 REPO = Path(__file__).resolve().parents[1]
 SSH_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -57,16 +58,10 @@ def _script(name: str, *args: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def sshd() -> Iterator[SshServers]:
-    """The three servers, started when missing; afterwards only those we started are stopped."""
+def sshd() -> SshServers:
+    """The three servers, started when missing; the run's end stops only those it started."""
     said = _script("sshd-up.sh", *SSH_HOSTS)
-    were_up = [host for host in SSH_HOSTS if f"{host}:{SSH_PORT} already up" in said]
-    yield SshServers(SSH_HOSTS, SSH_PORT, SSH_DIR / "id_ed25519", SSH_DIR / "known_hosts")
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        # Under xdist another worker's session may still be using them (its own instance of
-        # this fixture found them "already up"): they are left running, like the machine's
-        # other services; the run's end stops them.
-        return
-    started = [host for host in SSH_HOSTS if host not in were_up]
+    started = [host for host in SSH_HOSTS if f"{host}:{SSH_PORT} up (pid" in said]
     if started:
-        _script("sshd-down.sh", *started)
+        stop_at_end("sshd-down.sh", *started)  # when the whole run ends
+    return SshServers(SSH_HOSTS, SSH_PORT, SSH_DIR / "id_ed25519", SSH_DIR / "known_hosts")

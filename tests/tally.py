@@ -65,7 +65,8 @@ class Tally:
             f"{sum(f.seconds_outside_bounds for f in self.faults):.1f}s",
             f"most ticks to get back within bounds: {slowest.ticks_to_bounds} "
             f"(limit {MAX_TICKS_TO_BOUNDS}, plus one status interval where the backend polls "
-            f"less often; {slowest.backend}/{slowest.kind})",
+            f"less often, or Marathon's launch delay after a killed task; "
+            f"{slowest.backend}/{slowest.kind})",
             f"worst time to recover: {worst.recovery_seconds:.1f}s ({worst.backend}/{worst.kind})",
         ]
 

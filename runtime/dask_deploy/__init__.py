@@ -33,6 +33,7 @@ from .contract import (
     Policy,
     PolicyFactory,
     PolicySettings,
+    ReasonKind,
     ScaleDown,
     ScaleUp,
     WorkerSnapshot,
@@ -41,21 +42,32 @@ from .contract import (
     describe,
 )
 from .policy import registry as policy_registry
-from .render import render_files
-from .values import resolve_values
 
 if TYPE_CHECKING:
     from .cluster import DeployCluster
+    from .render import render_files
+    from .values import resolve_values
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # DeployCluster imports distributed; `dask-deploy render` should not pay for that.
+    # Imported on first use. DeployCluster imports distributed, which `dask-deploy render`
+    # should not pay for; rendering imports jinja2, yaml and jsonschema, which the worker image
+    # lacks: it carries dask-deploy only for `--preload dask_deploy.worker_preload`, and
+    # importing a submodule runs this file first.
     if name == "DeployCluster":
         from .cluster import DeployCluster
 
         return DeployCluster
+    if name == "render_files":
+        from .render import render_files
+
+        return render_files
+    if name == "resolve_values":
+        from .values import resolve_values
+
+        return resolve_values
     raise AttributeError(f"module 'dask_deploy' has no attribute {name!r}")
 
 
@@ -73,6 +85,7 @@ __all__ = [
     "Policy",
     "PolicyFactory",
     "PolicySettings",
+    "ReasonKind",
     "ScaleDown",
     "ScaleUp",
     "SettingsError",

@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 
 from ._extras import require_extra
 from .channel import ChannelScaler
 from .config import ScalerConfig, load_config
 from .observe import wait_for_address
-from .scaler import Scaler
+from .scaler import ConfigSource, Scaler
 
 HELP = "Run the scaler: keep the worker count right for the scheduler's load."
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -78,6 +79,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> ScalerConfig:
     """The configuration file (or environment) with the flags applied."""
+    return load_config(args.config, overrides_from_args(args))
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """The settings the flags override, by their dotted keys."""
     overrides: dict[str, object] = {
         key: getattr(args, dest)
         for dest, key in _OVERRIDES.items()
@@ -89,7 +95,7 @@ def settings_from_args(args: argparse.Namespace) -> ScalerConfig:
         overrides["scheduler.address"] = None
     if args.cleanup_on_exit:
         overrides["loop.cleanup_on_exit"] = True
-    return load_config(args.config, overrides)
+    return overrides
 
 
 def build_scaler(
@@ -101,19 +107,32 @@ def build_scaler(
     return ChannelScaler.from_config(config, dry_run=dry_run, address=address)
 
 
-async def serve(config: ScalerConfig, *, dry_run: bool = False) -> None:
-    """Run the scaler until SIGTERM or SIGINT, then close everything cleanly."""
+async def serve(
+    config: ScalerConfig,
+    *,
+    dry_run: bool = False,
+    config_file: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> None:
+    """Run the scaler until SIGTERM or SIGINT, then close everything cleanly.
+
+    With ``config_file``, the scaler reads it again (with ``overrides``) whenever it, or a file
+    its backend options name, changes.
+    """
     address = await wait_for_address(config.scheduler, timeout=config.loop.startup_timeout)
     scaler = build_scaler(config, dry_run=dry_run, address=address)
+    if config_file is not None:
+        scaler.config_source = ConfigSource(config_file, config, address, dict(overrides or {}))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if config.metrics is not None:
         port = scaler.metrics.serve(config.metrics.host, config.metrics.port)
-        logging.getLogger("dask_deploy.scaler").info(
-            "metrics on http://%s:%d/metrics", config.metrics.host, port
-        )
+        # With port 0 (a node shared by deployments) this line and the published status are
+        # where the port can be found.
+        scaler.metrics_url = f"http://{config.metrics.host}:{port}/metrics"
+        logging.getLogger("dask_deploy.scaler").info("metrics on %s", scaler.metrics_url)
     if dry_run:
         await _list_instances(scaler, config.backend.name)
     try:
@@ -147,5 +166,12 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Validate the policy and backend options before starting anything.
-    asyncio.run(serve(config, dry_run=bool(args.dry_run)))
+    asyncio.run(
+        serve(
+            config,
+            dry_run=bool(args.dry_run),
+            config_file=args.config,
+            overrides=overrides_from_args(args),
+        )
+    )
     return 0

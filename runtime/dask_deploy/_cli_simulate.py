@@ -10,7 +10,13 @@ from pathlib import Path
 import yaml
 
 from ._errors import SettingsError, UserInputError
-from .simulate import DISTRIBUTED_ADAPTIVE, SimulationSettings, make_policy, simulate
+from .simulate import (
+    CLAIRVOYANT,
+    DISTRIBUTED_ADAPTIVE,
+    SimulationSettings,
+    make_policy,
+    simulate,
+)
 from .simulate.engine import ModelSettings
 from .simulate.trace import load_trace
 
@@ -25,7 +31,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         default="adaptive",
-        help=f"a policy of the registry (adaptive, fixed, plug-ins) or {DISTRIBUTED_ADAPTIVE}",
+        help=(
+            "a policy of the registry (adaptive, fixed, plug-ins), "
+            f"{DISTRIBUTED_ADAPTIVE}, or {CLAIRVOYANT} (reads the future; a reference only)"
+        ),
     )
     parser.add_argument("--trace", required=True, metavar="FILE", help="trace file (JSON)")
     parser.add_argument("--minimum", type=int, default=1, help="policy minimum (default 1)")
@@ -86,7 +95,7 @@ def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
             seed=args.seed,
         ),
     )
-    if settings.policy != DISTRIBUTED_ADAPTIVE:
+    if settings.policy not in (DISTRIBUTED_ADAPTIVE, CLAIRVOYANT):
         make_policy(settings)  # unknown policy or bad options: exit 2 before running
     return settings
 

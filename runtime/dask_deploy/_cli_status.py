@@ -102,6 +102,8 @@ def as_text(status: dict[str, Any]) -> str:
             f"; target {scaler['target']}; requested {scaler['requested']}, observed "
             f"{scaler['observed']}, pending {scaler['pending']} (as of {age:.1f}s ago)"
         )
+        if scaler.get("metrics"):
+            lines.append(f"            metrics on {scaler['metrics']}")
         if scaler.get("refused_request"):
             lines.append(f"            refused request: {scaler['refused_request']['error']}")
     if status["instances"] is None:

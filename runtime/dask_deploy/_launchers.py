@@ -3,14 +3,17 @@
 Each one renders the backend's templates exactly as ``dask-deploy render`` does (the
 deployment's name is its ``deployment`` value) into ``<deployment folder>/manifests/``,
 then does what the backend's README tells a user to do: ``sbatch scheduler-job.sh`` for
-SLURM, ``docker compose up`` for Docker. Commands are built by pure functions and run in
-one place (:func:`run_command`).
+SLURM, ``docker compose up`` for Docker, a ``POST /v2/apps`` of each app for Marathon, and
+for Kubernetes what ``kubectl apply -k`` does: create each object through the API. Commands
+are built by pure functions and run in one place (:func:`run_command`).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -123,6 +126,12 @@ class TemplatedLauncher:
         """Take down what :meth:`launch` applied."""
         raise NotImplementedError
 
+    @staticmethod
+    def backend_options_here(record: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The scaler's backend options as this machine can use them (``status`` lists the
+        instances with them); the same options unless the scaler runs somewhere else."""
+        return dict(options)
+
 
 # --------------------------------------------------------------------------- SLURM
 
@@ -156,15 +165,28 @@ class SlurmLauncher(TemplatedLauncher):
         configured = self.resolved.values["slurm"]["workdir"]
         return Path(configured) if configured else manifests
 
+    def _log_folder(self, workdir: Path) -> Path:
+        """Where the jobs write their output (``slurm.log_directory``; default beside workdir)."""
+        configured = self.resolved.values["slurm"]["log_directory"]
+        return workdir / (configured or f"../{self.name}-logs")
+
+    def _scheduler_file(self, workdir: Path) -> Path:
+        """The scheduler file (``scheduler.scheduler_file``; default ``<deployment>-scheduler.json``
+        in workdir, as the templates' ``scheduler_file`` macro says)."""
+        configured = self.resolved.values["scheduler"]["scheduler_file"]
+        return workdir / (configured or f"{self.name}-scheduler.json")
+
     def launch(self, record: Any, timeout: float) -> str:
         manifests = self.write(record.path)
         workdir = self._workdir(manifests)
+        log_folder = self._log_folder(workdir)
+        log_folder.mkdir(parents=True, exist_ok=True)  # SLURM does not create --output's folder
         job_id = parse_job_id(run_command(sbatch_command(), cwd=manifests))
         record.handles["scheduler_job"] = job_id
         record.handles["workdir"] = str(workdir)
         record.save()
-        scheduler_file = workdir / self.resolved.values["scheduler"]["scheduler_file"]
-        log = workdir / f"{self.name}-scheduler-{job_id}.log"
+        scheduler_file = self._scheduler_file(workdir)
+        log = log_folder / f"{self.name}-scheduler-{job_id}.log"
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -368,6 +390,186 @@ class MarathonLauncher(TemplatedLauncher):
                 time.sleep(0.5)
 
 
+# --------------------------------------------------------------------------- Kubernetes
+
+
+def kubernetes_objects(files: Mapping[str, str], namespace: str) -> list[dict[str, Any]]:
+    """The rendered objects in the order kustomization.yaml lists them, in ``namespace``."""
+    import yaml
+
+    objects = []
+    for name in yaml.safe_load(files["kustomization.yaml"])["resources"]:
+        for document in yaml.safe_load_all(files[name]):
+            if document:  # a file may render to nothing (the disruption budget when off)
+                document["metadata"]["namespace"] = namespace
+                objects.append(document)
+    return objects
+
+
+def api_class_name(api_version: str) -> str:
+    """The official client's API class for ``api_version`` (``apps/v1`` -> ``AppsV1Api``),
+    named as ``kubernetes.utils.create_from_dict`` names it."""
+    group, _, version = api_version.partition("/")
+    if not version:
+        group, version = "core", group
+    group = "".join(group.rsplit(".k8s.io", 1))
+    return "".join(word.capitalize() for word in group.split(".")) + f"{version.capitalize()}Api"
+
+
+def delete_method_name(kind: str) -> str:
+    """``delete_namespaced_config_map`` for ``ConfigMap``."""
+    return "delete_namespaced_" + re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
+
+
+def scheduler_selector(name: str) -> str:
+    """The label selector of the deployment's scheduler pod (the templates' labels)."""
+    return f"app.kubernetes.io/instance={name},app.kubernetes.io/component=scheduler"
+
+
+def scheduler_ended(pod: Any) -> str | None:
+    """How the scheduler pod's ``scheduler`` container ended (now or before a restart), if it
+    did: a crash-looping scheduler is reported at once, not after the timeout."""
+    if pod.status.phase in ("Failed", "Succeeded"):
+        return f"ended ({pod.status.phase})"
+    for container in pod.status.container_statuses or []:
+        if container.name != "scheduler":
+            continue
+        last = container.last_state.terminated if container.last_state else None
+        terminated = container.state.terminated if container.state else None
+        ended = terminated or last
+        if ended is not None:
+            return f"has a scheduler container that exited (exit code {ended.exit_code})"
+    return None
+
+
+def _kubernetes_client(kubeconfig: str | None) -> Any:
+    """The official client, configured as kubectl is (``$KUBECONFIG``, else ~/.kube/config)."""
+    config: Any = importlib.import_module("kubernetes.config")
+    try:
+        return config.new_client_from_config(config_file=kubeconfig)
+    except config.ConfigException as error:
+        raise SettingsError(
+            "KUBECONFIG", kubeconfig or "~/.kube/config", f"a kubeconfig file ({error})"
+        ) from None
+
+
+def _api_error(action: str, error: Exception) -> CommandError:
+    body = getattr(error, "body", None)
+    try:
+        message = json.loads(body)["message"] if body else str(error)
+    except (ValueError, KeyError, TypeError):
+        message = str(body)
+    return CommandError(f"{action}: {message}")
+
+
+class KubernetesLauncher(TemplatedLauncher):
+    """Creates every rendered object through the API, as ``kubectl apply -k`` would.
+
+    The address is the scheduler pod's IP (reachable from inside the cluster's network, where
+    a notebook on the cluster runs; from elsewhere, ``kubectl port-forward`` the Service and
+    connect a ``Client`` to the forwarded port).
+    """
+
+    backend = "kubernetes"
+
+    def launch(self, record: Any, timeout: float) -> str:
+        self.write(record.path)
+        kubernetes: Any = importlib.import_module("kubernetes")
+        kubeconfig = os.environ.get("KUBECONFIG")
+        client = _kubernetes_client(kubeconfig)
+        namespace = str(self.resolved.values["namespace"])
+        record.handles |= {"kubeconfig": kubeconfig, "namespace": namespace, "objects": []}
+        for obj in kubernetes_objects(self.files, namespace):
+            what = f"{obj['kind']} {obj['metadata']['name']}"
+            try:
+                kubernetes.utils.create_from_dict(client, obj, namespace=namespace)
+            except kubernetes.utils.FailToCreateError as error:
+                raise _api_error(f"creating {what}", error.api_exceptions[0]) from None
+            except kubernetes.client.ApiException as error:
+                raise _api_error(f"creating {what}", error) from None
+            record.handles["objects"].append(
+                [obj["apiVersion"], obj["kind"], obj["metadata"]["name"]]
+            )
+            record.save()
+        scheme = "tls" if self.resolved.values["tls"]["enabled"] else "tcp"
+        port = int(self.resolved.values["scheduler"]["port"])
+        core = kubernetes.client.CoreV1Api(client)
+        deadline = time.monotonic() + timeout
+        while True:
+            pods = core.list_namespaced_pod(namespace, label_selector=scheduler_selector(self.name))
+            running = [p for p in pods.items if p.status.phase == "Running" and p.status.pod_ip]
+            if running and _listening(running[0].status.pod_ip, port):
+                address = f"{scheme}://{running[0].status.pod_ip}:{port}"
+                break
+            ended = [why for p in pods.items if (why := scheduler_ended(p)) is not None]
+            if ended or time.monotonic() > deadline:
+                why = ended[0] if ended else f"is not up after {timeout:g}s"
+                raise _launch_error(
+                    f"the scheduler pod of {self.name!r} {why}; its log:\n"
+                    + self._log_tail(core, namespace, pods.items)
+                )
+            time.sleep(0.5)
+        record.scheduler_address = address
+        record.save()
+        return address
+
+    @staticmethod
+    def backend_options_here(record: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The scaler reads its worker template from a mounted ConfigMap and reaches the API
+        with its pod's token; here the template is the rendered one and the API is reached
+        as kubectl reaches it. Listing needs no owner."""
+        import yaml
+
+        configmap = yaml.safe_load((record.path / MANIFESTS / "worker-configmap.yaml").read_text())
+        template = record.path / "worker-pod.yaml"
+        template.write_text(configmap["data"]["worker-pod.yaml"])
+        kubeconfig = record.handles.get("kubeconfig") or str(Path.home() / ".kube" / "config")
+        return {**options, "worker_template": str(template), "kubeconfig": kubeconfig,
+                "namespace": record.handles["namespace"], "owner": None}  # fmt: skip
+
+    @staticmethod
+    def _log_tail(core: Any, namespace: str, pods: Sequence[Any]) -> str:
+        if not pods:
+            return "  (no scheduler pod was created)"
+        name = pods[0].metadata.name
+        try:
+            text = core.read_namespaced_pod_log(
+                name, namespace, container="scheduler", tail_lines=20
+            )
+        except Exception as error:  # the log is a courtesy: say why there is none
+            return f"  (no log of pod {name}: {error})"
+        return "\n".join(f"  | {line}" for line in str(text).splitlines())
+
+    @staticmethod
+    def stop(record: Any) -> None:
+        objects = record.handles.get("objects") or []
+        if not objects:
+            return
+        kubernetes: Any = importlib.import_module("kubernetes")
+        client = _kubernetes_client(record.handles.get("kubeconfig"))
+        namespace = record.handles["namespace"]
+        # kubectl's default: the API deletes the dependents (the scheduler pod, and with it
+        # the worker pods it owns) in the background.
+        options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        for api_version, kind, name in reversed(objects):
+            api = getattr(kubernetes.client, api_class_name(api_version))(client)
+            try:
+                getattr(api, delete_method_name(kind))(name, namespace, body=options)
+            except kubernetes.client.ApiException as error:
+                if error.status != 404:
+                    raise _api_error(f"deleting {kind} {name}", error) from None
+        core = kubernetes.client.CoreV1Api(client)
+        selector = f"app.kubernetes.io/instance={record.name}"
+        deadline = time.monotonic() + 120
+        while core.list_namespaced_pod(namespace, label_selector=selector).items:
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    f"pods labelled {selector} are still there 120s after their owners were "
+                    "deleted (see `kubectl get pods -l ...`)"
+                )
+            time.sleep(0.5)
+
+
 def _launch_error(message: str) -> UserInputError:
     from .lifecycle import LaunchError
 
@@ -377,6 +579,7 @@ def _launch_error(message: str) -> UserInputError:
 #: Templated backends that ``up`` and ``DeployCluster`` can launch.
 LAUNCHERS: dict[str, type[TemplatedLauncher]] = {
     "docker": DockerLauncher,
+    "kubernetes": KubernetesLauncher,
     "marathon": MarathonLauncher,
     "slurm": SlurmLauncher,
 }

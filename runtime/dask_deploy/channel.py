@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from .config import PolicyConfig, ScalerConfig, parse_config
-from .options import POLICY_OPTIONS, validate_plugin_options
-from .policy import Decision, Hold, Policy, PolicySettings, describe, load_policy_factory
-from .scaler import Scaler, TickResult, build_scaler
-from .steps import Bounds
+from .policy import Decision, Hold, Policy, describe
+from .scaler import Scaler, TickResult, build_policy, build_scaler
 
 logger = logging.getLogger("dask_deploy.scaler")
 
@@ -56,27 +54,16 @@ def validate_request(request: Mapping[str, Any], *, startup_timeout: float = 300
     Raises :class:`~dask_deploy.SettingsError` with the same one line the scaler's
     command line prints for the same section in a configuration file.
     """
-    # parse_config checks the section exactly as it checks a file; the other sections are
-    # placeholders it needs to be complete.
-    placeholder = {"scheduler": {"address": "tcp://127.0.0.1:1"}, "backend": {"name": "fake"}}
-    policy = parse_config({**placeholder, "policy": dict(request)}).policy
-    validate_plugin_options(
-        load_policy_factory(policy.name), policy.options, prefix=POLICY_OPTIONS
-    )  # a plug-in policy's published options schema
-    build_policy(policy, startup_timeout)  # the policy's own option checks
+    policy = _parse_section(request)
+    build_policy(policy, startup_timeout)  # the plug-in's options schema and its own checks
     return policy
 
 
-def build_policy(policy: PolicyConfig, startup_timeout: float) -> Policy:
-    """The policy object for a validated ``policy`` section."""
-    return load_policy_factory(policy.name)(
-        PolicySettings(
-            minimum=policy.minimum,
-            maximum=policy.maximum,
-            startup_timeout=startup_timeout,
-            options=policy.options,
-        )
-    )
+def _parse_section(request: Mapping[str, Any]) -> PolicyConfig:
+    # parse_config checks the section exactly as it checks a file; the other sections are
+    # placeholders it needs to be complete.
+    placeholder = {"scheduler": {"address": "tcp://127.0.0.1:1"}, "backend": {"name": "fake"}}
+    return parse_config({**placeholder, "policy": dict(request)}).policy
 
 
 def policy_as_dict(policy: PolicyConfig) -> dict[str, Any]:
@@ -102,8 +89,12 @@ class MetadataLink(Protocol):
 
 
 @dataclass(frozen=True)
-class DecisionRecord:
-    """One decision as ``status`` shows it."""
+class PublishedDecision:
+    """One decision as the scaler publishes it in the scheduler for ``dask-deploy status``.
+
+    Not :class:`dask_deploy.steps.DecisionRecord` (the typed record the loop, the simulator
+    and the bench compare): this is its plain, JSON-ready form with the decision's log line.
+    """
 
     time: float
     kind: str
@@ -137,7 +128,7 @@ class ChannelScaler(Scaler):
         self.metadata = metadata if metadata is not None else cast(MetadataLink, self.scheduler)
         self.applied_request: str | None = None
         self.refused_request: dict[str, str] | None = None
-        self.decisions: deque[DecisionRecord] = deque(maxlen=DECISIONS_KEPT)
+        self.decisions: deque[PublishedDecision] = deque(maxlen=DECISIONS_KEPT)
         self._last_decision: tuple[str, str] = ("", "")
         self.metrics.set_bounds(policy_config.minimum, policy_config.maximum)
 
@@ -168,8 +159,8 @@ class ChannelScaler(Scaler):
         try:
             if not isinstance(section, Mapping):
                 raise ValueError(f"policy: got {section!r}, expected a mapping")
-            config = validate_request(section, startup_timeout=self.settings.startup_timeout)
-            policy = build_policy(config, self.settings.startup_timeout)
+            config = _parse_section(section)
+            policy = build_policy(config, self.settings.startup_timeout)  # validates it, too
         except Exception as error:
             self.refused_request = {"id": request_id, "error": str(error)}
             logger.warning("policy request %s refused: %s", request_id, error)
@@ -180,19 +171,19 @@ class ChannelScaler(Scaler):
             _describe_policy(config),
             _describe_policy(self.policy_config),
         )
-        self.policy = policy
-        self.policy_config = config
         # The loop enforces the bounds and names the policy in its log: both follow the request.
-        self.policy_name = config.name
-        self.bounds = Bounds(config.minimum, config.maximum)
+        self.adopt_policy(config, policy)
         self.refused_request = None
-        self.metrics.set_bounds(config.minimum, config.maximum)
+
+    def adopt_policy(self, config: PolicyConfig, policy: Policy) -> None:
+        super().adopt_policy(config, policy)
+        self.policy_config = config  # status shows the policy in force, whoever changed it
 
     def _remember(self, decision: Decision) -> None:
         if decision.kind == "hold" and (decision.kind, decision.reason) == self._last_decision:
             return  # the same hold tick after tick is one entry, not twenty
         self._last_decision = (decision.kind, decision.reason)
-        self.decisions.append(DecisionRecord(self.clock(), decision.kind, describe(decision)))
+        self.decisions.append(PublishedDecision(self.clock(), decision.kind, describe(decision)))
 
     def status(self, result: TickResult) -> dict[str, Any]:
         """What ``dask-deploy status`` shows of the scaler (documented in docs/python-api.md)."""
@@ -212,6 +203,7 @@ class ChannelScaler(Scaler):
             if observation is None
             else [{"name": i.name, "state": i.state.value} for i in observation.instances],
             "decisions": [record.as_dict() for record in self.decisions],
+            "metrics": self.metrics_url,
         }
 
     async def tick(self) -> TickResult:
@@ -250,8 +242,8 @@ def new_request_id() -> str:
 __all__ = [
     "METADATA_ROOT",
     "ChannelScaler",
-    "DecisionRecord",
     "MetadataLink",
+    "PublishedDecision",
     "build_policy",
     "new_request_id",
     "policy_as_dict",

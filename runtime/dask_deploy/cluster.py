@@ -21,7 +21,7 @@ import os
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
-from distributed.core import rpc
+from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
 
 from . import lifecycle
@@ -73,7 +73,14 @@ class DeployCluster(Cluster):
             lifecycle.make_launcher(backend, name, values, self._sets, folder)
         if not self.asynchronous:
             self._loop_runner.start()  # type: ignore[no-untyped-call]
-            self.sync(self._start)  # type: ignore[no-untyped-call]
+            try:
+                self.sync(self._start)  # type: ignore[no-untyped-call]
+            except BaseException:
+                # Nothing runs any more (up stopped what it had started): the error is the
+                # whole story, not followed by an "unclosed cluster" warning at exit.
+                self.status = Status.closed
+                self._loop_runner.stop()  # type: ignore[no-untyped-call]
+                raise
 
     @classmethod
     def from_name(

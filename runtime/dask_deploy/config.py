@@ -1,4 +1,6 @@
-"""The scaler configuration (``scaler.yaml``, see docs/scaler-config.md), loaded once.
+"""The scaler configuration (``scaler.yaml``, see docs/scaler-config.md), loaded and validated.
+
+The running scaler loads it again when the file changes (:class:`dask_deploy.scaler.ConfigSource`).
 
 :func:`load_config` reads the file named by ``--config`` or, without it, the YAML
 text in the environment variable ``DASK_DEPLOY_SCALER_CONFIG``; command-line

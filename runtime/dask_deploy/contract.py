@@ -36,6 +36,18 @@ class InstanceState(enum.Enum):
     EXITED = "exited"
 
 
+class ReasonKind(enum.Enum):
+    """What an instance's ``reason`` says about it: why it is not running yet."""
+
+    STUCK = "stuck"
+    """It cannot start as requested, and a replacement could not either (an image that cannot
+    be pulled, a job held by the batch system): log it, hold scale-up, never replace it."""
+    QUEUED = "queued"
+    """It waits its turn in a queue, for a reason the resource manager reports (Resources,
+    Priority, a QOS limit): it will start. Not stuck, and never cancelled for being slow, which
+    would only lose its place; its startup clock starts when it leaves the queue."""
+
+
 @dataclass(frozen=True)
 class Instance:
     """One worker the backend launched.
@@ -53,6 +65,18 @@ class Instance:
     """Why the instance is not running, when the resource manager says (as cluster-autoscaler's
     ``ErrorInfo``): an image that cannot be pulled, a job held by the batch system. A stuck
     instance is a reason to log and to hold, not to recreate; ``None`` when nothing is known."""
+    reason_kind: ReasonKind = ReasonKind.STUCK
+    """What ``reason`` means: the instance is stuck (the default), or queued."""
+
+    @property
+    def stuck(self) -> bool:
+        """It cannot start, for ``reason``: hold scale-up, do not replace it."""
+        return self.reason is not None and self.reason_kind is ReasonKind.STUCK
+
+    @property
+    def queued(self) -> bool:
+        """It waits in the resource manager's queue, for ``reason``: it will start."""
+        return self.reason is not None and self.reason_kind is ReasonKind.QUEUED
 
 
 @dataclass(frozen=True)
@@ -148,7 +172,9 @@ class Observation:
 
     ``tasks_queued`` and ``tasks_unrunnable`` are ``None`` when the scheduler
     does not report them (it runs without the ``dask_deploy.scheduler_preload``
-    module).
+    module); so is ``work_seconds``, the known work: the seconds of task time queued
+    and processing, from the scheduler's own per-prefix duration estimates (what its
+    ``adaptive_target`` divides by the target duration).
     """
 
     workers: tuple[WorkerSnapshot, ...]
@@ -158,6 +184,7 @@ class Observation:
     tasks_queued: int | None = None
     tasks_unrunnable: int | None = None
     workers_to_close: tuple[str, ...] = ()
+    work_seconds: float | None = None
 
     @cached_property
     def requested(self) -> tuple[Instance, ...]:
@@ -288,6 +315,7 @@ __all__ = [
     "Policy",
     "PolicyFactory",
     "PolicySettings",
+    "ReasonKind",
     "ScaleDown",
     "ScaleUp",
     "WorkerSnapshot",

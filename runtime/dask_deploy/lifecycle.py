@@ -51,6 +51,7 @@ from .values import apply_set, deep_merge, load_values_file, parse_set
 STATE_ENV = "DASK_DEPLOY_STATE_DIR"
 RECORD_FILE = "deployment.json"
 SCALER_CONFIG_FILE = "scaler-config.yaml"
+SCALER_CONFIGMAP_FILE = "scaler-configmap.yaml"
 #: Seconds `down` waits for the scaler to retire every worker before stopping it.
 RETIRE_TIMEOUT = 120.0
 logger = logging.getLogger("dask_deploy.lifecycle")
@@ -133,8 +134,12 @@ class DeploymentRecord:
 
     def scaler_config(self) -> ScalerConfig:
         """The scaler configuration the deployment was launched with."""
-        raw = yaml.safe_load((self.path / MANIFESTS / SCALER_CONFIG_FILE).read_text())
-        return parse_config(raw)
+        path = self.path / MANIFESTS / SCALER_CONFIG_FILE
+        if not path.is_file() and (self.path / MANIFESTS / SCALER_CONFIGMAP_FILE).is_file():
+            # Kubernetes mounts it from a ConfigMap.
+            configmap = yaml.safe_load((self.path / MANIFESTS / SCALER_CONFIGMAP_FILE).read_text())
+            return parse_config(yaml.safe_load(configmap["data"][SCALER_CONFIG_FILE]))
+        return parse_config(yaml.safe_load(path.read_text()))
 
 
 def list_names(root: Path | None = None) -> list[str]:
@@ -512,6 +517,8 @@ def _backend_of(record: DeploymentRecord) -> Backend:
         else value
         for key, value in config.backend.options.items()
     }
+    if record.backend in LAUNCHERS:
+        options = LAUNCHERS[record.backend].backend_options_here(record, options)
     return load_backend_factory(config.backend.name)(
         BackendContext(
             deployment=config.deployment,

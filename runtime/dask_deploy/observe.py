@@ -4,12 +4,16 @@ Talks distributed's own RPC (``distributed.core.rpc``) over ``tcp://`` or
 ``tls://`` with dask's :class:`~distributed.security.Security`; it runs no
 pickled code on the scheduler and does not need the scheduler's HTTP API.
 
-Task counts: queued and unrunnable counts are not exposed by any stock handler
-of distributed, so the optional preload :mod:`dask_deploy.scheduler_preload`
-adds one read-only handler. Without it the snapshot uses the stock ``identity``
-and ``processing`` handlers, reports the counts as unknown (``None``) and takes
-stored bytes from the workers' heartbeats; the scheduler's ``adaptive_target``
-still accounts for queued work, so the policies keep working.
+With the optional preload :mod:`dask_deploy.scheduler_preload` a snapshot is one
+call of its read-only ``dask_deploy_summary`` handler: task counts and known work
+(no stock handler exposes them), the scheduler's ``adaptive_target``, the workers
+and their ``workers_to_close`` ranking, from one pass over the workers. Without it
+(an older preload, or none) the snapshot takes the stock ``identity``,
+``adaptive_target`` and ``workers_to_close`` handlers, plus the older
+``dask_deploy_counts`` handler when present, else ``processing``: the counts are
+then unknown (``None``) and stored bytes come from the workers' heartbeats; the
+scheduler's ``adaptive_target`` still accounts for queued work, so the policies
+keep working.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any, Protocol
 from ._errors import UserInputError
 from .config import SchedulerSettings
 from .policy import WorkerSnapshot
-from .scheduler_preload import HANDLER
+from .scheduler_preload import COUNTS_HANDLER, SUMMARY_COLUMNS, SUMMARY_HANDLER
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class SchedulerState:
     tasks_queued: int | None
     tasks_unrunnable: int | None
     workers_to_close: tuple[str, ...]
+    work_seconds: float | None = None
 
 
 class SchedulerLink(Protocol):
@@ -93,6 +98,43 @@ def parse_workers(
     return tuple(result)
 
 
+def _optional_float(value: object) -> float | None:
+    """A number from a reply; ``None`` from an older preload that does not send it."""
+    return float(value) if isinstance(value, int | float) else None
+
+
+def parse_summary(reply: Mapping[str, Any]) -> SchedulerState:
+    """The snapshot in a ``dask_deploy_summary`` reply (``scheduler_preload.summary``).
+
+    The reply lists the workers in the scheduler's ``workers_to_close`` order, the first
+    ``closable`` of them ranked; the snapshot lists them by address, as ``identity`` does.
+    """
+    columns = reply["workers"]
+    rows = zip(*(columns[column] for column in SUMMARY_COLUMNS), strict=True)
+    ranked = [
+        WorkerSnapshot(
+            name=str(name),
+            address=str(address),
+            status=str(status),
+            threads=int(threads),
+            memory_limit=int(memory_limit or 0),
+            stored_bytes=int(nbytes),
+            processing=int(processing),
+        )
+        for address, name, status, threads, memory_limit, nbytes, processing in rows
+    ]
+    workers = tuple(sorted(ranked, key=lambda worker: worker.address))
+    return SchedulerState(
+        workers=workers,
+        adaptive_target=int(reply["adaptive_target"]),
+        tasks_processing=sum(w.processing for w in workers),
+        tasks_queued=int(reply["queued"]),
+        tasks_unrunnable=int(reply["unrunnable"]),
+        workers_to_close=tuple(w.name for w in ranked[: int(reply["closable"])]),
+        work_seconds=_optional_float(reply.get("work_seconds")),
+    )
+
+
 def retired_names(reply: Mapping[str, Any]) -> frozenset[str]:
     """Names in a ``retire_workers`` reply (address -> worker identity)."""
     return frozenset(str(info.get("name", address)) for address, info in reply.items())
@@ -109,23 +151,46 @@ class RpcScheduler:
         self.address = address
         self.retire_timeout = retire_timeout
         self._rpc = rpc(address, connection_args=dict(connection_args), timeout=10)  # type: ignore[no-untyped-call]
+        self._without_summary: str | None = None
+        """Id of the scheduler found without the summary handler; ``None``: call it."""
         self._has_counts: bool | None = None
+
+    async def _optional(self, handler: str, **kwargs: Any) -> Mapping[str, Any] | None:
+        """The reply of one of the preload's handlers; ``None`` when the scheduler lacks it.
+
+        distributed answers a call of an unknown handler with ``None`` (and logs it);
+        some versions raise an error naming the handler instead.
+        """
+        try:
+            reply: Mapping[str, Any] | None = await getattr(self._rpc, handler)(**kwargs)
+        except (ValueError, KeyError) as error:
+            if handler not in str(error):
+                raise
+            return None
+        return reply
 
     async def _counts(self) -> Mapping[str, Any] | None:
         if self._has_counts is False:
             return None
-        try:
-            reply: Mapping[str, Any] = await getattr(self._rpc, HANDLER)()
-        except (ValueError, KeyError) as error:
-            if HANDLER not in str(error):
-                raise
-            self._has_counts = False  # the scheduler runs without our preload
-            return None
-        self._has_counts = True
+        reply = await self._optional(COUNTS_HANDLER)
+        self._has_counts = reply is not None
         return reply
 
     async def observe(self, target_duration: float | None) -> SchedulerState:
+        if self._without_summary is None:
+            reply = await self._optional(SUMMARY_HANDLER, target_duration=target_duration)
+            if reply is not None:
+                return parse_summary(reply)
         identity = await self._rpc.identity()
+        scheduler_id = str(identity.get("id"))
+        if self._without_summary not in (None, scheduler_id):
+            # Another scheduler answers (restarted, perhaps upgraded): it may have the preload.
+            self._has_counts = None
+            reply = await self._optional(SUMMARY_HANDLER, target_duration=target_duration)
+            if reply is not None:
+                self._without_summary = None
+                return parse_summary(reply)
+        self._without_summary = scheduler_id
         counts = await self._counts()
         processing: Mapping[str, Collection[object]] = (
             {} if counts is not None else await self._rpc.processing()
@@ -140,6 +205,7 @@ class RpcScheduler:
             tasks_queued=None if counts is None else int(counts["queued"]),
             tasks_unrunnable=None if counts is None else int(counts["unrunnable"]),
             workers_to_close=tuple(str(name) for name in ranking),
+            work_seconds=None if counts is None else _optional_float(counts.get("work_seconds")),
         )
 
     async def worker_names(self) -> frozenset[str]:

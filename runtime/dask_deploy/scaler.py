@@ -18,16 +18,19 @@ runs, and logged with the policy's registry name.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from . import steps
-from .backends import Backend, BackendContext, load_backend_factory
-from .backends.batch import HandsOverAtWalltime, ReportsQueueWaits
-from .config import LoopSettings, ScalerConfig
+from .backends import Backend, BackendContext, InstanceState, load_backend_factory
+from .backends.batch import HandsOverAtWalltime
+from .config import LoopSettings, PolicyConfig, ScalerConfig, load_config
 from .metrics import ScalerMetrics
 from .observe import SchedulerLink, connect, resolve_address
 from .options import BACKEND_OPTIONS, POLICY_OPTIONS, validate_plugin_options
@@ -52,8 +55,120 @@ T = TypeVar("T")
 PROMPT_RETRY_WINDOW = 30.0
 #: Longer outages back off: each wait is half the outage so far, at most this many seconds.
 MAX_BACKOFF = 30.0
+#: Share of the interval the loop still waits after a tick that took longer than the interval.
+MIN_REST = 0.1
 #: Seconds a tick in progress may still take once the scaler is asked to stop.
 STOP_GRACE = 5.0
+
+
+@dataclass
+class ConfigSource:
+    """The file the running configuration was read from, so the loop can read it again.
+
+    ``overrides`` are the command line's (they keep winning over the file); ``address`` is the
+    scheduler address the backend was built with. ``files`` are the configuration file and
+    every file a backend option names (the worker template or job script), compared by their
+    content: a Kubernetes ConfigMap volume replaces its files through a symlink, an editor may
+    write a new file, and a ``touch`` alone changes nothing.
+    """
+
+    path: Path
+    config: ScalerConfig
+    address: str
+    overrides: Mapping[str, object] = field(default_factory=dict)
+    signature: tuple[tuple[str, int, int, int], ...] = field(init=False, default=())
+    digest: str = field(init=False, default="")
+    backend_digest: str = field(init=False, default="")
+    """The content of the backend's files when the running backend was built."""
+
+    def __post_init__(self) -> None:
+        self.signature, self.digest = self._signature(), self._digest()
+        self.backend_digest = self.backend_files_digest()
+
+    def files(self) -> list[Path]:
+        """The configuration file and the files its backend options name."""
+        named = [
+            Path(value)
+            for value in self.config.backend.options.values()
+            if isinstance(value, str) and value and Path(value).is_file()
+        ]
+        return [self.path, *named]
+
+    def _signature(self) -> tuple[tuple[str, int, int, int], ...]:
+        signature = []
+        for path in self.files():
+            try:
+                stat = os.stat(path)  # follows a ConfigMap's ..data symlink
+            except OSError:
+                signature.append((str(path), -1, -1, -1))
+                continue
+            signature.append((str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino))
+        return tuple(signature)
+
+    def _digest(self) -> str:
+        return files_digest(self.files())
+
+    def backend_files_digest(self) -> str:
+        """The content of the files the backend options name (not the configuration file)."""
+        return files_digest(self.files()[1:])
+
+    def changed(self) -> bool:
+        """Whether a watched file's content changed since the last look (cheap when not)."""
+        signature = self._signature()
+        if signature == self.signature:
+            return False
+        self.signature = signature
+        digest = self._digest()
+        if digest == self.digest:
+            return False
+        self.digest = digest
+        return True
+
+    def adopt(self, config: ScalerConfig) -> None:
+        """``config`` is now the running one: watch the files it names."""
+        self.config = config
+        self.signature, self.digest = self._signature(), self._digest()
+
+
+def files_digest(paths: list[Path]) -> str:
+    """One hash of the names and contents of ``paths`` (a missing file counts as such)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(str(path).encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"\0missing")
+    return digest.hexdigest()
+
+
+#: What a running scaler cannot change without a restart (it would be another deployment,
+#: another scheduler or another listening socket).
+RESTART_ONLY = ("deployment", "scheduler", "metrics")
+
+
+def config_changes(old: ScalerConfig, new: ScalerConfig) -> list[str]:
+    """``key: old -> new`` for each setting that differs, in the file's order."""
+    changes = []
+    for section in ("deployment", "scheduler", "policy", "loop", "metrics", "backend"):
+        before, after = getattr(old, section), getattr(new, section)
+        if before == after:
+            continue
+        if section in ("policy", "loop", "backend") and before is not None:
+            for key, value in vars(after).items():
+                if getattr(before, key) != value:
+                    changes.append(
+                        f"{section}.{key}: {_shown(getattr(before, key))} -> {_shown(value)}"
+                    )
+        else:
+            changes.append(f"{section}: {_shown(before)} -> {_shown(after)}")
+    return changes
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in value.items()) + "}"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 class SchedulerCallError(Exception):
@@ -126,6 +241,84 @@ class Scaler:
         self._waiting: dict[str, str] = {}
         self._leaving_since: dict[str, float] = {}
         self._handed_over_alone: set[str] = set()
+        self._cleaned: set[str] = set()
+        self.metrics_url: str | None = None
+        """Where the Prometheus endpoint listens, once it does (published with the status)."""
+        self.config_source: ConfigSource | None = None
+        """Set by ``dask-deploy scale --config``: the file is read again when it changes."""
+
+    def adopt_policy(self, config: PolicyConfig, policy: Policy) -> None:
+        """Decide with ``policy`` (built from ``config``) from now on, within its bounds."""
+        self.policy = policy
+        self.policy_name = config.name
+        self.bounds = Bounds(config.minimum, config.maximum)
+        self.metrics.set_bounds(config.minimum, config.maximum)
+
+    async def reload_if_changed(self) -> None:
+        """Apply a changed configuration file or worker template, as a restart would read it.
+
+        Checked every tick (a ``stat`` of each file; their content is hashed only when that
+        changed). The new file goes through the same validation as at startup; a file that
+        does not pass is reported in one line and the running configuration stays. What only
+        a restart can change (the deployment, the scheduler, the metrics socket, the backend's
+        kind) is named and kept.
+        """
+        source = self.config_source
+        if source is None or not source.changed():
+            return
+        old = source.config
+        try:
+            new = load_config(source.path, source.overrides)
+            kept = [
+                change
+                for change in config_changes(old, new)
+                if change.split(":")[0].split(".")[0] in RESTART_ONLY
+                or change.startswith("backend.name:")
+            ]
+            effective = replace(
+                new, deployment=old.deployment, scheduler=old.scheduler, metrics=old.metrics
+            )
+            if new.backend.name != old.backend.name:
+                effective = replace(effective, backend=old.backend)
+            policy_changed = (effective.policy, effective.loop.startup_timeout) != (
+                old.policy,
+                old.loop.startup_timeout,
+            )
+            policy = (
+                build_policy(effective.policy, effective.loop.startup_timeout)
+                if policy_changed
+                else None
+            )
+            source.adopt(effective)
+            templates = source.backend_files_digest()
+            backend_changed = effective.backend != old.backend or templates != source.backend_digest
+            backend = build_backend(effective, source.address) if backend_changed else None
+        except Exception as error:
+            source.config = old
+            logger.error(
+                "%s changed but is not applied: %s; the running configuration stays",
+                source.path,
+                " ".join(str(error).split()),
+            )
+            return
+        changes = config_changes(old, effective)
+        if backend_changed and effective.backend == old.backend:
+            changes.append("a file backend.options names changed (worker template or script)")
+        if kept:
+            logger.warning(
+                "%s: not applied until the scaler restarts: %s", source.path, "; ".join(kept)
+            )
+        if not changes:
+            logger.info("%s changed; nothing in effect differs", source.path)
+            return
+        self.settings = effective.loop
+        if policy is not None:
+            self.adopt_policy(effective.policy, policy)
+        if backend is not None:
+            retired, self.backend = self.backend, backend
+            source.backend_digest = templates
+            await retired.close()
+        logger.info("configuration changed (%s): %s", source.path, "; ".join(changes))
 
     async def observe(self) -> Observation | Hold:
         """This tick's observation, or a hold explaining what could not be observed.
@@ -151,7 +344,46 @@ class Scaler:
             tasks_queued=state.tasks_queued,
             tasks_unrunnable=state.tasks_unrunnable,
             workers_to_close=state.workers_to_close,
+            work_seconds=state.work_seconds,
         )
+
+    async def _remove(self, names: list[str]) -> None:
+        """Remove instances from the backend; an ended one is then not removed again."""
+        await self.backend.scale_down(names)
+        self._cleaned.update(names)
+
+    async def _remove_ended(self, observation: Observation) -> Observation:
+        """Remove the instances that ended by themselves, on the tick they are seen ended.
+
+        An ended pod, an exited container or a finished process holds no worker and nothing
+        collects it, so it would otherwise stay until the next scale action. Only instances
+        whose worker is not connected are taken, and not those a batch backend reports ended
+        early because they near their walltime (the walltime handover retires those). A
+        failure is logged and retried next tick; it does not hold the decision.
+        """
+        present = {i.name for i in observation.instances}
+        self._cleaned &= present
+        if self.dry_run:
+            return observation
+        leaving = self.backend.leaving() if isinstance(self.backend, HandsOverAtWalltime) else {}
+        ended = sorted(
+            i.name
+            for i in observation.instances
+            if i.state is InstanceState.EXITED
+            and i.name not in observation.registered_names
+            and i.name not in leaving
+            and i.name not in self._cleaned
+        )
+        if not ended:
+            return observation
+        try:
+            await self._remove(ended)
+        except Exception as error:
+            self.metrics.backend_errors.inc()
+            logger.warning("removing ended %s failed, will retry: %r", ", ".join(ended), error)
+            return observation
+        logger.info("removed ended %s (their worker had already gone)", ", ".join(ended))
+        return steps.without_instances(observation, ended)
 
     async def _replace_stale(self, observation: Observation, now: float) -> Observation:
         """Remove instances that stayed unconnected for longer than the startup timeout.
@@ -162,8 +394,8 @@ class Scaler:
         """
         memory = self._memory or LoopMemory(started_at=now)
         timeout = self.settings.startup_timeout
-        waiting = self._queue_waits(observation)
-        self._memory, stale = steps.find_stale(memory, observation, now, timeout, waiting=waiting)
+        self._log_queue_waits(observation)
+        self._memory, stale = steps.find_stale(memory, observation, now, timeout)
         if not stale or self.dry_run:
             return observation
         names = sorted(i.name for i in stale)
@@ -173,15 +405,12 @@ class Scaler:
             now - max(steps.unconnected_since(self._memory, i) for i in stale),
             timeout,
         )
-        await self.backend.scale_down(names)
+        await self._remove(names)
         return steps.without_instances(observation, names)
 
-    def _queue_waits(self, observation: Observation) -> dict[str, str]:
-        """Pending instances that wait in the backend's queue, and why; each new reason logged."""
-        if not isinstance(self.backend, ReportsQueueWaits):
-            return {}
-        pending = {i.name for i in observation.pending}
-        waiting = {n: r for n, r in self.backend.waiting().items() if n in pending}
+    def _log_queue_waits(self, observation: Observation) -> None:
+        """Log each new reason a pending instance waits in the queue for (``Instance.queued``)."""
+        waiting = {i.name: str(i.reason) for i in observation.pending if i.queued}
         for name, reason in sorted(waiting.items()):
             if self._waiting.get(name) != reason:
                 logger.info(
@@ -191,7 +420,6 @@ class Scaler:
                     reason,
                 )
         self._waiting = waiting
-        return waiting
 
     async def _hand_over(self, observation: Observation, now: float) -> None:
         """Retire workers that leave at their walltime through the scheduler, in time.
@@ -245,11 +473,11 @@ class Scaler:
         self._handed_over_alone = (self._handed_over_alone & set(leaving)) | set(alone)
         retired = await _asking_scheduler(self.scheduler.retire(due))
         if retired:
-            await self.backend.scale_down(sorted(retired))
+            await self._remove(sorted(retired))
 
     def _log_stuck(self, observation: Observation) -> None:
         """Say once, per change, which instances cannot start and why (``Instance.reason``)."""
-        stuck = {i.name: i.reason for i in observation.pending if i.reason is not None}
+        stuck = {i.name: str(i.reason) for i in observation.pending if i.stuck}
         changed: dict[str, list[str]] = {}
         for name, reason in sorted(stuck.items()):
             if self._stuck.get(name) != reason:
@@ -314,7 +542,7 @@ class Scaler:
             to_cancel = [name for name in to_cancel if name not in connected_now]
         if to_cancel:
             logger.info("cancelling pending %s", ", ".join(to_cancel))
-            await self.backend.scale_down(to_cancel)
+            await self._remove(to_cancel)
         if not to_retire:
             return
         retired = await _asking_scheduler(self.scheduler.retire(to_retire))
@@ -331,16 +559,18 @@ class Scaler:
         done = [name for name in to_retire if name in retired]
         if done:
             logger.info("retired %s; removing them from the backend", ", ".join(done))
-            await self.backend.scale_down(done)
+            await self._remove(done)
 
     async def tick(self) -> TickResult:
         """One observe-decide-act round; never raises for scheduler or backend errors."""
+        await self.reload_if_changed()
         now = self.clock()
         seen = await self.observe()
         if isinstance(seen, Hold):
             self._log_decision(seen)
             self.metrics.decisions.labels(kind=seen.kind).inc()
             return TickResult(seen, None, ok=False)
+        seen = await self._remove_ended(seen)
         try:
             current = await self._replace_stale(seen, now)
         except Exception as error:
@@ -415,19 +645,32 @@ class Scaler:
             " (dry run: no action is taken)" if self.dry_run else "",
         )
         try:
+            clock = asyncio.get_running_loop().time
+            due = clock()
             while not stop.is_set():
+                # Ticks are due every interval (a fixed rate, as the simulator models them):
+                # the wait is what the tick left of it. Sleeping a whole interval after each
+                # tick made the period the interval plus the tick's own time, 1.2 to 1.5 s on
+                # a loaded machine, so the ticks drifted across the workload's arrivals. A
+                # tick that overran still leaves the scheduler a tenth of an interval's rest.
+                # A failed tick is retried its whole delay after it ended, as it always was:
+                # a resource manager that answers slowly or not at all gets that much rest.
+                ok = False
                 try:
                     result = await self._tick_until(stop)
                     if result is None:
                         break
                     self.metrics.ticks.inc()
-                    delay = self.next_delay(result.ok)
+                    ok = result.ok
+                    delay = self.next_delay(ok)
                 except Exception:  # a bug must not take the sidecar down; say so loudly
                     logger.exception("unexpected error in the scaler loop")
                     self.metrics.ticks.inc()
                     delay = self.next_delay(False)
+                rest = MIN_REST * self.settings.interval
+                due = max(due + delay, clock() + rest) if ok else clock() + delay
                 try:
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await asyncio.wait_for(stop.wait(), due - clock())
                 except TimeoutError:
                     pass
         finally:
@@ -485,25 +728,9 @@ def build_scaler(
     ``scaler_type`` (a subclass of :class:`Scaler`) is built with ``extra`` besides the loop's
     own arguments.
     """
-    policy_factory = load_policy_factory(config.policy.name)
-    backend_factory = load_backend_factory(config.backend.name)
-    validate_plugin_options(policy_factory, config.policy.options, prefix=POLICY_OPTIONS)
-    validate_plugin_options(backend_factory, config.backend.options, prefix=BACKEND_OPTIONS)
-    policy = policy_factory(
-        PolicySettings(
-            minimum=config.policy.minimum,
-            maximum=config.policy.maximum,
-            startup_timeout=config.loop.startup_timeout,
-            options=config.policy.options,
-        )
-    )
-    backend = backend_factory(
-        BackendContext(
-            deployment=config.deployment,
-            scheduler_address=address or resolve_address(config.scheduler),
-            options=config.backend.options,
-        )
-    )
+    # The policy's and the backend's own checks come before connecting (bad options exit 2).
+    policy = build_policy(config.policy, config.loop.startup_timeout)
+    backend = build_backend(config, address or resolve_address(config.scheduler))
     return scaler_type(
         scheduler=connect(config.scheduler, address),
         backend=backend,
@@ -514,4 +741,31 @@ def build_scaler(
         metrics=ScalerMetrics(),
         dry_run=dry_run,
         **extra,
+    )
+
+
+def build_policy(policy: PolicyConfig, startup_timeout: float) -> Policy:
+    """The policy of a ``policy`` section; ``SettingsError`` on options it does not accept
+    (a plug-in's published options schema first, then the policy's own checks)."""
+    factory = load_policy_factory(policy.name)
+    validate_plugin_options(factory, policy.options, prefix=POLICY_OPTIONS)
+    return factory(
+        PolicySettings(
+            minimum=policy.minimum,
+            maximum=policy.maximum,
+            startup_timeout=startup_timeout,
+            options=policy.options,
+        )
+    )
+
+
+def build_backend(config: ScalerConfig, address: str) -> Backend:
+    """The backend of ``config`` for the scheduler at ``address``; ``SettingsError`` on bad
+    options."""
+    factory = load_backend_factory(config.backend.name)
+    validate_plugin_options(factory, config.backend.options, prefix=BACKEND_OPTIONS)
+    return factory(
+        BackendContext(
+            deployment=config.deployment, scheduler_address=address, options=config.backend.options
+        )
     )

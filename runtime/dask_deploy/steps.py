@@ -95,20 +95,13 @@ def find_stale(
     observation: Observation,
     now: float,
     startup_timeout: float,
-    *,
-    waiting: Collection[str] = (),
 ) -> tuple[LoopMemory, tuple[Instance, ...]]:
-    """Note who is connected now; return the pending instances past the startup timeout.
-
-    ``waiting`` names instances a batch queue holds for a reason it reports: their clock
-    starts again each time they are seen waiting, so only a start that fails is timed out.
-    """
+    """Note who is connected now; return the pending instances past the startup timeout."""
     current = {i.name for i in observation.instances}
     last_connected = {n: t for n, t in memory.last_connected.items() if n in current}
     last_connected.update((name, now) for name in observation.registered_names)
-    last_connected.update((name, now) for name in waiting if name in current)
-    # Stuck for a reason a replacement would share (Instance.reason): not stale; its startup
-    # clock starts again once the resource manager lets it go.
+    # Stuck for a reason a replacement would share, or queued for a reason the resource manager
+    # reports (Instance.reason): not stale; its startup clock starts once it is let go.
     last_connected.update((i.name, now) for i in observation.instances if i.reason is not None)
     memory = replace(memory, last_connected=last_connected)
     stale = tuple(
@@ -231,7 +224,7 @@ def record(now: float, decision: Decision, observation: Observation) -> Decision
 
 def hold_if_stuck(decision: Decision, observation: Observation) -> Decision:
     """No more instances while those asked for cannot start: they would be stuck too."""
-    stuck = [i for i in observation.pending if i.reason is not None]
+    stuck = [i for i in observation.pending if i.stuck]
     if not isinstance(decision, ScaleUp) or not stuck:
         return decision
     reasons = sorted({str(i.reason) for i in stuck})

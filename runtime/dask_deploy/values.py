@@ -21,13 +21,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import jsonschema
 import yaml
 
 from ._errors import SettingsError, UserInputError
 from .options import PathSegment, format_path, problems, raise_problems, type_name
+from .worker_preload import NANNY_STOP_SECONDS
 
 #: Overrides where the templates are found (a folder holding ``<backend>/values.yaml``).
 TEMPLATES_ENV = "DASK_DEPLOY_TEMPLATES"
@@ -126,7 +127,15 @@ def backend_folder(root: Path | Sequence[Path], backend: str) -> Path:
 # --------------------------------------------------------------------------- YAML files
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# libyaml's parser where PyYAML was built with it: the pure-Python one spends most of a render
+# reading the backend's commented values.yaml.
+if TYPE_CHECKING:
+    from yaml import CSafeLoader as _SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
 
 
@@ -398,19 +407,50 @@ def validate_values(values: Mapping[str, Any], schema: Mapping[str, Any]) -> Non
 
 def _cross_field_problems(values: Mapping[str, Any]) -> list[SettingsError]:
     """Rules a JSON Schema cannot say, shared by every backend's values."""
+    return [*_bounds_problems(values), *_handover_problems(values)]
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bounds_problems(values: Mapping[str, Any]) -> list[SettingsError]:
     scaler = values.get("scaler")
     if not isinstance(scaler, Mapping):
         return []
     minimum, maximum = scaler.get("minimum"), scaler.get("maximum")
-    if (
-        isinstance(minimum, int)
-        and isinstance(maximum, int)
-        and not isinstance(minimum, bool)
-        and not isinstance(maximum, bool)
-        and minimum > maximum
-    ):
+    if _is_int(minimum) and _is_int(maximum) and minimum > maximum:
         return [
             SettingsError("scaler.minimum", minimum, f"at most scaler.maximum, which is {maximum}")
+        ]
+    return []
+
+
+#: The worker's grace period (between SIGTERM and SIGKILL) in each values file that has
+#: ``worker.handover_timeout``.
+GRACE_PERIOD_KEYS = ("termination_grace_period", "stop_timeout", "kill_grace_period")
+
+
+def _handover_problems(values: Mapping[str, Any]) -> list[SettingsError]:
+    """The handover and the nanny's stop after it must end before the grace period does, or
+    the resource manager SIGKILLs the worker halfway and its data is lost anyway."""
+    worker = values.get("worker")
+    if not isinstance(worker, Mapping):
+        return []
+    handover = worker.get("handover_timeout")
+    grace_key = next((key for key in GRACE_PERIOD_KEYS if key in worker), None)
+    if grace_key is None or not _is_int(handover) or not handover:
+        return []
+    grace = worker[grace_key]
+    if _is_int(grace) and handover + NANNY_STOP_SECONDS > grace:
+        return [
+            SettingsError(
+                "worker.handover_timeout",
+                handover,
+                f"at most worker.{grace_key} - {NANNY_STOP_SECONDS} ({grace - NANNY_STOP_SECONDS}):"
+                f" after the handover the nanny may take {NANNY_STOP_SECONDS} s to stop the"
+                f" worker, all within the {grace} s before SIGKILL",
+            )
         ]
     return []
 

@@ -154,6 +154,14 @@ class SlurmDeployment:
         }
         render_over_defaults("slurm", values, folder)
         self.config = yaml.safe_load((folder / "scaler-config.yaml").read_text())
+        # The worker jobs write into the log folder (slurm.log_directory), which the scheduler
+        # job would make; SLURM fails a job whose --output folder is missing.
+        (folder.parent / f"{self.config['deployment']}-logs").mkdir(exist_ok=True)
+
+    @property
+    def scheduler_file(self) -> Path:
+        """The file the rendered jobs and scaler read (``<deployment>-scheduler.json``)."""
+        return self.folder / self.config["scheduler"]["scheduler_file"]
 
     # --- what SLURM and the scheduler report ------------------------------------------------
 
@@ -220,7 +228,7 @@ class SlurmDeployment:
                 "scheduler",
                 *("--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"),
                 *("--preload", "dask_deploy.scheduler_preload", "--preload", str(LEDGER)),
-                *("--scheduler-file", str(self.folder / "scheduler.json")),
+                *("--scheduler-file", str(self.scheduler_file)),
             ],
         )
 
@@ -330,7 +338,7 @@ def test_faults_on_a_real_slurm_converge_and_lose_no_result_of_a_retired_worker(
     chooser.shuffle(plan)
     controller = Controller()
     d.start_scheduler()
-    wait_for("the scheduler file", (d.folder / "scheduler.json").exists, d.logs)
+    wait_for("the scheduler file", d.scheduler_file.exists, d.logs)
     d.start_scaler(2)
     client = Client(f"tcp://127.0.0.1:{d.port}", timeout=60)
     held: list[Future] = []

@@ -35,8 +35,13 @@ MARATHON_SCHEMAS = find_schemas()
 Files = Mapping[str, str]
 
 
+def _load_yaml(text: str) -> Any:
+    """YAML through libyaml: the validators parse every rendered file of a thousand cases."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def _scaler_config(text: str, backend: str) -> None:
-    config = parse_config(yaml.safe_load(text))
+    config = parse_config(_load_yaml(text))
     assert config.backend.name == backend, f"scaler config names backend {config.backend.name}"
 
 
@@ -74,12 +79,12 @@ def validate_kubernetes_object(name: str, document: Mapping[str, Any]) -> None:
 
 def check_kubernetes(files: Files) -> None:
     """Every object validates against Kubernetes; the embedded worker pod and config too."""
-    documents = {n: yaml.safe_load(t) for n, t in files.items() if n != "kustomization.yaml"}
-    worker_pod = yaml.safe_load(documents["worker-configmap.yaml"]["data"]["worker-pod.yaml"])
+    documents = {n: _load_yaml(t) for n, t in files.items() if n != "kustomization.yaml"}
+    worker_pod = _load_yaml(documents["worker-configmap.yaml"]["data"]["worker-pod.yaml"])
     documents["worker-pod.yaml"] = worker_pod
     for name, document in documents.items():
         validate_kubernetes_object(name, document)
-    listed = yaml.safe_load(files["kustomization.yaml"])["resources"]
+    listed = _load_yaml(files["kustomization.yaml"])["resources"]
     assert sorted(listed) == sorted(n for n in files if n != "kustomization.yaml")
     data = documents["scaler-configmap.yaml"]["data"]
     _scaler_config(data["scaler-config.yaml"], "kubernetes")
@@ -141,7 +146,7 @@ def check_htcondor(files: Files) -> None:
 
 def check_docker(files: Files) -> None:
     """compose.yaml parses with the two host-network services; embedded config = file."""
-    compose: dict[str, Any] = yaml.safe_load(files["compose.yaml"])
+    compose: dict[str, Any] = _load_yaml(files["compose.yaml"])
     services = compose["services"]
     assert sorted(services) == ["scaler", "scheduler"]
     assert {s["network_mode"] for s in services.values()} == {"host"}
@@ -164,7 +169,7 @@ def _backend_accepts(text: str, backend: str) -> None:
     from dask_deploy.backends.command import load_settings as command_settings
     from dask_deploy.backends.ssh import load_settings as ssh_settings
 
-    config = parse_config(yaml.safe_load(text))
+    config = parse_config(_load_yaml(text))
     assert config.backend.name == backend, f"scaler config names backend {config.backend.name}"
     address = config.scheduler.address or "tcp://127.0.0.1:8786"
     context = BackendContext(config.deployment, address, config.backend.options)

@@ -17,10 +17,13 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import testinfra
+import yaml
 
+from dask_deploy.testing.kubernetes import KubernetesStandIn
 from docker_support import (
     LABEL_TEST,
     container_logs,
@@ -33,6 +36,7 @@ from process_support import free_port
 
 pytestmark = pytest.mark.docker
 WORKER_IMAGE_LIMIT = 400 * 1000 * 1000
+SCALER_IMAGE_LIMIT = 180 * 1000 * 1000
 COMPILERS = ("gcc", "cc", "c++", "g++", "clang", "tcc", "x86_64-linux-gnu-gcc")
 
 
@@ -198,6 +202,85 @@ def test_scaler_imports_the_client_of_every_backend_it_runs_in(
     assert imported.rc == 0, imported.stderr
 
 
+def test_the_worker_image_loads_the_handover_preload_and_no_more_of_dask_deploy(
+    role_containers: dict[str, tuple[str, int]],
+) -> None:
+    # What `--preload-nanny/--preload dask_deploy.worker_preload` needs, in the worker image
+    # itself: the module, over distributed alone (none of dask-deploy's own dependencies).
+    name, _ = role_containers["worker"]
+    worker = testinfra.get_host(f"docker://{name}")
+    imported = worker.run(
+        "python3 -c 'import dask_deploy.worker_preload as p, sys; "
+        'print(p.handover_seconds(), "jsonschema" in sys.modules)\''
+    )
+    assert imported.rc == 0, imported.stderr
+    assert imported.stdout.split() == ["20.0", "False"]
+    assert worker.run("python3 -c 'import jsonschema'").rc != 0  # dask-deploy's deps are not there
+
+
+#: Run inside the scaler image: its Kubernetes backend, on the client the image carries (without
+#: the generated API classes and models, see build-venv.sh), creates, lists and deletes a pod.
+KUBERNETES_FROM_THE_SCALER = """
+import asyncio
+from dask_deploy.backends import BackendContext, load_backend_factory
+async def main():
+    options = {"worker_template": "/work/worker-pod.yaml", "kubeconfig": "/work/kubeconfig"}
+    context = BackendContext("img-k8s", "tcp://127.0.0.1:8786", options)
+    backend = load_backend_factory("kubernetes")(context)
+    await backend.scale_up(1)
+    names = [instance.name for instance in await backend.instances()]
+    await backend.scale_down(names)
+    await backend.close()
+    print(" ".join(names))
+asyncio.run(main())
+"""
+SLEEPER_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"labels": {"app.kubernetes.io/name": "dask"}},
+    "spec": {
+        "restartPolicy": "Never",
+        "containers": [
+            {"name": "worker", "image": "dask", "command": ["sleep", "60"]},
+        ],
+    },
+}
+
+
+def test_the_scalers_kubernetes_client_creates_lists_and_deletes_pods(
+    docker_images: dict[str, str], tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)  # readable by the image's uid 10001
+    (shared / "worker-pod.yaml").write_text(yaml.safe_dump(SLEEPER_POD))
+    with KubernetesStandIn(tmp_path / "api") as api:
+        api.write_kubeconfig(shared / "kubeconfig")
+        for path in shared.iterdir():
+            path.chmod(0o644)
+        ran = subprocess.run(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network=host",
+                f"--label={LABEL_TEST}=1",
+                f"--volume={shared}:/work:ro",
+                "--entrypoint=python3",
+                docker_images["scaler"],
+                "-c",
+                KUBERNETES_FROM_THE_SCALER,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        created = ran.stdout.split()
+        assert len(created) == 1
+        assert api.created == created
+        assert api.deleted == created
+
+
 def inspect(image: str) -> dict[str, object]:
     output = subprocess.run(
         ["docker", "image", "inspect", image], capture_output=True, text=True, check=True
@@ -220,6 +303,12 @@ def test_worker_image_is_at_most_400_mb(docker_images: dict[str, str]) -> None:
     size = inspect(docker_images["worker"])["Size"]
     assert isinstance(size, int)
     assert size <= WORKER_IMAGE_LIMIT, f"worker image is {size / 1e6:.0f} MB"
+
+
+def test_scaler_image_is_at_most_180_mb(docker_images: dict[str, str]) -> None:
+    size = inspect(docker_images["scaler"])["Size"]
+    assert isinstance(size, int)
+    assert size <= SCALER_IMAGE_LIMIT, f"scaler image is {size / 1e6:.0f} MB"
 
 
 def test_scheduler_healthcheck_turns_healthy(

@@ -3,7 +3,7 @@ started by scripts/registry-up.sh on 127.0.0.1 and a free port.
 
 The test publishes, checks what the registry holds with skopeo (tags, digests, OCI labels),
 deletes every local tag of the worker and scheduler images (the scheduler's is the worker's plus
-a layer) so that nothing of them is left on the engine, pulls both back by digest, and has a
+layers) so that nothing of them is left on the engine, pulls both back by digest, and has a
 worker started from the pulled image compute a task for a scheduler from the pulled one. At the
 end the pulled images get their local build tags back (they are the same images).
 """
@@ -113,7 +113,7 @@ def test_publish_pushes_pulls_back_by_digest_and_the_pulled_worker_computes(
             )
             assert labels["org.opencontainers.image.title"] == f"dask-deploy-{role}"
 
-    # The scheduler image is the worker's plus a layer, so both go: then nothing of the worker
+    # The scheduler image is the worker's plus layers, so both go: then nothing of the worker
     # image is left on the engine. Both are pulled back by digest.
     pulled_refs = {role: f"{names[role]}@{digests[f'{names[role]}:{version}']}" for role in PULLED}
     image_ids = [
@@ -170,3 +170,20 @@ def test_publish_pushes_pulls_back_by_digest_and_the_pulled_worker_computes(
         for role, reference in pulled_refs.items():
             if docker("image", "inspect", reference).returncode == 0:
                 docker("tag", reference, docker_images[role])
+        # Then drop every name of this registry: each one would keep a build alive on the
+        # engine after the next build replaced it (about 1 GB per run).
+        names_left = registry_references(registry)
+        if names_left:
+            docker("rmi", *names_left)
+    assert registry_references(registry) == []
+
+
+def registry_references(registry: str) -> list[str]:
+    """The engine's names of images in ``registry``: tags, and digests where no tag is left."""
+    listed = docker("image", "ls", "--digests", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}")
+    names = []
+    for line in listed.stdout.splitlines():
+        repository, tag, digest = line.split()
+        if repository.startswith(f"{registry}/"):
+            names.append(f"{repository}:{tag}" if tag != "<none>" else f"{repository}@{digest}")
+    return names

@@ -7,6 +7,7 @@ A backend joins with one line in ``SUBJECTS``: a factory (an async context manag
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import uuid
@@ -19,6 +20,7 @@ import requests
 import yaml
 
 from dask_deploy.backends import BackendContext, load_backend_factory
+from dask_deploy.testing import lsf as lsf_standin
 from dask_deploy.testing.conformance import CHECKS, Subject
 from dask_deploy.testing.kubernetes import KubernetesStandIn
 from dask_deploy.testing.marathon import MarathonStandIn
@@ -189,6 +191,98 @@ async def htcondor(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
         subprocess.run(["rm", "-rf", str(folder)], check=False)
 
 
+@contextlib.asynccontextmanager
+async def sge(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    request.getfixturevalue("sge")  # the project's Grid Engine, started once per session
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    script = tmp_path / "worker-job.sh"
+    script.write_text(f"#!/bin/bash\n#$ -S /bin/bash\n#$ -j y\n#$ -o {tmp_path}\nexec sleep 300\n")
+
+    @contextlib.asynccontextmanager
+    async def queue_disabled() -> AsyncIterator[None]:
+        """Jobs stay queued (qw) while no queue instance may take them."""
+        subprocess.run(["qmod", "-d", "all.q"], check=True, capture_output=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["qmod", "-e", "all.q"], check=True, capture_output=True)
+
+    # Grid Engine forgets an ended job: a removal shows at the next listing, so list often.
+    options = {"worker_script": str(script), "status_interval": 0.5}
+    async with subject_of("sge", options, hold_pending=queue_disabled) as subject:
+        yield subject
+
+
+@contextlib.asynccontextmanager
+async def pbs(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    """SLURM's Torque-compatible qsub/qstat/qdel: the real PBS command line, on SLURM."""
+    request.getfixturevalue("slurm")
+    commands: Path = request.getfixturevalue("torque_commands")
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setenv("PATH", f"{commands}{os.pathsep}{os.environ['PATH']}")
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    script = tmp_path / "worker-job.sh"
+    script.write_text("#!/bin/bash\n#PBS -l walltime=00:10:00\n#PBS -j oe\nexec sleep 300\n")
+
+    @contextlib.asynccontextmanager
+    async def partition_down() -> AsyncIterator[None]:
+        subprocess.run(["scontrol", "update", "PartitionName=debug", "State=DOWN"], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["scontrol", "update", "PartitionName=debug", "State=UP"], check=True)
+
+    # qsub's output files: SLURM's qsub writes <name>.o<id> and, despite -j oe, <name>.e<id>
+    # where the test runs (the repository) unless -o and -e say otherwise.
+    output = ["-o", f"{tmp_path}/%j.out", "-e", f"{tmp_path}/%j.err"]
+    options = {"worker_script": str(script), "submit_args": output}
+    async with subject_of("pbs", options, hold_pending=partition_down) as subject:
+        yield subject
+
+
+@contextlib.asynccontextmanager
+async def lsf(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    """The LSF stand-in (dask_deploy.testing.lsf), its commands first on PATH."""
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    state = tmp_path / "lsf-state"
+    folder = lsf_standin.install(tmp_path / "lsf-bin", state, slots=4, terminate_interval=2.0)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv(lsf_standin.STATE_ENV, str(state))
+    script = tmp_path / "worker-job.sh"
+    script.write_text(f"#!/bin/bash\n#BSUB -W 10\n#BSUB -o {tmp_path}/%J.out\nexec sleep 300\n")
+
+    @contextlib.asynccontextmanager
+    async def every_slot_taken() -> AsyncIterator[None]:
+        """A job of another name holds all four slots: new jobs wait (PEND)."""
+        blocker = (
+            subprocess.run(
+                ["bsub", "-J", "blocker", "-n", "4", "-o", "/dev/null", "sleep", "600"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.split("<", 1)[1]
+            .split(">", 1)[0]
+        )
+        try:
+            yield
+        finally:
+            subprocess.run(["bkill", blocker], capture_output=True, check=False)
+
+    options = {"worker_script": str(script), "status_interval": 0.5}
+    async with subject_of("lsf", options, hold_pending=every_slot_taken) as subject:
+        yield subject
+
+
+@contextlib.asynccontextmanager
+async def docker(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    images: dict[str, str] = request.getfixturevalue("docker_images")
+    options = {"image": images["worker"], "worker_args": ["--death-timeout", "60"]}
+    async with subject_of("docker", options, settle=60.0) as subject:
+        yield subject
+
+
 SUBJECTS = [
     pytest.param(fake, id="fake"),
     pytest.param(local, id="local", marks=pytest.mark.integration),
@@ -198,6 +292,10 @@ SUBJECTS = [
     pytest.param(ssh, id="ssh", marks=pytest.mark.ssh),
     pytest.param(command, id="command", marks=pytest.mark.command),
     pytest.param(htcondor, id="htcondor", marks=pytest.mark.htcondor),
+    pytest.param(docker, id="docker", marks=pytest.mark.docker),
+    pytest.param(sge, id="sge", marks=pytest.mark.sge),
+    pytest.param(pbs, id="pbs", marks=pytest.mark.pbs),
+    pytest.param(lsf, id="lsf", marks=pytest.mark.lsf),
 ]
 
 

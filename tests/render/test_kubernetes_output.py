@@ -407,6 +407,10 @@ def test_in_the_stand_in_the_scheduler_container_has_no_token(
     sleeper = ["python3", "-c", "import time; time.sleep(60)"]
     entrypoints = {c["image"]: sleeper for c in template["spec"]["containers"]}
     with KubernetesStandIn(tmp_path / "api", entrypoints=entrypoints) as api:
+        for configmap in ("scaler-configmap.yaml", "worker-configmap.yaml"):  # it mounts them
+            path = "/api/v1/namespaces/default/configmaps"
+            code, answer = api.handle("POST", path, rendered.files[configmap])
+            assert code == 201, answer
         code, answer = api.handle("POST", "/api/v1/namespaces/default/pods", pod)
         assert code == 201, answer
         name = pod["metadata"]["name"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shlex
 import subprocess
@@ -138,7 +139,11 @@ def test_scheduler_job_runs_the_scaler_with_the_rendered_config(
     assert options["job_name"] == f"{config['deployment']}-worker"
     file = option(command_args(scheduler, "dask scheduler"), "--scheduler-file")
     assert file == "$scheduler_file"
-    assert config["scheduler"]["scheduler_file"] in scheduler
+    # The scaler runs where sbatch was called: the file is in the jobs' working directory.
+    (written,) = re.findall(r"^scheduler_file=(\S+)$", scheduler, re.M)
+    workdir = yaml.safe_load(values.read_text()).get("slurm", {}).get("workdir")
+    expected = f"{workdir}/{written}" if workdir else written
+    assert config["scheduler"]["scheduler_file"] == expected
 
 
 def test_defaults_scaler_config_follows_the_values(
@@ -149,44 +154,8 @@ def test_defaults_scaler_config_follows_the_values(
     assert config["policy"]["name"] == "adaptive"
     assert (config["policy"]["minimum"], config["policy"]["maximum"]) == (0, 10)
     assert config["loop"]["cleanup_on_exit"] is True
-    # TLS by default, with the certificates the scheduler job generates.
-    assert config["scheduler"]["security"] == {
-        "ca_file": "tls/ca.pem",
-        "cert_file": "tls/tls.crt",
-        "key_file": "tls/tls.key",
-    }
-
-
-def test_the_default_scheduler_job_generates_private_certificates_before_the_scheduler(
-    render_scenario: RenderScenario, tmp_path: Path
-) -> None:
-    out = render_scenario("slurm", scenario("defaults"), tmp_path)
-    script = (out / "scheduler-job.sh").read_text()
-    scheduler = command_args(script, "dask scheduler")
-    assert option(scheduler, "--protocol") == "tls"
-    worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
-    for args in (scheduler, worker):
-        assert option(args, "--tls-ca-file") == "tls/ca.pem"
-        assert option(args, "--tls-key") == "tls/tls.key"
-    # Run the script's generation lines as the job would, in an empty working directory.
-    lines = script.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("tls_dir="))
-    end = next(i for i, line in enumerate(lines) if line.startswith('chmod 0700 "$tls_dir"'))
-    assert start < next(i for i, line in enumerate(lines) if "-m dask scheduler" in line)
-    workdir = tmp_path / "job"
-    workdir.mkdir()
-    generation = "set -euo pipefail\n" + "\n".join(lines[start : end + 1])
-    for _ in range(2):  # a later run keeps the certificates of the first
-        ran = subprocess.run(["bash", "-c", generation], cwd=workdir, capture_output=True)
-        assert ran.returncode == 0, ran.stderr.decode()
-    folder = workdir / "tls"
-    assert (folder.stat().st_mode & 0o777) == 0o700
-    assert sorted(p.name for p in folder.iterdir()) == ["ca.pem", "tls.crt", "tls.key"]
-    assert (folder.joinpath("tls.key").stat().st_mode & 0o777) == 0o600
-    verified = subprocess.run(
-        ["openssl", "verify", "-CAfile", "ca.pem", "tls.crt"], cwd=folder, capture_output=True
-    )
-    assert verified.returncode == 0, verified.stderr.decode()
+    # TLS by default, with the certificates the scheduler job generates (test_batch_output.py).
+    assert config["scheduler"]["security"]["ca_file"] == "../dask-tls/ca.pem"
 
 
 def test_tls_scenario_uses_tls_and_certificate_paths_everywhere(
@@ -255,12 +224,16 @@ def test_apptainer_scenario_runs_python_inside_the_image(
     out = render_scenario("slurm", scenario("apptainer"), tmp_path)
     image = "/shared/images/dask-deploy_0.1.0.sif"
     worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
-    assert worker[:6] == ["exec", "apptainer", "exec", "--bind", "/scratch", "--cleanenv"]
-    assert worker[6:10] == [image, "python3", "-m", "dask"]
+    assert worker[:5] == ["exec", "apptainer", "exec", "--bind", "/scratch"]
+    assert worker[5:9] == [image, "python3", "-m", "dask"]
     scheduler_script = (out / "scheduler-job.sh").read_text()
     assert re.search(
-        rf"^\s*apptainer exec .* {re.escape(image)} python3 -m dask_deploy", scheduler_script, re.M
+        rf"^apptainer exec .* {re.escape(image)} python3 -m dask ", scheduler_script, re.M
     )
+    # The scaler calls sbatch, squeue and scancel: it runs on the host, not in the image.
+    scaler = command_args(scheduler_script, "dask_deploy.cli scale")
+    assert "apptainer" not in scaler
+    assert "/shared/envs/dask/bin/python" in scaler
     config = yaml.safe_load((out / "scaler-config.yaml").read_text())
     assert config["policy"] == {"name": "fixed", "minimum": 4, "maximum": 4, "options": {}}
 
@@ -285,31 +258,6 @@ def test_worker_only_and_scheduler_only_directives_render_where_they_belong(
     assert not {"--partition=cpu", "--account=lab", "--qos=long", "--exclusive"} & set(worker)
 
 
-def test_the_prologue_runs_first_in_both_jobs(
-    render_scenario: RenderScenario, tmp_path: Path
-) -> None:
-    prologue = ["module load python/3.11", "source /opt/env/bin/activate"]
-    out = render_scenario("slurm", {"slurm": {"prologue": prologue}}, tmp_path)
-    for script in ("scheduler-job.sh", "worker-job.sh"):
-        lines = (out / script).read_text().splitlines()
-        first_python = next(i for i, line in enumerate(lines) if "-m dask" in line)
-        assert [lines.index(line) < first_python for line in prologue] == [True, True], script
-
-
-def test_worker_interface_spill_folder_and_no_dashboard_by_default(
-    render_scenario: RenderScenario, tmp_path: Path
-) -> None:
-    values = {"worker": {"interface": "ib0", "local_directory": "$TMPDIR/dask"}}
-    values["scheduler"] = {"interface": "ib0"}
-    out = render_scenario("slurm", values, tmp_path)
-    worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
-    assert option(worker, "--interface") == "ib0"
-    assert option(worker, "--local-directory") == "$TMPDIR/dask"  # expanded by bash at run
-    assert "--no-dashboard" in worker and "--dashboard-address" not in worker
-    scheduler = command_args((out / "scheduler-job.sh").read_text(), "dask scheduler")
-    assert option(scheduler, "--interface") == "ib0"
-
-
 def test_a_worker_dashboard_binds_to_the_worker_host(
     render_scenario: RenderScenario, tmp_path: Path
 ) -> None:
@@ -326,3 +274,65 @@ def test_no_scheduler_dashboard_when_its_port_is_null(
     out = render_scenario("slurm", {"scheduler": {"dashboard_port": None}}, tmp_path)
     scheduler = command_args((out / "scheduler-job.sh").read_text(), "dask scheduler")
     assert "--no-dashboard" in scheduler and "--dashboard-address" not in scheduler
+
+
+def test_a_workdir_keeps_the_scaler_beside_its_files_and_points_it_at_the_workdir(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    """slurm.workdir moves the jobs (--chdir); the scaler still runs where sbatch was called,
+    beside scaler-config.yaml and worker-job.sh, and finds the scheduler file and the generated
+    TLS files in the workdir."""
+    out = render_scenario("slurm", {"slurm": {"workdir": "/shared/run"}}, tmp_path)
+    scheduler = (out / "scheduler-job.sh").read_text()
+    assert "--chdir=/shared/run" in directives(scheduler)
+    assert "rendered=${SLURM_SUBMIT_DIR:-$PWD}" in scheduler
+    start = scheduler[scheduler.index("start_scaler() {") :]
+    assert start.index('cd "$rendered"') < start.index("dask_deploy.cli scale")
+    config = yaml.safe_load((out / "scaler-config.yaml").read_text())
+    assert config["scheduler"]["scheduler_file"] == "/shared/run/dask-scheduler.json"
+    # tls.directory's default is ../<deployment>-tls of the jobs' working directory.
+    ca_file = config["scheduler"]["security"]["ca_file"]
+    assert ca_file.startswith("/shared/run/")
+    assert posixpath.normpath(ca_file) == "/shared/dask-tls/ca.pem"
+    worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
+    assert option(worker, "--scheduler-file") == "dask-scheduler.json"  # in its own --chdir
+
+
+def test_deployments_sharing_a_folder_and_a_node_use_their_own_files_and_ports(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    files, ports = set(), set()
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        out = render_scenario("slurm", {"deployment": name}, tmp_path / name)
+        config = yaml.safe_load((out / "scaler-config.yaml").read_text())
+        files.add(config["scheduler"]["scheduler_file"])
+        ports.add(config["metrics"]["port"])
+        worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
+        assert option(worker, "--scheduler-file") == f"{name}-scheduler.json"
+    assert files == {"one-scheduler.json", "two-scheduler.json"}
+    assert ports == {0}  # a free port each, logged and published with the status
+
+
+def test_a_scaler_that_refuses_its_configuration_waits_for_it_to_change(
+    render_scenario: RenderScenario, tmp_path: Path
+) -> None:
+    out = render_scenario("slurm", scenario("defaults"), tmp_path)
+    scheduler = (out / "scheduler-job.sh").read_text()
+    loop = scheduler[scheduler.index("while true; do") :]
+    assert '[ "$status" -eq 2 ]' in loop
+    assert 'cksum <"$rendered/scaler-config.yaml"' in loop
+    assert "delay=$((delay * 2 > 300 ? 300 : delay * 2))" in loop
+
+
+def test_cleanenv_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dask_deploy.cli", "render", "--backend", "slurm",
+         "--set", "python.apptainer_args={--cleanenv}", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "dask-deploy render: error: python.apptainer_args[0]: got '--cleanenv', expected a "
+        'string other than "--cleanenv"'
+    ]

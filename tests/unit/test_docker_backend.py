@@ -214,3 +214,52 @@ async def test_scale_down_removes_exactly_the_named_containers_of_this_deploymen
     assert runner.removed == ["dask-worker-1"]
     names = [i.name for i in await backend(runner).instances()]
     assert sorted(names) == ["dask-worker-0", "dask-worker-2"]
+
+
+class RefusingRunner(MemoryRunner):
+    """The engine answers every create with 404 No such image."""
+
+    async def run(self, spec: Mapping[str, Any]) -> bool:
+        import docker
+
+        raise docker.errors.ImageNotFound("404 Client Error", explanation="No such image: w:1")
+
+
+async def test_a_refused_container_is_pending_with_the_engines_error_for_a_while() -> None:
+    from dask_deploy.backends.docker import RETRY_REFUSED_AFTER
+
+    now = [1000.0]
+    docker_backend = DockerBackend(SETTINGS, RefusingRunner(), clock=lambda: now[0])  # type: ignore[arg-type]
+    await docker_backend.scale_up(2)  # no exception: the refusal is the instance's reason
+    (refused,) = await docker_backend.instances()
+    assert refused.name == "dask-worker-0" and refused.state is InstanceState.PENDING
+    assert refused.reason == "the Docker engine refused the container: No such image: w:1"
+    await docker_backend.scale_up(2)  # counted as requested: not asked again meanwhile
+    assert len(await docker_backend.instances()) == 1
+    now[0] += RETRY_REFUSED_AFTER
+    assert await docker_backend.instances() == []  # then tried again by the next scale-up
+    await docker_backend.scale_up(1)
+    (again,) = await docker_backend.instances()
+    await docker_backend.scale_down([again.name])  # cancelled: nothing to remove in the engine
+    assert await docker_backend.instances() == []
+
+
+class FailingRunner(MemoryRunner):
+    """The engine fails on its side (500) on every create: a transient error, not a refusal."""
+
+    async def run(self, spec: Mapping[str, Any]) -> bool:
+        import docker
+        import requests
+
+        response = requests.Response()
+        response.status_code = 500
+        raise docker.errors.APIError("500 Server Error", response, explanation="engine failed")
+
+
+async def test_an_engine_failure_is_not_held_as_a_refusal() -> None:
+    # The tick fails and the next one tries again at once (the loop retries it), rather than
+    # listing a pending instance that holds scale-ups for RETRY_REFUSED_AFTER.
+    docker_backend = DockerBackend(SETTINGS, FailingRunner())  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="500 Server Error"):
+        await docker_backend.scale_up(1)
+    assert await docker_backend.instances() == []

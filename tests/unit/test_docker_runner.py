@@ -12,7 +12,7 @@ import requests
 
 from dask_deploy import SettingsError
 from dask_deploy.backends import BackendContext
-from dask_deploy.backends.docker import DockerRunner, load_settings
+from dask_deploy.backends.docker import DockerRunner, load_settings, worker_container_spec
 
 
 def error(status: int) -> docker.errors.APIError:
@@ -27,9 +27,13 @@ class FakeEngine:
     def __init__(self, fail: str = "", failure: Exception | None = None) -> None:
         self.calls: list[tuple[str, str]] = []
         self.fail, self.failure = fail, failure
-        self.containers = SimpleNamespace(create=self.create)
+        self.created: list[dict[str, Any]] = []
         self.api = SimpleNamespace(
-            start=self.start, remove_container=self.remove_container, containers=self.list
+            create_container=self.create,
+            create_host_config=lambda **host: {"host": host},
+            start=self.start,
+            remove_container=self.remove_container,
+            containers=self.list,
         )
 
     def _call(self, what: str, name: str) -> None:
@@ -37,8 +41,9 @@ class FakeEngine:
         if what == self.fail and self.failure is not None:
             raise self.failure
 
-    def create(self, **spec: Any) -> None:
-        self._call("create", spec["name"])
+    def create(self, **arguments: Any) -> None:
+        self.created.append(arguments)
+        self._call("create", arguments["name"])
 
     def start(self, name: str) -> None:
         self._call("start", name)
@@ -66,6 +71,17 @@ async def test_run_creates_then_starts() -> None:
     engine = FakeEngine()
     assert await DockerRunner(engine).run({"name": "dask-worker-0"}) is True
     assert engine.calls == [("create", "dask-worker-0"), ("start", "dask-worker-0")]
+
+
+async def test_the_container_is_created_with_its_stop_timeout_and_host_config() -> None:
+    engine = FakeEngine()
+    spec = worker_container_spec(load_settings(context(stop_timeout=45)), 0, 0.0)
+    assert await DockerRunner(engine).run(spec) is True
+    [created] = engine.created
+    assert created["stop_timeout"] == 45  # StopTimeout: what `docker stop` without -t waits
+    assert created["host_config"]["host"]["network_mode"] == "host"
+    assert created["host_config"]["host"]["read_only"] is True
+    assert "network_mode" not in created and created["image"] == "w:1"
 
 
 async def test_a_name_taken_on_create_is_not_an_error_and_nothing_is_removed() -> None:

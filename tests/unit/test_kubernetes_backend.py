@@ -585,3 +585,59 @@ def test_stand_in_mounts_a_token_unless_the_pod_opts_out(tmp_path: Path) -> None
         token = api.mounts("default", "worker")[TOKEN_PATH]
         assert (token / "token").read_text() == "stand-in-token-for-default"
         assert TOKEN_PATH not in api.mounts("opted-out", "worker")
+
+
+#: A container that records each SIGTERM it gets, in its first process and in a child of that
+#: process (same process group), and goes on running.
+TERM_RECORDER = """
+import signal, subprocess, sys, time
+record, who = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "first"
+def on_term(signum, frame):
+    with open(record, "a") as out:
+        out.write(who + "\\n")
+signal.signal(signal.SIGTERM, on_term)
+if who == "first":
+    subprocess.Popen([sys.executable, __file__, record, "child"])
+with open(record, "a") as out:
+    out.write("started\\n")
+while True:
+    time.sleep(0.05)
+"""
+
+
+def term_recording_pod(name: str, tmp_path: Path, grace: int) -> dict[str, Any]:
+    script = tmp_path / "term_recorder.py"
+    script.write_text(TERM_RECORDER)
+    manifest = hungry(name, "100m", terminationGracePeriodSeconds=grace)
+    container = manifest["spec"]["containers"][0]
+    container["command"] = [sys.executable, str(script), str(tmp_path / "record")]
+    container.pop("args", None)
+    return manifest
+
+
+def test_stand_in_deletes_a_pod_as_the_kubelet_does(tmp_path: Path) -> None:
+    """SIGTERM to the container's first process only (a runtime signals PID 1), the pod listed
+    with its deletionTimestamp meanwhile, SIGKILL to everything left once the grace period is
+    over (tests/integration/kubernetes/test_kubernetes_handover.py: a worker that exits within
+    it is gone then)."""
+    with KubernetesStandIn(tmp_path / "api") as api:
+        record = tmp_path / "record"
+        post = "/api/v1/namespaces/default/pods"
+        assert api.handle("POST", post, term_recording_pod("stubborn", tmp_path, 2))[0] == 201
+        deadline = time.monotonic() + 30
+        while (record.read_text() if record.exists() else "").count("started") < 2:
+            assert time.monotonic() < deadline, "the container did not start"
+            time.sleep(0.05)
+        status, pod = api.handle("DELETE", f"{post}/stubborn", None)
+        deleted = time.monotonic()
+        assert status == 200 and pod["metadata"]["deletionGracePeriodSeconds"] == 2
+        while "first" not in record.read_text():
+            assert time.monotonic() < deleted + 10, record.read_text()
+            time.sleep(0.05)
+        assert "deletionTimestamp" in api.pods()["stubborn"]["metadata"]  # still there
+        while "stubborn" in api.pods():
+            assert time.monotonic() < deleted + 30, "not SIGKILLed after the grace period"
+            time.sleep(0.05)
+        assert time.monotonic() - deleted >= 2
+        assert record.read_text().split().count("first") == 1
+        assert "child" not in record.read_text()  # only the first process got SIGTERM

@@ -112,3 +112,15 @@ async def test_the_dialect_on_the_stand_in(commands: Path, tmp_path: Path) -> No
     assert states[instances[0].name] is InstanceState.EXITED
     assert states[instances[1].name] is not InstanceState.EXITED
     await backend.scale_down([instances[1].name])
+
+
+def test_cwd_moves_the_job_and_ls_subcwd_stays_the_folder_bsub_ran_in(
+    commands: Path, tmp_path: Path
+) -> None:
+    """A relative -cwd is against the folder bsub ran in (bsub -cwd); LS_SUBCWD is that folder
+    ("the current working directory of the submission host"), whatever -cwd says."""
+    (tmp_path / "run").mkdir()
+    script = '#!/bin/bash\n#BSUB -cwd run\n#BSUB -o out.log\necho "$PWD $LS_SUBCWD"\n'
+    assert run("bsub", stdin=script).returncode == 0
+    wait_for("the job is done", lambda: [r["STAT"] for r in records("-a")] == ["DONE"])
+    assert (tmp_path / "run" / "out.log").read_text() == f"{tmp_path / 'run'} {tmp_path}\n"

@@ -265,3 +265,44 @@ async def test_unreachable_marathon_raises_no_response() -> None:
     backend = MarathonBackend(settings(retry_for=0.1, request_timeout=0.2))
     with pytest.raises(NoResponseError):
         await backend.instances()
+
+
+def _steps(declined: dict[str, int], agents: int) -> list[dict[str, object]]:
+    return [
+        {"reason": reason, "declined": declined.get(reason, 0), "processed": agents}
+        for reason in ("UnfulfilledRole", "UnfulfilledConstraint", "InsufficientCpus",
+                       "InsufficientMemory", "InsufficientPorts")
+    ]  # fmt: skip
+
+
+def test_the_launch_queue_gives_a_reason_only_when_every_agent_declines() -> None:
+    from dask_deploy.backends.marathon import queue_reason
+
+    every = {"processedOffersSummary": {"rejectSummaryLastOffers": _steps(
+        {"InsufficientCpus": 2, "InsufficientPorts": 1}, 3)}}  # fmt: skip
+    assert queue_reason(every) == (
+        "no Mesos offer fits, Marathon's launch queue says: InsufficientCpus (2 of 3), "
+        "InsufficientPorts (1 of 3)"
+    )
+    one_fits = {"processedOffersSummary": {"rejectSummaryLastOffers": _steps(
+        {"InsufficientCpus": 2}, 3)}}  # fmt: skip
+    assert queue_reason(one_fits) is None
+    assert queue_reason({"processedOffersSummary": {"processedOffersCount": 0}}) is None
+
+
+def test_cancelling_queued_instances_never_goes_below_the_live_tasks() -> None:
+    from dask_deploy.backends.marathon import cancel_queued_request, queued_instances
+
+    settings = load_settings(
+        BackendContext("d", "tcp://127.0.0.1:8786", {"url": "http://m:8080", "app_id": "/d/w"})
+    )
+    assert cancel_queued_request(settings, instances=5, active=3, cancelled=1).instances == 4
+    assert cancel_queued_request(settings, instances=5, active=3, cancelled=4).instances == 3
+    assert cancel_queued_request(settings, instances=3, active=3, cancelled=1) is None
+    launching = {"since": "2026-12-06T05:00:00.000Z"}
+    assert queued_instances("/d/w", 2, launching) == []  # a task id comes in a moment
+    stuck = launching | {"processedOffersSummary": {"rejectSummaryLastOffers": _steps(
+        {"InsufficientPorts": 1}, 1)}}  # fmt: skip
+    queued = queued_instances("/d/w", 2, stuck)
+    assert [i.name for i in queued] == ["d_w.queued-0", "d_w.queued-1"]
+    assert all(i.state is InstanceState.PENDING and i.reason for i in queued)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from dask_deploy import InstanceState, UserInputError
 from dask_deploy.backends.fake import FakeBackend
 from dask_deploy.config import LoopSettings, SchedulerSettings
+from dask_deploy.contract import Instance, ReasonKind
 from dask_deploy.observe import wait_for_address
 from dask_deploy.policy import Hold, PolicySettings, ScaleDown, ScaleUp
 from dask_deploy.policy import load_policy_factory as policy_factory
@@ -306,14 +308,19 @@ async def test_failed_scale_down_calls_are_counted_against_whoever_failed() -> N
 
 
 class QueueBackend(FakeBackend):
-    """A fake batch backend: its pending instances wait in a queue for a reason."""
+    """A fake batch backend: its pending instances wait in a queue for a reason (``reasons``)."""
 
     def __init__(self, clock: Clock) -> None:
         super().__init__("d", clock=clock)
         self.reasons: dict[str, str] = {}
 
-    def waiting(self) -> dict[str, str]:
-        return dict(self.reasons)
+    async def instances(self) -> list[Instance]:
+        return [
+            replace(i, reason=self.reasons[i.name], reason_kind=ReasonKind.QUEUED)
+            if i.state is InstanceState.PENDING and i.name in self.reasons
+            else i
+            for i in await super().instances()
+        ]
 
 
 async def test_a_job_waiting_in_the_queue_is_never_replaced_for_being_slow(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dask_deploy import SettingsError
+from dask_deploy import InstanceState, SettingsError
 from dask_deploy.backends.local import (
     LocalOptions,
     parse_options,
@@ -79,3 +79,32 @@ def test_metrics_endpoint_serves_the_scaler_metrics() -> None:
     ):
         assert name in text
     assert "dask_deploy_retire_failures_total 1.0" in text
+
+
+async def test_a_worker_the_kernel_shows_without_command_line_is_not_relaunched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after ``exec`` began, ``/proc`` shows a new worker with an empty command line.
+
+    Seen on a loaded CI machine: a retried ``scale_up(3)`` listed one of three fresh workers
+    as exited, forgot it and launched a fourth.
+    """
+    import dask_deploy.backends.local as local
+
+    fake_python = tmp_path / "python"
+    fake_python.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake_python.chmod(0o755)
+    backend = local.LocalBackend(
+        "d", "tcp://127.0.0.1:1", LocalOptions(tmp_path / "state", python=str(fake_python))
+    )
+    monkeypatch.setattr(local, "running_workers", lambda state_dir: {})
+    try:
+        await backend.scale_up(3)
+        await backend.scale_up(3)
+        instances = await backend.instances()
+        assert [(i.name, i.state) for i in instances] == [
+            (f"d-{n}", InstanceState.RUNNING) for n in range(3)
+        ]
+    finally:
+        await backend.scale_down(["d-0", "d-1", "d-2"])
+    assert await backend.instances() == []

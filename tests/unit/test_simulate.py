@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dask_deploy.cli import main
-from dask_deploy.simulate import DISTRIBUTED_ADAPTIVE, SimulationSettings, simulate
+from dask_deploy.simulate import CLAIRVOYANT, DISTRIBUTED_ADAPTIVE, SimulationSettings, simulate
 from dask_deploy.simulate.engine import ModelSettings, SimCluster
 from dask_deploy.simulate.trace import TaskGroup, Trace, load_trace, parse_trace
 
@@ -164,3 +164,54 @@ def test_ticks_fall_half_an_interval_after_the_trace_starts() -> None:
     result = simulate(trace, SimulationSettings(policy="fixed", minimum=1, maximum=1))
     ticks = [d.at for d in result.record.decisions]
     assert ticks[:3] == [0.5, 1.5, 2.5]
+
+
+def test_clairvoyant_registers_workers_when_the_burst_arrives() -> None:
+    trace = Trace("t", "", 0, (_group("a", 0, 1, 1.0), _group("b", 50, 40, 2.0)))
+    model = ModelSettings(boot_delay=10.0, boot_jitter=0.0)
+    oracle = simulate(trace, SimulationSettings(policy=CLAIRVOYANT, maximum=10, model=model))
+    reactive = simulate(trace, SimulationSettings(policy="adaptive", maximum=10, model=model))
+    registered = sorted(r for _, q, r, _ in oracle.record.instances if r is not None and q > 0)
+    assert registered and 49.0 <= registered[0] <= 51.0  # requested one boot ahead
+    assert oracle.metrics.burst_makespan_median < reactive.metrics.burst_makespan_median
+    assert oracle.metrics.keys_lost == 0
+
+
+def test_cli_runs_the_clairvoyant_reference(capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(TRACES / "bursty.json")
+    assert main(["simulate", "--policy", "clairvoyant", "--trace", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["keys_lost"] == 0
+
+
+def test_groups_of_one_task_prefix_share_the_schedulers_duration_estimate() -> None:
+    """The scheduler learns durations per key prefix (``run-1-0`` -> ``run``): a second group
+    of the same function starts with the first one's measured mean; another name does not."""
+    trace = Trace(
+        "t",
+        "",
+        0,
+        (
+            _group("run-0", 0, 2, 2.0),
+            _group("run-1", 10, 2, 2.0),
+            _group("other", 10, 2, 2.0),
+        ),
+    )
+    cluster = SimCluster(trace, ModelSettings())
+    cluster.warm_start(1)
+    seen: dict[int, float] = {}
+
+    def tick(sim: SimCluster) -> None:
+        seen[1], seen[2] = sim.prefix_duration(1), sim.prefix_duration(2)
+
+    cluster.schedule_tick(10.0)  # after the submissions at 10: nothing has run yet
+    cluster.run(tick)
+    assert seen == {1: 2.0, 2: 0.5}
+
+
+def test_measured_boots_are_used_in_order_of_request() -> None:
+    trace = Trace("t", "", 0, (_group("a", 0, 4, 10.0),))
+    cluster = SimCluster(trace, ModelSettings(boot_delay=5.0, boot_jitter=0.0, boot_delays=(2.0,)))
+    cluster.warm_start(1)  # registered from the start: not one of the measured
+    cluster.scale_up(3)
+    boots = sorted(w.boot_at - w.requested_at for w in cluster.workers.values())
+    assert boots == [0.0, 2.0, 5.0]

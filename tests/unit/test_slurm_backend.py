@@ -28,6 +28,7 @@ from dask_deploy.backends.slurm import (
     status_command,
     submit_command,
 )
+from dask_deploy.contract import ReasonKind
 
 pytestmark = pytest.mark.slurm  # `pytest -m slurm` runs every SLURM test; these need no SLURM
 
@@ -323,7 +324,8 @@ async def test_scale_down_of_unknown_names_runs_no_scancel(fake: FakeSlurm) -> N
 async def test_instances_are_this_deployments_jobs(fake: FakeSlurm) -> None:
     instances = await fake.backend().instances()
     assert instances == [
-        Instance("1", InstanceState.PENDING, 1795869283.0),
+        # Pending for Priority: queued, with SLURM's reason (never timed out for it).
+        Instance("1", InstanceState.PENDING, 1795869283.0, "Priority", ReasonKind.QUEUED),
         Instance("2", InstanceState.RUNNING, 1795869283.0),
         Instance("3", InstanceState.EXITED, 1795869283.0),
     ]
@@ -410,10 +412,12 @@ def test_replace_before_end_must_be_seconds(tmp_path: Path) -> None:
     assert error.value.key == "backend.options.replace_before_end"
 
 
-async def test_waiting_names_every_pending_job_with_the_reason_it_waits(fake: FakeSlurm) -> None:
+async def test_every_pending_job_is_queued_with_the_reason_it_waits(fake: FakeSlurm) -> None:
     backend = fake.backend()
     await backend.scale_up(3)  # lists (1 pending for Priority), then submits 501
-    assert backend.waiting() == {"1": "Priority", "501": "queued"}
+    queued = {i.name: i.reason for i in await backend.instances() if i.queued}
+    assert queued == {"1": "Priority", "501": "queued"}
+    assert not [i for i in await backend.instances() if i.stuck], "waiting is not stuck"
 
 
 async def test_leaving_jobs_still_count_against_max_held() -> None:
@@ -447,3 +451,52 @@ def test_max_held_must_be_a_positive_integer(tmp_path: Path, value: object) -> N
     with pytest.raises(SettingsError) as error:
         slurm.load_settings(BackendContext("dask", "tcp://127.0.0.1:8786", options))
     assert error.value.key == "backend.options.max_held"
+
+
+class JobEndsBeforeTheCancel(FakeSlurm):
+    """The job named in the cancel ends between the listing and the cancel, which is refused."""
+
+    def __init__(self, squeue: str, still_running_after: bool) -> None:
+        super().__init__(squeue)
+        self.still_running_after = still_running_after
+
+    async def run(self, command: Command, timeout: float) -> str:
+        if command.argv[0] == "scancel":
+            self.commands.append(command.argv)
+            if not self.still_running_after:
+                self.squeue = self.squeue.replace("2|RUNNING", "2|COMPLETED")
+            raise BatchCommandError("scancel exited 1: Job has already finished")
+        return await super().run(command, timeout)
+
+
+async def test_a_refused_cancel_of_a_job_that_ended_meanwhile_is_harmless() -> None:
+    fake = JobEndsBeforeTheCancel(
+        "2|RUNNING|1795869283|1795872883|alice|None|dask-deploy/dask\n", False
+    )
+    backend = fake.backend()
+    await backend.scale_down(["2"])
+    assert [argv[0] for argv in fake.commands] == ["squeue", "scancel", "squeue"]
+    assert [i.state for i in await backend.instances()] == [InstanceState.EXITED]
+
+
+async def test_a_refused_cancel_of_a_job_that_still_runs_is_an_error() -> None:
+    fake = JobEndsBeforeTheCancel(
+        "2|RUNNING|1795869283|1795872883|alice|None|dask-deploy/dask\n", True
+    )
+    with pytest.raises(BatchCommandError, match="already finished"):
+        await fake.backend().scale_down(["2"])
+
+
+async def test_a_cancelled_job_still_listed_while_it_terminates_stays_exited() -> None:
+    """The batch system lists a cancelled job as running until it has terminated (LSF's
+    JOB_TERMINATE_INTERVAL, SLURM's KillWait): the loop must not see it come back."""
+    fake = FakeSlurm("2|RUNNING|1795869283|1795872883|alice|None|dask-deploy/dask\n")
+    backend = fake.backend()
+    await backend.scale_down(["2"])
+    fake.now += 3600  # every later call lists afresh
+    assert [i.state for i in await backend.instances()] == [InstanceState.EXITED]
+    await backend.scale_down(["2"])
+    assert fake.count("scancel") == 1
+    fake.squeue = ""  # it has ended and is listed no more
+    fake.now += 3600
+    assert await backend.instances() == []

@@ -6,7 +6,7 @@ Third-party packages add a backend with an entry point in the group
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from .._registry import Registry
 from ..contract import (
@@ -40,6 +40,12 @@ BUILTIN = {
 #: ``fake`` is the in-memory test double behind ``--dry-run``, and ``local`` starts workers as
 #: processes beside the scaler itself. Every other key of BUILTIN has a template folder.
 BACKENDS_WITHOUT_TEMPLATES = frozenset({"fake", "local"})
+
+if TYPE_CHECKING:  # mypy checks each batch dialect module against the protocol it implements
+    from . import htcondor, lsf, pbs, sge, slurm
+    from .batch import Dialect
+
+    _DIALECTS: tuple[Dialect, ...] = (htcondor, lsf, pbs, sge, slurm)
 
 registry = Registry("backend", "dask_deploy.backends", BUILTIN)
 

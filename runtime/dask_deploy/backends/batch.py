@@ -9,12 +9,9 @@ a command (:func:`run_command`), and :class:`BatchBackend`, which implements the
 
 A new batch system is one dialect file under ``backends/`` (see :class:`Dialect` for what it
 must define, and ``backends/slurm.py`` for a complete one), one template folder and one line in
-the backend registry. Its ``create`` is two lines::
+the backend registry. Its registry factory is one line, at the end of the dialect module::
 
-    def create(context: BackendContext) -> Backend:
-        from . import pbs  # this module is the dialect
-
-        return BatchBackend(pbs, load_settings(context))
+    create = create_backend(__name__)  # a BatchBackend over this module
 
 Options every batch backend takes (``backend.options`` in the scaler configuration)::
 
@@ -40,9 +37,10 @@ made by others (a job starting, ending at its walltime, cancelled by hand) are s
 next listing, at most ``status_interval`` later.
 
 Queue waits: a pending job waits for the batch system (Resources, Priority, a QOS limit, ...),
-not for its worker. :meth:`BatchBackend.waiting` says which jobs wait and why, so the loop
-never cancels one for being slow (``startup_timeout`` counts from when the job started) and
-logs the batch system's reason instead. Cancelling would only lose its place in the queue.
+not for its worker. Its instance says so: ``reason`` is the batch system's reason (or "queued"
+when it gives none, just submitted) with ``reason_kind`` QUEUED, so the loop never cancels it
+for being slow (``startup_timeout`` counts from when the job started) and logs the reason
+instead. Cancelling would only lose its place in the queue.
 
 Walltime: a worker job ends at its time limit. A running job within ``replace_before_end``
 seconds of its end is *leaving* and reported as EXITED: the loop counts it as gone and requests
@@ -65,6 +63,7 @@ job carries the deployment's name and mark.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import pwd
 import re
@@ -75,7 +74,15 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .._errors import SettingsError
-from ..contract import Backend, BackendContext, Instance, InstanceState, count_requested
+from ..contract import (
+    Backend,
+    BackendContext,
+    BackendFactory,
+    Instance,
+    InstanceState,
+    ReasonKind,
+    count_requested,
+)
 from ..options import BACKEND_OPTIONS, reject_unknown
 
 #: Seconds a submit, status or cancel command may take before it is killed (``command_timeout``).
@@ -319,23 +326,18 @@ class HandsOverAtWalltime(Protocol):
         ...
 
 
-@runtime_checkable
-class ReportsQueueWaits(Protocol):
-    """A backend whose pending instances wait in a queue, for a reason it can report."""
-
-    def waiting(self) -> Mapping[str, str]:
-        """Name -> reason of every instance of the last listing that waits in the queue."""
-        ...
-
-
 def as_seen_by_the_loop(job: BatchJob, now: float, replace_before_end: float) -> Instance:
-    """The job's instance, reported EXITED when it runs out of walltime within the lead time."""
+    """The job's instance, reported EXITED when it runs out of walltime within the lead time,
+    and, when it is pending and not stuck, queued for the batch system's reason."""
+    instance = job.instance
+    if instance.state is InstanceState.PENDING and instance.reason is None:
+        return replace(instance, reason=job.reason or "queued", reason_kind=ReasonKind.QUEUED)
     leaving = (
-        job.instance.state is InstanceState.RUNNING
+        instance.state is InstanceState.RUNNING
         and job.ends_at is not None
         and job.ends_at - now <= replace_before_end
     )
-    return replace(job.instance, state=InstanceState.EXITED) if leaving else job.instance
+    return replace(instance, state=InstanceState.EXITED) if leaving else instance
 
 
 class BatchBackend:
@@ -364,6 +366,10 @@ class BatchBackend:
         self.clock = clock
         self.runner = runner
         self._listing: dict[str, BatchJob] | None = None
+        #: Jobs this backend cancelled: exited to the loop even while the batch system still
+        #: lists them running (terminating, up to LSF's JOB_TERMINATE_INTERVAL or SLURM's
+        #: KillWait), so a cancelled worker never reappears as a live instance.
+        self._cancelled: set[str] = set()
         self._listed_at = 0.0
 
     async def _run(self, command: Command) -> str:
@@ -376,6 +382,11 @@ class BatchBackend:
         if self._listing is None or now - self._listed_at >= self.settings.status_interval:
             stdout = await self._run(self.dialect.status_command(self.settings))
             jobs = self.dialect.parse_status(stdout, self.settings)
+            listed = {job.instance.name for job in jobs}
+            self._cancelled &= listed  # a job no longer listed needs no remembering
+            jobs = [
+                _as_exited(job) if job.instance.name in self._cancelled else job for job in jobs
+            ]
             self._listing, self._listed_at = {job.instance.name: job for job in jobs}, now
         return list(self._listing.values())
 
@@ -397,16 +408,23 @@ class BatchBackend:
 
     async def scale_down(self, names: Collection[str]) -> None:
         jobs = await self.jobs()
-        live = {j.instance.name for j in jobs if j.instance.state is not InstanceState.EXITED}
-        doomed = live & set(names)
+        doomed = {j.instance.name for j in jobs if _lives(j)} & set(names)
         if not doomed:
             return
-        await self._run(self.dialect.cancel_command(self.settings, doomed))
+        try:
+            await self._run(self.dialect.cancel_command(self.settings, doomed))
+        except BatchCommandError:
+            # A job may end by itself between the listing and the cancel (its lifetime, its
+            # walltime, a cancel from outside or a moment ago), and most batch systems refuse
+            # to cancel a finished job (LSF: "Job has already finished", exit 255). The cancel
+            # did its work if none of these jobs still lives in a fresh listing.
+            self._listing = None
+            if doomed & {j.instance.name for j in await self.jobs() if _lives(j)}:
+                raise
+        self._cancelled |= doomed
         if self._listing is not None:
-            for name in doomed:
-                job = self._listing[name]
-                exited = replace(job.instance, state=InstanceState.EXITED)
-                self._listing[name] = replace(job, instance=exited, ends_at=None, reason=None)
+            for name in doomed & self._listing.keys():
+                self._listing[name] = _as_exited(self._listing[name])
 
     def leaving(self) -> Mapping[str, float]:
         """Job id -> when it must be retired at the latest (its end - ``retire_before_end``),
@@ -420,23 +438,36 @@ class BatchBackend:
             and job.ends_at - now <= settings.replace_before_end
         }
 
-    def waiting(self) -> Mapping[str, str]:
-        """Job id -> why it waits, for every pending job of the last listing: the batch
-        system's reason, or "queued" when it gives none (just submitted)."""
-        return {
-            name: job.reason or "queued"
-            for name, job in (self._listing or {}).items()
-            if job.instance.state is InstanceState.PENDING
-        }
-
     async def close(self) -> None:
         return None
 
 
-def _is_a_backend(
-    backend: BatchBackend,
-) -> tuple[Backend, ReportsQueueWaits, HandsOverAtWalltime]:
-    return backend, backend, backend  # mypy checks that BatchBackend implements the protocols
+def _as_exited(job: BatchJob) -> BatchJob:
+    exited = replace(job.instance, state=InstanceState.EXITED)
+    return replace(job, instance=exited, ends_at=None, reason=None)
+
+
+def _lives(job: BatchJob) -> bool:
+    return job.instance.state is not InstanceState.EXITED
+
+
+def create_backend(dialect_module: str) -> BackendFactory:
+    """The backend factory of a dialect module: a :class:`BatchBackend` over that module.
+
+    A dialect registers with ``create = create_backend(__name__)``; the module is imported when
+    the factory is called, so the line can sit in the module it names.
+    """
+
+    def create(context: BackendContext) -> Backend:
+        dialect: Dialect = importlib.import_module(dialect_module)
+        return BatchBackend(dialect, load_settings(context))
+
+    create.__qualname__ = create.__name__ = f"create_backend({dialect_module!r})"
+    return create
+
+
+def _is_a_backend(backend: BatchBackend) -> tuple[Backend, HandsOverAtWalltime]:
+    return backend, backend  # mypy checks that BatchBackend implements the protocols
 
 
 __all__ = [
@@ -449,9 +480,9 @@ __all__ = [
     "Command",
     "Dialect",
     "HandsOverAtWalltime",
-    "ReportsQueueWaits",
     "Runner",
     "as_seen_by_the_loop",
+    "create_backend",
     "current_user",
     "load_settings",
     "run_command",

@@ -7,7 +7,8 @@ Options (``backend.options`` in the scaler configuration)::
     environment: {}            # optional: environment variables of every worker container
     volumes: []                # optional: bind mounts, "host:container[:ro]" (e.g. TLS files)
     base_url: null             # optional: the engine's address; default DOCKER_HOST or the socket
-    stop_timeout: 30           # optional: seconds `docker stop` waits before SIGKILL
+    stop_timeout: 30           # optional: seconds between SIGTERM and SIGKILL, on the scaler's
+                               #   stop and as the container's StopTimeout (`docker stop`)
     request_timeout: 30        # optional: seconds any engine call may take (a stop: plus
                                #   stop_timeout); a hung engine fails the tick, which is retried
     memory_limit: null         # optional: e.g. "4GiB": the container's memory limit AND the
@@ -42,7 +43,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,6 +267,9 @@ def worker_container_spec(settings: DockerSettings, index: int, now: float) -> d
         "network_mode": "host",
         "detach": True,
         "stop_signal": "SIGTERM",
+        # The container's own grace period (StopTimeout): what `docker stop` without -t, or an
+        # engine shutting down, gives a worker stopped from outside to hand its data over.
+        "stop_timeout": settings.stop_timeout,
         "read_only": confined.read_only,
         "tmpfs": {path: "" for path in confined.tmpfs},
         "cap_drop": list(confined.cap_drop),
@@ -282,6 +286,38 @@ def worker_container_spec(settings: DockerSettings, index: int, now: float) -> d
     if confined.cpus is not None:
         spec["nano_cpus"] = int(confined.cpus * 1e9)
     return spec
+
+
+#: Keys of a :func:`worker_container_spec` that belong to the container's HostConfig.
+HOST_CONFIG_KEYS = frozenset(
+    {"network_mode", "read_only", "tmpfs", "cap_drop", "security_opt", "mounts", "mem_limit"}
+    | {"nano_cpus"}
+)
+
+
+def engine_create_arguments(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``APIClient.create_container`` and ``APIClient.create_host_config`` keyword arguments for
+    a :func:`worker_container_spec`.
+
+    The SDK's ``containers.create`` cannot pass StopTimeout, so the runner creates through the
+    low-level client, which can. ``volumes`` ("host:container[:ro]") are HostConfig binds, and
+    the container lists their container paths.
+
+    >>> create, host = engine_create_arguments(
+    ...     {"name": "w", "stop_timeout": 30, "read_only": True, "volumes": ["/a:/b:ro"]}
+    ... )
+    >>> create
+    {'name': 'w', 'stop_timeout': 30, 'volumes': ['/b']}
+    >>> host
+    {'read_only': True, 'binds': ['/a:/b:ro']}
+    """
+    create = {key: value for key, value in spec.items() if key not in HOST_CONFIG_KEYS}
+    host = {key: value for key, value in spec.items() if key in HOST_CONFIG_KEYS}
+    binds = list(create.pop("volumes", []))
+    if binds:
+        create["volumes"] = [bind.split(":")[1] for bind in binds]
+        host["binds"] = binds
+    return create, host
 
 
 def container_state(status: str) -> InstanceState:
@@ -343,14 +379,16 @@ class DockerRunner:
     async def run(self, spec: Mapping[str, Any]) -> bool:
         """Create and start one container; False when its name is already taken.
 
-        A container created but not started (the start, or the inspection that follows the
-        creation, failed) is removed again: left in state "created" it would count as pending
-        until the startup timeout.
+        A container created but not started (the creation's answer was lost, or the start
+        failed) is removed again: left in state "created" it would count as pending until the
+        startup timeout.
         """
+        create, host = engine_create_arguments(spec)
 
         def call() -> bool:
+            api = self._client.api
             try:
-                self._client.containers.create(**spec)
+                api.create_container(**create, host_config=api.create_host_config(**host))
             except self._docker.errors.APIError as error:
                 if error.status_code == 409:  # another scaler took this name first
                     return False
@@ -390,12 +428,68 @@ class DockerRunner:
         await asyncio.to_thread(self._client.close)
 
 
-class DockerBackend:
-    """Runs, lists and removes one deployment's worker containers."""
+#: Seconds a container the engine refused stays listed (pending, with the engine's error as its
+#: reason) before the next scale-up may try again: the loop holds scale-ups while it is listed.
+RETRY_REFUSED_AFTER = 60.0
 
-    def __init__(self, settings: DockerSettings, runner: DockerRunner) -> None:
+
+#: The engine's answers that refuse the request itself: invalid parameter, no such image.
+REFUSAL_STATUSES = frozenset({400, 404})
+
+
+def engine_refusal(error: BaseException) -> str | None:
+    """The engine's own words when it refused to create or start a container (a missing image,
+    a bad mount, an invalid option); ``None`` for anything else (an engine that did not answer,
+    or failed on its side).
+
+    Only 400 (invalid parameter) and 404 (no such image) say the request itself is wrong and
+    will be refused again. A 5xx is the engine failing, a 409 a conflict with a container
+    being removed, a 403 a denial that may be lifted: the tick fails and the next one tries
+    again at once, as before, rather than waiting out ``RETRY_REFUSED_AFTER``.
+    """
+    import docker
+
+    if not isinstance(error, docker.errors.APIError):
+        return None
+    if not isinstance(error, docker.errors.NotFound) and error.status_code not in REFUSAL_STATUSES:
+        return None
+    explanation = error.explanation
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode(errors="replace")
+    return f"the Docker engine refused the container: {explanation or error}"
+
+
+class DockerBackend:
+    """Runs, lists and removes one deployment's worker containers.
+
+    A container the engine refuses to create or start (it is removed again) stays listed as a
+    pending instance carrying the engine's error as its reason, for ``RETRY_REFUSED_AFTER``
+    seconds: the loop logs it once and asks for no more meanwhile, instead of failing every
+    tick with the same error.
+    """
+
+    def __init__(
+        self,
+        settings: DockerSettings,
+        runner: DockerRunner,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.runner = runner
+        self.clock = clock
+        self._refused: dict[str, tuple[float, str]] = {}
+
+    def _refusals(self) -> list[Instance]:
+        now = self.clock()
+        self._refused = {
+            name: (at, reason)
+            for name, (at, reason) in self._refused.items()
+            if now - at < RETRY_REFUSED_AFTER
+        }
+        return [
+            Instance(name, InstanceState.PENDING, at, reason)
+            for name, (at, reason) in sorted(self._refused.items())
+        ]
 
     async def _containers(self) -> list[tuple[str, str, dict[str, str]]]:
         listed = await self.runner.list(list_filters(self.settings.deployment))
@@ -403,18 +497,31 @@ class DockerBackend:
         return [c for c in listed if c[2].get(DEPLOYMENT_LABEL) == self.settings.deployment]
 
     async def instances(self) -> list[Instance]:
-        return [parse_container(*container) for container in await self._containers()]
+        listed = [parse_container(*container) for container in await self._containers()]
+        return listed + self._refusals()
 
     async def scale_up(self, n: int) -> None:
+        if self._refusals():
+            return  # another would be refused the same way; tried again when it expires
         containers = await self._containers()
         missing = n - count_requested([parse_container(*c) for c in containers])
         if missing <= 0:
             return
         taken = [name for name, _, _ in containers]
         for index in free_indices(self.settings.deployment, taken, missing):
-            await self.runner.run(worker_container_spec(self.settings, index, time.time()))
+            spec = worker_container_spec(self.settings, index, self.clock())
+            try:
+                await self.runner.run(spec)
+            except Exception as error:
+                reason = engine_refusal(error)
+                if reason is None:
+                    raise
+                self._refused[spec["name"]] = (self.clock(), reason)
+                return  # the next one would be refused the same way
 
     async def scale_down(self, names: Collection[str]) -> None:
+        for name in names:
+            self._refused.pop(name, None)  # never created: nothing to remove
         known = {name for name, _, _ in await self._containers()}
         for name in sorted(known & set(names)):
             await self.runner.remove(name, self.settings.stop_timeout)

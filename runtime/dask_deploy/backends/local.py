@@ -57,6 +57,15 @@ class LocalOptions:
     python: str = field(default_factory=lambda: sys.executable)
 
 
+#: ``dask worker`` arguments loading :mod:`dask_deploy.worker_preload` into nanny and worker.
+HANDOVER_PRELOADS = (
+    "--preload-nanny",
+    "dask_deploy.worker_preload",
+    "--preload",
+    "dask_deploy.worker_preload",
+)
+
+
 def worker_command(options: LocalOptions, scheduler_address: str, name: str) -> list[str]:
     """The command line of one worker; its ``--local-directory`` marks it as ours.
 
@@ -81,6 +90,8 @@ def worker_command(options: LocalOptions, scheduler_address: str, name: str) -> 
         "--no-dashboard",
         "--death-timeout",
         f"{options.death_timeout:g}",
+        # On an outside SIGTERM the worker hands its data over through the scheduler first.
+        *HANDOVER_PRELOADS,
         *options.worker_args,
     ]
 
@@ -136,11 +147,25 @@ class LocalBackend:
     def _record(self, name: str) -> Path:
         return self.options.state_dir / f"{name}.json"
 
-    def _snapshot(self) -> list[Instance]:
+    def _live_workers(self) -> dict[str, int]:
+        """Worker name -> pid: what ``/proc`` shows, and every child we launched that lives.
+
+        ``Popen`` returns as soon as ``exec`` has begun, and for a moment after that (longer on
+        a loaded machine) the kernel shows the new process with an empty command line. A
+        listing in that moment would call the worker exited, forget its record and let the
+        next ``scale_up`` launch a duplicate, so our own living children always count.
+        """
         for name, child in list(self._children.items()):
             if child.poll() is not None:  # reap exited children
-                del self._children[name]
-        running = running_workers(self.options.state_dir)
+                # pop: two listings in two threads may reap the same child
+                self._children.pop(name, None)
+        found = running_workers(self.options.state_dir)
+        for name, child in list(self._children.items()):
+            found.setdefault(name, child.pid)
+        return found
+
+    def _snapshot(self) -> list[Instance]:
+        running = self._live_workers()
         result = []
         for name, pid in sorted(running.items()):
             result.append(Instance(name, InstanceState.RUNNING, self._requested_at(name, pid)))
@@ -192,15 +217,13 @@ class LocalBackend:
                 self._launch(name)
 
     def _scale_down(self, names: Collection[str]) -> None:
-        running = running_workers(self.options.state_dir)
+        running = self._live_workers()
         targets = {name: running[name] for name in names if name in running}
         for pid in targets.values():
             _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            for child in self._children.values():
-                child.poll()
-            alive = running_workers(self.options.state_dir)
+            alive = self._live_workers()
             if not any(name in alive for name in targets):
                 break
             time.sleep(0.1)
@@ -223,7 +246,7 @@ class LocalBackend:
         return await asyncio.to_thread(self._snapshot)
 
     async def close(self) -> None:
-        for child in self._children.values():
+        for child in list(self._children.values()):
             child.poll()
 
 

@@ -22,8 +22,8 @@ import re
 from collections.abc import Collection
 from datetime import datetime
 
-from ..contract import Backend, BackendContext, Instance, InstanceState
-from .batch import BatchBackend, BatchCommandError, BatchJob, BatchSettings, Command, load_settings
+from ..contract import Instance, InstanceState
+from .batch import BatchCommandError, BatchJob, BatchSettings, Command, create_backend
 
 #: bjobs' STAT values (bjobs(1), "Output: STAT"). Anything else counts as running.
 PENDING_STATES = frozenset({"PEND", "PSUSP", "WAIT"})
@@ -146,11 +146,8 @@ def parse_status(stdout: str, settings: BatchSettings) -> list[BatchJob]:
     return jobs
 
 
-def create(context: BackendContext) -> Backend:
-    """Build the LSF backend from the scaler configuration's ``backend.options``."""
-    from . import lsf  # this module is the dialect
-
-    return BatchBackend(lsf, load_settings(context))
+#: The registry's factory (backends.BUILTIN): a BatchBackend over this module.
+create = create_backend(__name__)
 
 
 __all__ = [

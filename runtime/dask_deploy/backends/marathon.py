@@ -211,6 +211,54 @@ def parse_tasks(body: Mapping[str, Any]) -> list[Instance]:
     ]
 
 
+#: Marks an instance Marathon holds in its launch queue (no task yet): ``<app>.queued-<n>``.
+QUEUED_MARK = ".queued-"
+
+
+def queue_reason(entry: Mapping[str, Any]) -> str | None:
+    """Why Marathon cannot launch the app's queued instances, from its launch queue entry.
+
+    ``rejectSummaryLastOffers`` counts, for the last offer of each agent, the offers that
+    reached each matching step and those declined there. When every agent's last offer was
+    declined, no offer fits (ports, resources, constraints...): another instance of the same
+    app would wait the same way. ``None`` while some offer fits or none has been processed.
+    """
+    summary = entry.get("processedOffersSummary") or {}
+    steps = summary.get("rejectSummaryLastOffers") or []
+    declined = [step for step in steps if step.get("declined")]
+    agents = max((int(step.get("processed") or 0) for step in steps), default=0)
+    if not declined or sum(int(step["declined"]) for step in declined) < agents:
+        return None
+    parts = ", ".join(f"{step['reason']} ({step['declined']} of {agents})" for step in declined)
+    return f"no Mesos offer fits, Marathon's launch queue says: {parts}"
+
+
+def queued_instances(app_id: str, count: int, entry: Mapping[str, Any] | None) -> list[Instance]:
+    """One pending instance per instance Marathon cannot launch (no task id, no offer fits).
+
+    Only stuck ones are listed: an instance Marathon is merely launching gets its task id in
+    a moment, and listing it under another name first would rename an instance.
+    """
+    reason = None if entry is None else queue_reason(entry)
+    if count <= 0 or reason is None or entry is None:
+        return []
+    since = _unix_time(entry.get("since"))
+    slug = app_id.strip("/").replace("/", "_")
+    return [
+        Instance(f"{slug}{QUEUED_MARK}{i}", InstanceState.PENDING, since, reason)
+        for i in range(count)
+    ]
+
+
+def cancel_queued_request(
+    settings: MarathonSettings, instances: int, active: int, cancelled: int
+) -> ScaleRequest | None:
+    """Lower ``instances`` by the queued instances cancelled, never below the live tasks, so
+    Marathon only shortens its launch queue and kills nothing."""
+    target = max(active, instances - cancelled)
+    return ScaleRequest(settings.app_id, target, settings.force) if target < instances else None
+
+
 def scale_up_request(settings: MarathonSettings, current: int, n: int) -> ScaleRequest | None:
     """The app update that raises ``instances`` to ``n``; None when it is already there."""
     return ScaleRequest(settings.app_id, n, settings.force) if n > current else None
@@ -225,7 +273,11 @@ def kill_request(
     ``instances`` by one, so killing a task twice would remove a worker nobody retired.
     """
     doomed = sorted(
-        i.name for i in live if i.name in set(names) and i.state is not InstanceState.EXITED
+        i.name
+        for i in live
+        if i.name in set(names)
+        and i.state is not InstanceState.EXITED
+        and QUEUED_MARK not in i.name  # no task yet: cancelled by lowering instances
     )
     return KillRequest(tuple(doomed), settings.force) if doomed else None
 
@@ -281,7 +333,19 @@ class MarathonBackend:
         return self.client._do_request("GET", path).json()
 
     async def instances(self) -> list[Instance]:
-        return parse_tasks(await self._call(self._get, f"/v2/apps/{self._path_id()}/tasks"))
+        """The app's tasks, and an instance for each one Marathon has not launched yet, with
+        the reason from its launch queue (``/v2/queue``, asked only when some are queued)."""
+        app = (await self._call(self._get, f"/v2/apps/{self._path_id()}?embed=app.tasks"))["app"]
+        tasks = parse_tasks(app)
+        live = sum(1 for task in tasks if task.state is not InstanceState.EXITED)
+        queued = int(app.get("instances", 0)) - live
+        if queued <= 0:
+            return tasks
+        queue = (await self._call(self._get, "/v2/queue")).get("queue") or []
+        entry = next(
+            (e for e in queue if (e.get("app") or {}).get("id") == self.settings.app_id), None
+        )
+        return tasks + queued_instances(self.settings.app_id, queued, entry)
 
     async def scale_up(self, n: int) -> None:
         from marathon.models import MarathonApp
@@ -294,6 +358,9 @@ class MarathonBackend:
             await self._call(self.client.update_app, self._path_id(), update, force=request.force)
 
     async def scale_down(self, names: Collection[str]) -> None:
+        queued = [name for name in names if QUEUED_MARK in name]
+        if queued:
+            await self._cancel_queued(len(queued))
         request = kill_request(self.settings, await self.instances(), names)
         if request is not None:
             log.info("marathon: killing %s and scaling down", ", ".join(request.task_ids))
@@ -303,6 +370,22 @@ class MarathonBackend:
                 scale=True,
                 force=request.force,
             )
+
+    async def _cancel_queued(self, count: int) -> None:
+        from marathon.models import MarathonApp
+
+        app = (await self._call(self._get, f"/v2/apps/{self._path_id()}?embed=app.tasks"))["app"]
+        live = sum(1 for t in parse_tasks(app) if t.state is not InstanceState.EXITED)
+        request = cancel_queued_request(self.settings, int(app.get("instances", 0)), live, count)
+        if request is not None:
+            log.info(
+                "marathon: %s instances %s -> %d (not launched yet: cancelled)",
+                request.app_id,
+                app.get("instances"),
+                request.instances,
+            )
+            update = MarathonApp(instances=request.instances)
+            await self._call(self.client.update_app, self._path_id(), update, force=request.force)
 
     async def close(self) -> None:
         self.client.session.close()
@@ -315,10 +398,14 @@ def create(context: BackendContext) -> Backend:
 
 
 __all__ = [
+    "QUEUED_MARK",
     "MarathonBackend",
+    "cancel_queued_request",
     "create",
     "kill_request",
     "load_settings",
     "parse_tasks",
+    "queue_reason",
+    "queued_instances",
     "scale_up_request",
 ]

@@ -28,8 +28,8 @@ import re
 from collections.abc import Collection, Mapping
 from datetime import datetime
 
-from ..contract import Backend, BackendContext, Instance, InstanceState
-from .batch import BatchBackend, BatchCommandError, BatchJob, BatchSettings, Command, load_settings
+from ..contract import Instance, InstanceState
+from .batch import BatchCommandError, BatchJob, BatchSettings, Command, create_backend
 
 #: job_state letters (Torque qstat(1B); PBS Professional adds B, F, M, U, X).
 PENDING_STATES = frozenset("QHWT")
@@ -168,11 +168,8 @@ def parse_status(stdout: str, settings: BatchSettings) -> list[BatchJob]:
     return jobs
 
 
-def create(context: BackendContext) -> Backend:
-    """Build the PBS backend from the scaler configuration's ``backend.options``."""
-    from . import pbs  # this module is the dialect
-
-    return BatchBackend(pbs, load_settings(context))
+#: The registry's factory (backends.BUILTIN): a BatchBackend over this module.
+create = create_backend(__name__)
 
 
 __all__ = [

@@ -26,8 +26,8 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Collection
 from datetime import datetime
 
-from ..contract import Backend, BackendContext, Instance, InstanceState
-from .batch import BatchBackend, BatchCommandError, BatchJob, BatchSettings, Command, load_settings
+from ..contract import Instance, InstanceState
+from .batch import BatchCommandError, BatchJob, BatchSettings, Command, create_backend
 
 _JOB_ID = re.compile(r"^(\d+)(?:\.[-\d:]+)?$")  # "42", or "42.1-10:1" for an array job
 
@@ -153,11 +153,8 @@ def parse_status(stdout: str, settings: BatchSettings) -> list[BatchJob]:
     return parse_jobs(stdout, settings.job_name, settings.user)
 
 
-def create(context: BackendContext) -> Backend:
-    """Build the Grid Engine backend from the scaler configuration's ``backend.options``."""
-    from . import sge  # this module is the dialect
-
-    return BatchBackend(sge, load_settings(context))
+#: The registry's factory (backends.BUILTIN): a BatchBackend over this module.
+create = create_backend(__name__)
 
 
 __all__ = [

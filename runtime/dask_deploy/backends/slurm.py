@@ -16,15 +16,15 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
-from ..contract import Backend, BackendContext, Instance, InstanceState
+from ..contract import Instance, InstanceState
 from .batch import (
     DEFAULT_COMMAND_TIMEOUT,
-    BatchBackend,
     BatchCommandError,
     BatchJob,
     BatchSettings,
     Command,
     as_seen_by_the_loop,
+    create_backend,
     load_settings,
 )
 
@@ -156,11 +156,8 @@ def parse_status(stdout: str, settings: BatchSettings) -> list[BatchJob]:
     return parse_jobs(stdout, settings.comment, settings.user)
 
 
-def create(context: BackendContext) -> Backend:
-    """Build the SLURM backend from the scaler configuration's ``backend.options``."""
-    from . import slurm  # this module is the dialect
-
-    return BatchBackend(slurm, load_settings(context))
+#: The registry's factory (backends.BUILTIN): a BatchBackend over this module.
+create = create_backend(__name__)
 
 
 # The dialect's functions are public: a module is checked against the Dialect protocol

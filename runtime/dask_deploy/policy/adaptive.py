@@ -1,41 +1,57 @@
-"""The default policy: the scheduler's ``adaptive_target``, made safe to follow.
+"""The default policy: the scheduler's ``adaptive_target``, made safe to follow and boot-aware.
+
+Capacity asked for now arrives one boot B later (request to registration: observed by the
+policy, the median of the last eight; the ``boot_time`` option until one is seen). So:
+
+- **Boot-aware scale-up.** With the known work (``Observation.work_seconds``: queued and
+  processing task time from the scheduler's own duration estimates; the preload reports it),
+  the policy estimates when the workers there and those booting finish it. It asks for
+  workers only if that is later than a new worker could register and help (B plus a quarter
+  of B), and then for the scheduler's whole count at once. Pending instances that would
+  register after the work is done, or find fewer tasks than threads, are cancelled at once.
+- **Learned keep-alive and pre-warming** (:mod:`dask_deploy.policy.keepalive`, after the
+  hybrid histogram policy of Shahrad et al., ATC 2020): the deployment's idle gaps (no work
+  beyond the minimum, until work arrives again) are remembered, and the cheapest plan on
+  them is followed: keep idle workers through gaps shorter than about a boot, release them
+  right after the work when gaps are long, and where gaps are regular, release and request
+  again one boot before the predicted arrival. Workers kept or pre-warmed are only those the
+  recent busy periods' work needs to finish within a boot.
+- **Ski-rental fallback.** With fewer than two gaps, or when no learned plan is cheaper on
+  the history, idle workers stay for the stabilization window of 2 B: keeping an idle worker
+  costs one worker-second per second, while releasing one that is needed again costs its
+  replacement's boot twice over (B worker-seconds booting, B seconds without its capacity);
+  waiting out that price costs at most twice what a clairvoyant policy pays.
 
 Options (``policy.options`` in ``scaler.yaml``):
 
+``boot_time`` (default: none, seconds >= 0)
+    The deployment's typical boot time, used until a boot has been observed (a first burst
+    then knows whether a new worker could help). Without it and without known work the
+    first burst scales up as the scheduler asks.
 ``growth_factor`` (default 2.0, > 1)
-    Scale up by at most this factor per decision...
+    Scale up by at most this factor per decision when the work is not known...
 ``growth_floor`` (default 4, >= 1)
     ...but always by at least this many instances, so that 0 -> N works.
 ``scale_down_window`` (default 60, seconds >= 0)
-    The longest the policy waits before releasing workers it no longer needs. It scales
-    down only to the highest target seen in a stabilization window (Kubernetes HPA's),
-    and that window follows the *observed boot time* B of this deployment's workers
-    (request to registration, the median of the last eight): it is 2 B. This is ski
-    rental: keeping an idle worker costs one worker-second per second, while releasing
-    one that is needed again costs its replacement's boot twice over (B worker-seconds
-    booting, B seconds without its capacity); waiting out that price before releasing
-    costs at most twice what a clairvoyant policy pays, whatever the gaps between
-    bursts. A burst arriving soon after finds warm workers; a worker no burst needs is
-    given back once waiting stops paying, instead of after a fixed minute.
-    ``scale_down_window`` caps the window, and is the window until a first boot has been
-    observed (for example right after the scaler restarted with every worker registered).
+    Caps the ski-rental window, and is the window until a boot time is known (for example
+    right after the scaler restarted with every worker registered).
 ``scale_down_window_min`` (default 5, seconds >= 0, at most ``scale_down_window``)
-    The shortest window, so a single low reading never releases a worker when workers
-    boot fast. Set it equal to ``scale_down_window`` for a fixed window.
+    The shortest ski-rental window, and how long a dip of the target is held while work
+    remains without a learned plan. Set it equal to ``scale_down_window`` for a fixed window.
 ``memory_threshold`` (default 0.5, in (0, 1])
     Ask for enough workers that stored bytes stay below this share of memory limits.
 ``target_duration`` (default: the scheduler's ``distributed.adaptive.target-duration``)
     Seconds the scheduler's ``adaptive_target`` aims to finish the known work in.
 
-Improvements over ``distributed.deploy.Adaptive``: bounded growth, a boot-aware
-stabilization window instead of a bare wait count, pending protection (never scale below
+Improvements over ``distributed.deploy.Adaptive``: boot-aware sizing and cancellation, a
+learned keep-alive instead of a bare wait count, pending protection (never scale below
 what an up-decision younger than the startup timeout asked for while its instances are
-still pending), only idle workers are released, and the scheduler's retirement result is
-respected by the loop.
+still pending and have work to do), only idle workers are released, and the scheduler's
+retirement result is respected by the loop.
 
 The policy stays pure: boot times come from the instances' ``requested_at`` and the
 ``now`` of the ticks at which each instance was last seen pending and first seen
-registered; it reads no clock.
+registered, gaps from the ticks' ``now``; it reads no clock.
 """
 
 from __future__ import annotations
@@ -48,10 +64,12 @@ from dataclasses import dataclass
 from .._errors import SettingsError
 from ..contract import Decision, Hold, Observation, PolicySettings, ScaleDown, ScaleUp
 from ..options import POLICY_OPTIONS, integer, number, reject_unknown
+from .keepalive import GapHistory, KeepAlivePlan, choose_plan
 from .select import choose_release
 
 OPTIONS = frozenset(
     {
+        "boot_time",
         "growth_factor",
         "growth_floor",
         "memory_threshold",
@@ -62,6 +80,13 @@ OPTIONS = frozenset(
 )
 BOOT_WINDOW_FACTOR = 2.0
 """The window is this many observed boot times (see the module docstring)."""
+USEFUL_SHARE = 0.25
+USEFUL_TICKS = 2
+"""A worker is requested only if the known work outlasts its boot by this share of the boot
+(and this many ticks): one that registers for the last moments of a burst costs a boot and
+saves nothing."""
+BUSY_TICKS = 2
+"""With a learned plan, a dip of the target while work remains is held this many ticks."""
 BOOT_SAMPLES = 8
 """Boot times remembered; the window follows their median."""
 
@@ -76,6 +101,7 @@ class AdaptiveOptions:
     scale_down_window_min: float = 5.0
     memory_threshold: float = 0.5
     target_duration: float | None = None
+    boot_time: float | None = None
 
 
 @dataclass(frozen=True)
@@ -135,14 +161,19 @@ class BootClock:
 
 
 class AdaptivePolicy:
-    """See the module docstring. Keeps the window's targets, boot times and the last up."""
+    """See the module docstring. Keeps the window's targets, boot times, gaps and the last up."""
 
     def __init__(self, settings: PolicySettings, options: AdaptiveOptions) -> None:
         self.settings = settings
         self.options = options
         self._window: deque[tuple[float, int]] = deque()
         self.boots = BootClock()
+        self.gaps = GapHistory()
         self.last_up: UpDecision | None = None
+        self._plan: tuple[tuple[tuple[float, ...], float], KeepAlivePlan] | None = None
+        self._last_tick: float | None = None
+        self._interval: float | None = None
+        """Seconds between the last two ticks (the loop's interval, seen from here)."""
 
     @property
     def target_duration(self) -> float | None:
@@ -154,15 +185,33 @@ class AdaptivePolicy:
         return tuple(self._window)
 
     @property
+    def boot_time(self) -> float | None:
+        """The boot time B the policy plans with: observed, else the ``boot_time`` option."""
+        observed = self.boots.estimate
+        return observed if observed is not None else self.options.boot_time
+
+    @property
     def scale_down_window(self) -> float:
-        """Seconds of the stabilization window now: twice the observed boot time, within bounds."""
+        """Seconds of the ski-rental window: twice the boot time, within bounds."""
         options = self.options
-        boot = self.boots.estimate
+        boot = self.boot_time
         if boot is None:
             return options.scale_down_window
         return min(
             options.scale_down_window, max(options.scale_down_window_min, BOOT_WINDOW_FACTOR * boot)
         )
+
+    @property
+    def plan(self) -> KeepAlivePlan:
+        """The keep-alive plan for the gaps seen so far (recomputed when they change)."""
+        boot = self.boot_time
+        window = self.scale_down_window
+        if boot is None:
+            return KeepAlivePlan(window, "ski rental")
+        key = (self.gaps.gaps, boot)
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, choose_plan(key[0], boot, window))
+        return self._plan[1]
 
     def memory_target(self, observation: Observation) -> int:
         """Workers needed so that stored bytes stay under the threshold of their limits."""
@@ -177,17 +226,24 @@ class AdaptivePolicy:
     def decide(self, observation: Observation, now: float) -> Decision:
         settings, options = self.settings, self.options
         self.boots.observe(observation, now)
+        if self._last_tick is not None and now > self._last_tick:
+            self._interval = now - self._last_tick
+        self._last_tick = now
         requested = len(observation.requested)
         pending = len(observation.pending)
         cpu = observation.adaptive_target
         memory = self.memory_target(observation)
         target = min(max(cpu, memory, settings.minimum), settings.maximum)
+        # Busy: the work needs more than the minimum. The gaps that matter are those of the
+        # workers above it (a trickle the minimum absorbs does not keep a burst's workers).
+        busy = target > settings.minimum and has_work(observation)
+        self.gaps.observe(busy, requested, observation.work_seconds, task_count(observation), now)
 
         self._window.append((now, target))
         while self._window and self._window[0][0] < now - options.scale_down_window:
             self._window.popleft()
-        window = self.scale_down_window
-        boot = self.boots.estimate
+        boot = self.boot_time
+        plan = self.plan
 
         numbers: dict[str, float] = {
             "target": target,
@@ -201,11 +257,40 @@ class AdaptivePolicy:
             numbers["queued"] = observation.tasks_queued
         if observation.tasks_unrunnable is not None:
             numbers["unrunnable"] = observation.tasks_unrunnable
+        if observation.work_seconds is not None:
+            numbers["work_s"] = observation.work_seconds
+        if boot is not None:
+            numbers["boot_s"] = boot
+        finish = known_work_finishes_in(observation, now, boot)
+        if finish is not None:
+            numbers["work_done_in_s"] = finish
 
         if target > requested:
+            if finish is not None and boot is not None and memory <= cpu:
+                useful_after = boot + max(USEFUL_SHARE * boot, USEFUL_TICKS * (self._interval or 0))
+                if finish < useful_after and requested < settings.minimum:
+                    # The minimum is kept whatever the work: an instance that ended (removed
+                    # from outside, or failed) is replaced even when nothing waits for it.
+                    self.last_up = UpDecision(now, settings.minimum)
+                    return ScaleUp(
+                        settings.minimum,
+                        f"below the minimum of {settings.minimum} (more would not help the "
+                        f"known work, done in {finish:.3g}s, within a {boot:.3g}s boot)",
+                        numbers,
+                    )
+                if finish < useful_after:
+                    return Hold(
+                        f"scale-up held: the known work is done in {finish:.3g}s, before a "
+                        f"worker requested now could register and help ({boot:.3g}s boot)",
+                        numbers,
+                    )
             cap = max(
                 math.ceil(requested * options.growth_factor), requested + options.growth_floor
             )
+            if finish is not None:
+                # The known work outlasts a boot: the scheduler's count is sized from it, and
+                # growing towards it tick by tick would only make the burst wait.
+                cap = max(cap, target)
             n = min(target, cap)
             numbers["growth_cap"] = cap
             self.last_up = UpDecision(now, n)
@@ -213,25 +298,61 @@ class AdaptivePolicy:
             if n < target:
                 why += f", growth capped at {cap}"
             return ScaleUp(n, why, numbers)
+
+        prewarm = self._prewarm(plan, boot, busy, now, observation)
+        if prewarm:
+            numbers["prewarm"] = prewarm
+            if requested < prewarm:
+                self.last_up = UpDecision(now, prewarm)
+                assert plan.prewarm_at is not None
+                return ScaleUp(
+                    prewarm,
+                    f"pre-warming: work predicted {plan.prewarm_at:.3g}s after the last went "
+                    f"(learned from {len(self.gaps.gaps)} idle gaps)",
+                    numbers,
+                )
         if target == requested:
             return Hold("at target", numbers)
 
+        window = plan.keep if plan.learned else self.scale_down_window
+        if busy:
+            # While work remains, a dip of the target is not a gap: hold it a few ticks (as
+            # Adaptive's wait count does), the floor of the ski-rental window without history.
+            floor = min(options.scale_down_window_min, self.scale_down_window)
+            if plan.learned and self._interval is not None:
+                floor = min(floor, BUSY_TICKS * self._interval)
+            window = max(window, floor)
         stabilized = max(t for at, t in self._window if at >= now - window)
+        fixed_window = options.scale_down_window_min >= options.scale_down_window
+        if not busy and boot is not None and self.gaps.work is not None and not fixed_window:
+            # Kept through a gap (learned or the ski-rental window): only as many as the work
+            # of the recent busy periods needs to finish within a boot (see warm_size). A
+            # fixed window (scale_down_window_min = scale_down_window) is the user's own
+            # promise to keep idle workers that long, so it is not trimmed.
+            stabilized = min(stabilized, max(self.warm_size(observation, boot), prewarm))
+        useless = self._pending_useless(observation, now, finish, prewarm) if pending else 0
         protected = 0
         if (
             self.last_up is not None
             and pending
             and now - self.last_up.at < settings.startup_timeout
+            and not useless
         ):
             protected = self.last_up.n
-        keep = max(stabilized, protected, settings.minimum)
+        if useless:
+            # The window keeps registered workers through a gap, not instances that would
+            # register after the work is done: they are cancelled (pending go first, newest
+            # first, and the newest register last).
+            stabilized = min(stabilized, requested - useless)
+            numbers["pending_too_late"] = useless
+        keep = max(stabilized, protected, prewarm, settings.minimum)
         numbers["window_s"] = window
-        if boot is not None:
-            numbers["boot_s"] = boot
         numbers["window_max"] = stabilized
         numbers["protected"] = protected
-        since = f"in the last {window:.3g}s ({_window_source(boot, options)})"
+        since = f"in the last {window:.3g}s ({self._window_source(plan, boot)})"
         if keep >= requested:
+            if prewarm >= requested:
+                return Hold("scale-down held: pre-warmed for the predicted work", numbers)
             if protected >= requested:
                 return Hold("scale-down held: a recent scale-up is still pending", numbers)
             return Hold(f"scale-down held: highest target {since} is {stabilized}", numbers)
@@ -242,15 +363,124 @@ class AdaptivePolicy:
         why = f"highest target {since} is {keep}, below the {requested} requested"
         return ScaleDown(names, why, numbers)
 
+    def _prewarm(
+        self,
+        plan: KeepAlivePlan,
+        boot: float | None,
+        busy: bool,
+        now: float,
+        observation: Observation,
+    ) -> int:
+        """Workers to hold for the predicted arrival now (0 outside the pre-warm interval)."""
+        idle_since = self.gaps.idle_since
+        if busy or boot is None or plan.prewarm_at is None or idle_since is None:
+            return 0
+        assert plan.prewarm_until is not None
+        # The last tick at or before ``prewarm_at - boot``: a tick later would be late.
+        elapsed = now - idle_since + (self._interval or 0.0)
+        if not plan.prewarm_at - boot <= elapsed <= plan.prewarm_until:
+            return 0
+        return self.warm_size(observation, boot)
 
-def _window_source(boot: float | None, options: AdaptiveOptions) -> str:
-    if boot is None:
-        return "no boot observed yet"
-    if BOOT_WINDOW_FACTOR * boot >= options.scale_down_window:
-        return "scale_down_window"
-    if BOOT_WINDOW_FACTOR * boot <= options.scale_down_window_min:
-        return "scale_down_window_min"
-    return f"{BOOT_WINDOW_FACTOR:g}x the observed boot time"
+    def warm_size(self, observation: Observation, boot: float) -> int:
+        """Workers to have registered when the predicted work arrives.
+
+        Enough to finish the work the recent busy periods brought within one boot: a
+        scale-up on arrival could not bring a worker sooner, so these finish no later than
+        reacting would, with fewer workers; never more than the recent peaks. Without known
+        work, the recent peak itself.
+        """
+        peak = min(self.gaps.peak, self.settings.maximum)
+        work = self.gaps.work
+        if work is None or boot <= 0:
+            return peak
+        workers = observation.workers
+        threads = sum(w.threads for w in workers) / len(workers) if workers else 1.0
+        return min(peak, max(1, math.ceil(work / (boot * max(threads, 1.0)))))
+
+    def _pending_useless(
+        self, observation: Observation, now: float, finish: float | None, prewarm: int
+    ) -> int:
+        """How many pending instances would find no task: they register after the known work
+        is done, or there are fewer tasks left than threads to run them.
+
+        Unknown work (no preload) or an unknown boot time: none, they are kept as before.
+        """
+        boot = self.boot_time
+        if prewarm or finish is None or boot is None:
+            return 0
+        late = sum(1 for i in observation.pending if i.requested_at + boot - now >= finish)
+        tasks = task_count(observation)
+        threads = sum(w.threads for w in observation.workers if w.status == "running")
+        per_instance = threads / len(observation.workers) if observation.workers else 1.0
+        spare = math.floor(max(0.0, tasks - threads) / max(per_instance, 1.0))
+        surplus = max(0, len(observation.pending) - spare)
+        return max(late, surplus)
+
+    def _window_source(self, plan: KeepAlivePlan, boot: float | None) -> str:
+        if plan.learned:
+            return f"learned from {len(self.gaps.gaps)} idle gaps"
+        options = self.options
+        if boot is None:
+            return "no boot observed yet"
+        if BOOT_WINDOW_FACTOR * boot >= options.scale_down_window:
+            return "scale_down_window"
+        if BOOT_WINDOW_FACTOR * boot <= options.scale_down_window_min:
+            return "scale_down_window_min"
+        if self.boots.estimate is None:
+            return f"{BOOT_WINDOW_FACTOR:g}x the boot_time option"
+        return f"{BOOT_WINDOW_FACTOR:g}x the observed boot time"
+
+
+def task_count(observation: Observation) -> int:
+    """Tasks queued or processing: no more threads than this can be busy."""
+    queued = (observation.tasks_queued or 0) + (observation.tasks_unrunnable or 0)
+    return observation.tasks_processing + queued
+
+
+def has_work(observation: Observation) -> bool:
+    """Tasks are queued or processing (known work, when the scheduler reports it)."""
+    if observation.work_seconds is not None and observation.work_seconds > 0:
+        return True
+    queued = (observation.tasks_queued or 0) + (observation.tasks_unrunnable or 0)
+    return observation.tasks_processing > 0 or queued > 0
+
+
+def known_work_finishes_in(
+    observation: Observation, now: float, boot: float | None
+) -> float | None:
+    """Seconds until the known work is done on the workers there and those booting.
+
+    A fluid estimate: the registered threads share the work, and each pending instance adds
+    its threads when its boot is expected to end (``boot`` after its request, and no sooner
+    than now). ``None`` when the scheduler does not report the work; infinite when no thread
+    is there nor coming.
+    """
+    work = observation.work_seconds
+    if work is None:
+        return None
+    if work <= 0:
+        return 0.0
+    threads = float(sum(w.threads for w in observation.workers if w.status == "running"))
+    per_instance = threads / len(observation.workers) if observation.workers else 1.0
+    arrivals = sorted(
+        max(0.0, (i.requested_at + boot - now) if boot is not None else 0.0)
+        for i in observation.pending
+    )
+    # No more threads can be busy than there are tasks (a few long tasks use a few workers).
+    tasks = float(task_count(observation)) or math.inf
+    elapsed = 0.0
+    for arrival in arrivals:
+        busy = min(threads, tasks)
+        if busy > 0 and work <= busy * (arrival - elapsed):
+            break
+        work -= busy * (arrival - elapsed)
+        elapsed = arrival
+        threads += per_instance or 1.0
+    busy = min(threads, tasks)
+    if busy <= 0:
+        return math.inf
+    return elapsed + work / busy
 
 
 def create(settings: PolicySettings) -> AdaptivePolicy:
@@ -291,5 +521,8 @@ def create(settings: PolicySettings) -> AdaptivePolicy:
             else number(
                 opts, "target_duration", 5.0, prefix=POLICY_OPTIONS, at_least=0.0, above=True
             ),
+            boot_time=None
+            if opts.get("boot_time") is None
+            else number(opts, "boot_time", 0.0, prefix=POLICY_OPTIONS, at_least=0.0),
         ),
     )

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 from ..contract import Observation, ScaleUp
+from .clairvoyant import CLAIRVOYANT, ClairvoyantPolicy
 from .drivers import (
     DISTRIBUTED_ADAPTIVE,
     AdaptiveDriver,
@@ -52,6 +53,15 @@ def simulate(trace: Trace, settings: SimulationSettings) -> SimulationResult:
     driver: PolicyDriver | AdaptiveDriver
     if adaptive:
         driver = AdaptiveDriver(settings)
+    elif settings.policy == CLAIRVOYANT:
+        oracle = ClairvoyantPolicy(
+            trace,
+            cluster,
+            minimum=settings.minimum,
+            maximum=settings.maximum,
+            interval=settings.interval,
+        )
+        driver = PolicyDriver(oracle, settings, cluster)
     else:
         driver = PolicyDriver(make_policy(settings), settings, cluster)
     if settings.warm_start:
@@ -72,7 +82,7 @@ def _idle_count(
     settings: SimulationSettings, driver: PolicyDriver | AdaptiveDriver, cluster: SimCluster
 ) -> int:
     """How many workers the policy keeps on an idle cluster (its steady state)."""
-    if isinstance(driver, AdaptiveDriver):
+    if isinstance(driver, AdaptiveDriver) or settings.policy == CLAIRVOYANT:
         return settings.minimum
     observation = Observation(workers=(), instances=(), adaptive_target=0, tasks_processing=0)
     probe = make_policy(settings)
@@ -83,8 +93,10 @@ def _idle_count(
 
 
 __all__ = [
+    "CLAIRVOYANT",
     "DISTRIBUTED_ADAPTIVE",
     "AdaptiveDriver",
+    "ClairvoyantPolicy",
     "ModelSettings",
     "PolicyDriver",
     "RunMetrics",

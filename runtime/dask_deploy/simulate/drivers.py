@@ -97,6 +97,7 @@ class _ObservationBuilder:
             tasks_queued=cluster.queued,
             tasks_unrunnable=cluster.unrunnable,
             workers_to_close=tuple(cluster.workers_to_close()),
+            work_seconds=cluster.work_seconds(),
         )
 
 
@@ -137,10 +138,12 @@ class PolicyDriver:
         elif isinstance(decision, ScaleDown):
             pending = [n for n in decision.names if n in cluster.live and cluster.live[n].pending]
             cluster.remove(pending)  # cancel pending instances first
-            others = [n for n in decision.names if n not in pending]
+            cancelled = set(pending)
+            others = [n for n in decision.names if n not in cancelled]
             if others:
                 retired, finish = cluster.retire(others)
-                kept = [n for n in others if n not in retired]
+                done = set(retired)
+                kept = [n for n in others if n not in done]
                 self.memory = steps.remember_refused(self.memory, kept, now)
                 next_tick = max(next_tick, finish)
         cluster.schedule_tick(next_tick)

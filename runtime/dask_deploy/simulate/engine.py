@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dask.utils import key_split
+
 from ..steps import DecisionRecord
 from .trace import Trace
 
@@ -39,6 +41,9 @@ class ModelSettings:
     boot_delay: float = 5.0
     boot_jitter: float = 0.1
     """Boot delay is ``boot_delay * uniform(1 - jitter, 1 + jitter)``."""
+    boot_delays: tuple[float, ...] = ()
+    """Boots of the first workers requested (a real run's, measured, in order of request);
+    the workers requested after them boot as ``boot_delay`` says."""
     transfer_bandwidth: float = 200e6
     """Bytes per second a retiring worker hands to its peers."""
     retire_overhead: float = 0.05
@@ -113,6 +118,8 @@ class SimCluster:
         self._heap: list[tuple[float, int, int, object]] = []
         self._seq = 0
         self._counter = 0
+        self._requests = 0
+        """Workers requested during the run (``ModelSettings.boot_delays`` are theirs)."""
         self.workers: dict[str, SimWorker] = {}
         self.live: dict[str, SimWorker] = {}
         """Workers not exited (pending, registered or retiring)."""
@@ -125,9 +132,16 @@ class SimCluster:
         self._remaining = [g.count for g in groups]
         self._ready_count = [0] * len(groups)
         self._running_count = [0] * len(groups)
-        self._observed_total = [0.0] * len(groups)
-        self._observed_n = [0] * len(groups)
-        self._first_start = [math.inf] * len(groups)
+        # The scheduler learns durations per task prefix (the key up to its first numeric
+        # part): the harness names a task ``{group}-{i}``, so groups named ``run-0`` and
+        # ``run-1`` share the prefix ``run`` and the second starts with a known duration.
+        prefixes: dict[str, int] = {}
+        self._prefix = [
+            prefixes.setdefault(key_split(f"{g.name}-0"), len(prefixes)) for g in groups
+        ]
+        self._observed_total = [0.0] * len(prefixes)
+        self._observed_n = [0] * len(prefixes)
+        self._first_start = [math.inf] * len(prefixes)
         self._submitted = [False] * len(groups)
         self._children: dict[int, list[int]] = {}
         for i, parent in enumerate(self._parent):
@@ -239,8 +253,9 @@ class SimCluster:
         if chunk.position >= len(chunk.durations):
             self._ready.popleft()
         group = chunk.group
-        if self._first_start[group] == math.inf:
-            self._first_start[group] = self.now
+        prefix = self._prefix[group]
+        if self._first_start[prefix] == math.inf:
+            self._first_start[prefix] = self.now
         self._ready_count[group] -= 1
         self._running_count[group] += 1
         if worker.running == 0:
@@ -259,8 +274,8 @@ class SimCluster:
             self._dispatch()
             return
         worker.running -= 1
-        self._observed_total[group] += duration
-        self._observed_n[group] += 1
+        self._observed_total[self._prefix[group]] += duration
+        self._observed_n[self._prefix[group]] += 1
         spec = self.trace.groups[group]
         if spec.hold or group in self._children:
             worker.stored[group] = worker.stored.get(group, 0) + 1
@@ -295,6 +310,9 @@ class SimCluster:
             name = f"{self.deployment}-{self._counter}"
             jitter = self.settings.boot_jitter
             delay = self.settings.boot_delay * self._rng.uniform(1 - jitter, 1 + jitter)
+            if self._requests < len(self.settings.boot_delays):
+                delay = self.settings.boot_delays[self._requests]
+            self._requests += 1
             worker = SimWorker(name, self.now, self.now + delay)
             self.workers[name] = worker
             self.live[name] = worker
@@ -304,10 +322,12 @@ class SimCluster:
 
     def warm_start(self, n: int) -> None:
         """Start with ``n`` workers already registered at time zero."""
+        requests = self._requests
         for name in self.scale_up(n):
             worker = self.workers[name]
             worker.boot_at = 0.0
             self._booted(worker)
+        self._requests = requests  # not requested during the run
 
     def _booted(self, worker: SimWorker) -> None:
         if worker.exited_at is not None or worker.registered_at is not None:
@@ -365,7 +385,8 @@ class SimCluster:
         whose data has nowhere to go (no other worker) is not retired.
         """
         candidates = [self.live[n] for n in names if n in self.live and self.live[n].registered]
-        keep = [w for w in self.live.values() if w.registered and w.name not in names]
+        leaving = set(names)  # a set: a 10 000-worker scale-down names thousands
+        keep = [w for w in self.live.values() if w.registered and w.name not in leaving]
         retired: list[str] = []
         finish = self.now
         moved = 0
@@ -404,10 +425,11 @@ class SimCluster:
     def prefix_duration(self, group: int) -> float:
         """The scheduler's estimate: the mean seen so far; before any task finished, twice
         the longest time a task of the prefix has been executing, else 0.5 s."""
-        n = self._observed_n[group]
+        prefix = self._prefix[group]
+        n = self._observed_n[prefix]
         if n:
-            return self._observed_total[group] / n
-        executing = self.now - self._first_start[group]
+            return self._observed_total[prefix] / n
+        executing = self.now - self._first_start[prefix]
         return 2 * executing if executing > 0 else UNKNOWN_TASK_DURATION
 
     @property
@@ -425,8 +447,8 @@ class SimCluster:
             c for i, c in enumerate(self._ready_count) if self._parent[i] >= 0
         )
 
-    def adaptive_target(self, target_duration: float = 5.0) -> int:
-        """distributed's ``Scheduler.adaptive_target``, on the model's state."""
+    def _occupancy(self) -> tuple[float, float, int]:
+        """Processing and queued task time (the scheduler's estimates), and the queued count."""
         durations = [self.prefix_duration(i) for i in range(len(self._ready_count))]
         occupancy = sum(r * d for r, d in zip(self._running_count, durations, strict=True))
         queued_occupancy = 0.0
@@ -437,6 +459,31 @@ class SimCluster:
             else:
                 queued_occupancy += count * durations[i]
                 tasks_ready += count
+        return occupancy, queued_occupancy, tasks_ready
+
+    def outstanding(self) -> tuple[int, float]:
+        """Tasks submitted and not finished, and the true seconds of work left in them.
+
+        What only a clairvoyant knows: queued tasks at their real durations, running ones for
+        the time they still run.
+        """
+        ready = sum(sum(c.durations[c.position :]) for c in self._ready)
+        running = 0.0
+        count = sum(self._ready_count)
+        for at, _, kind, payload in self._heap:
+            if kind == _DONE and payload[0].exited_at is None:  # type: ignore[index]
+                running += at - self.now
+                count += 1
+        return count, ready + running
+
+    def work_seconds(self) -> float:
+        """The known work as ``dask_deploy.scheduler_preload`` reports it."""
+        occupancy, queued_occupancy, _ = self._occupancy()
+        return occupancy + queued_occupancy
+
+    def adaptive_target(self, target_duration: float = 5.0) -> int:
+        """distributed's ``Scheduler.adaptive_target``, on the model's state."""
+        occupancy, queued_occupancy, tasks_ready = self._occupancy()
         cpu = math.ceil((occupancy + queued_occupancy) / target_duration)
         if tasks_ready <= cpu:
             cpu = min(tasks_ready + self.processing, cpu)

@@ -29,7 +29,9 @@ Each scheduled pod runs its containers' ``command`` + ``args`` (``$(VAR)`` expan
 does; without ``command``, the image's ENTRYPOINT from ``entrypoints``) as local processes with
 the container's ``env``, including the downward API (``metadata.name``, ``metadata.namespace``,
 ``metadata.uid``, ``status.podIP``...). The phase
-follows the processes: Pending, Running, then Succeeded or Failed (``restartPolicy: Never``).
+follows the processes: Pending, Running, then Succeeded or Failed (``restartPolicy: Never``;
+a container is never restarted); ``containerStatuses`` say which container runs or ended
+with which exit code.
 Deleting sets ``deletionTimestamp``, SIGTERMs the main processes, SIGKILLs their process groups
 after ``terminationGracePeriodSeconds`` and removes the pod once they are gone. Garbage collection:
 pods whose ``ownerReferences`` name no existing object (pods, or objects registered with
@@ -44,10 +46,27 @@ args and env values (no mount namespace, the process runs on the host). Secrets 
 cluster admin would with ``kubectl create secret``: :meth:`KubernetesStandIn.create_secret`,
 validated like pods; a pod whose Secret is missing stays Pending, as the kubelet leaves it.
 
+Other objects, as ``kubectl apply`` of a rendered deployment sends them: ConfigMaps, Services and
+ServiceAccounts (``/api/v1``), Deployments (``/apis/apps/v1``), Roles and RoleBindings
+(``/apis/rbac.authorization.k8s.io/v1``) and PodDisruptionBudgets (``/apis/policy/v1``) are
+created (validated like pods, 409 AlreadyExists), read, listed and deleted. A Deployment's
+controller creates its ``replicas`` pods from its template once, owned by the Deployment (no
+ReplicaSet object in between; a pod that ends is not replaced); deleting the Deployment lets
+the garbage collector delete them. ``configMap`` volumes are mounted like Secrets.
+``GET .../pods/{name}/log`` answers the pod's output (every container), ``tailLines`` honoured.
+
+``isolated=True`` runs each container as a cluster would, so that in-cluster clients work
+unchanged: in its own user and mount namespace (``unshare``) it sees its volumes at their
+mount paths (nothing is rewritten) and an ``/etc/hosts`` that resolves every Service
+(``<svc>``, ``<svc>.<ns>``, ``<svc>.<ns>.svc``, ``<svc>.<ns>.svc.cluster.local``) to the node,
+where the pods listen (a Service must then target the same port number it serves); the API is
+served over HTTPS with a CA of its own, which ``kube-root-ca.crt`` carries, and every container
+gets ``KUBERNETES_SERVICE_HOST``/``_PORT``, as the kubelet sets them.
+
 Limitations: images are never pulled; the command runs on the host, which needs the software the
-image would have. Other volume types are not mounted; a mounted path appearing inside a file the
-process reads is not rewritten; ``secretKeyRef``/``configMapKeyRef`` env is not resolved (the pod
-fails). Faults for tests: :meth:`KubernetesStandIn.inject`.
+image would have. Other volume types are not mounted; without ``isolated``, a mounted path
+appearing inside a file the process reads is not rewritten; ``secretKeyRef``/``configMapKeyRef``
+env is not resolved (the pod fails). Faults for tests: :meth:`KubernetesStandIn.inject`.
 """
 
 from __future__ import annotations
@@ -61,7 +80,9 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -93,6 +114,57 @@ _SUFFIXES = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e1
 _SUFFIXES |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "VIRTUAL_ENV")
 _PODS = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/pods(?:/([a-z0-9.-]+))?$")
+_POD_LOG = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/pods/([a-z0-9.-]+)/log$")
+_OBJECTS = re.compile(
+    r"^/(?:api/v1|apis/([a-z0-9.]+/v1))/namespaces/([a-z0-9-]+)/([a-z]+)(?:/([a-z0-9.-]+))?$"
+)
+#: The other resources served: resource -> (apiVersion, kind).
+OBJECT_KINDS = {
+    "configmaps": ("v1", "ConfigMap"),
+    "services": ("v1", "Service"),
+    "serviceaccounts": ("v1", "ServiceAccount"),
+    "deployments": ("apps/v1", "Deployment"),
+    "roles": ("rbac.authorization.k8s.io/v1", "Role"),
+    "rolebindings": ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    "poddisruptionbudgets": ("policy/v1", "PodDisruptionBudget"),
+}
+#: Run inside a container's user and mount namespace (``isolated``): /etc and /run become
+#: tmpfs copies of the host's (each entry bind-mounted back), so that mount points can be
+#: made under them; every source is bound to a staging point first (a later mount may hide
+#: it, e.g. one on /tmp), then onto its mount path. Arguments: a host folder for the
+#: originals, the number of mounts, then (mount path, host path) pairs, then the command.
+_ISOLATE = r"""
+set -e
+originals=$1; count=$2; shift 2
+for top in /etc /run; do
+  keep=$originals$top
+  mkdir -p "$keep"
+  mount --rbind "$top" "$keep"
+  mount -t tmpfs tmpfs "$top"
+  for entry in "$keep"/* "$keep"/.[!.]*; do
+    [ -e "$entry" ] || [ -L "$entry" ] || continue
+    name=${entry##*/}
+    if [ -L "$entry" ]; then cp -P "$entry" "$top/$name"
+    elif [ -d "$entry" ]; then mkdir -p "$top/$name"; mount --rbind "$entry" "$top/$name"
+    else touch "$top/$name"; mount --bind "$entry" "$top/$name"; fi  # mount made /run/mount
+  done
+done
+stage=/run/.stand-in-mounts
+mkdir "$stage"
+i=0
+while [ $i -lt "$count" ]; do
+  i=$((i + 1)); eval "target_$i=\$1"; source=$2; shift 2
+  if [ -d "$source" ]; then mkdir "$stage/$i"; else touch "$stage/$i"; fi
+  mount --bind "$source" "$stage/$i"
+done
+i=0
+while [ $i -lt "$count" ]; do
+  i=$((i + 1)); eval "target=\$target_$i"
+  if [ -d "$stage/$i" ]; then mkdir -p "$target"; else [ -e "$target" ] || touch "$target"; fi
+  mount --bind "$stage/$i" "$target"
+done
+exec "$@"
+"""
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _VERBS = {("GET", False): "list", ("POST", False): "create", ("GET", True): "get"}
 _VERBS |= {("PUT", True): "update", ("DELETE", True): "delete"}
@@ -255,6 +327,24 @@ def _mount_service_account_token(spec: dict[str, Any]) -> None:
             mounts.append({"name": volume, "mountPath": TOKEN_PATH, "readOnly": True})
 
 
+def hidden_software(path_entries: Sequence[str], mount_paths: Sequence[str]) -> list[Path]:
+    """The host folders that stand for the image's software (the container's ``PATH``, this
+    Python's prefix and import path) which a volume's mount path would hide (``isolated``).
+
+    An image keeps its software outside its volumes, but here the host's software is the
+    image's: a checkout under /tmp (its virtualenv, its editable install) would vanish below the
+    pods' /tmp emptyDir. These folders are bound back at their own paths over the volumes."""
+    candidates = [*path_entries, sys.prefix, *sys.path]
+    targets = [Path(m) for m in mount_paths]
+    chosen: list[Path] = []
+    for entry in sorted({Path(c) for c in candidates if c and os.path.isabs(c)}, key=str):
+        if not entry.is_dir() or any(entry.is_relative_to(done) for done in chosen):
+            continue
+        if any(entry.is_relative_to(target) for target in targets):
+            chosen.append(entry)
+    return chosen
+
+
 @dataclass
 class _Pod:
     manifest: dict[str, Any]
@@ -282,12 +372,14 @@ class KubernetesStandIn:
         entrypoints: Mapping[str, Sequence[str]] | None = None,
         allocatable: Mapping[str, str] | None = None,
         node_labels: Mapping[str, str] | None = None,
+        isolated: bool = False,
     ) -> None:
         """``entrypoints``: each image's ENTRYPOINT, run for a container without ``command``
         (no image is pulled; a container of another image without a command fails its pod).
         ``allocatable``/``node_labels``: the one node's, default :data:`NODE_ALLOCATABLE` and
-        :data:`NODE_LABELS`."""
+        :data:`NODE_LABELS`. ``isolated``: see the module's docstring."""
         self.workdir = Path(workdir)
+        self.isolated = isolated
         self.entrypoints = {image: list(argv) for image, argv in (entrypoints or {}).items()}
         self.allocatable = {
             name: quantity(value) for name, value in (allocatable or NODE_ALLOCATABLE).items()
@@ -305,6 +397,8 @@ class KubernetesStandIn:
         self.deleted: list[str] = []
         self._pods: dict[tuple[str, str], _Pod] = {}
         self._secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        #: The other objects by (resource, namespace, name).
+        self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._owners: set[str] = set()
         self._faults: list[_Fault] = []
         self._resource_version = 1000
@@ -318,10 +412,41 @@ class KubernetesStandIn:
     # -- lifecycle -------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.isolated else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA of the HTTPS endpoint (``isolated`` only)."""
+        return self.workdir / "api-ca.crt"
+
+    def _serve_https(self) -> None:
+        key = self.workdir / "api.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", str(key), "-out", str(self.ca_file), "-subj", "/CN=stand-in",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+             "-addext", "basicConstraints=critical,CA:TRUE"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.ca_file, key)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
 
     def __enter__(self) -> KubernetesStandIn:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.isolated:
+            probe = subprocess.run(
+                ["unshare", "--user", "--map-root-user", "--mount", "true"],
+                capture_output=True,
+                text=True,
+            )
+            if probe.returncode != 0:
+                raise RuntimeError(
+                    "isolated=True needs unprivileged user namespaces (`unshare --user "
+                    f"--map-root-user --mount true` failed: {probe.stderr.strip()})"
+                )
+            self._serve_https()
         self._thread.start()
         self._reaper.start()
         return self
@@ -344,10 +469,13 @@ class KubernetesStandIn:
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         """A kubeconfig whose current context reaches this server (no credentials needed)."""
+        cluster: dict[str, str] = {"server": self.url}
+        if self.isolated:
+            cluster["certificate-authority"] = str(self.ca_file)
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "stand-in", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "stand-in", "cluster": cluster}],
             "users": [{"name": "stand-in", "user": {"token": "stand-in"}}],
             "contexts": [
                 {
@@ -417,6 +545,15 @@ class KubernetesStandIn:
                 raise ApiError(409, "AlreadyExists", f'secrets "{name}" already exists')
             self._secrets[(namespace, name)] = {**secret, "data": data}
 
+    def objects(self, namespace: str = "default") -> list[tuple[str, str]]:
+        """(kind, name) of every object other than pods and Secrets, in creation order."""
+        with self._lock:
+            return [
+                (OBJECT_KINDS[resource][1], name)
+                for resource, ns, name in self._objects
+                if ns == namespace
+            ]
+
     def pods(self, namespace: str = "default") -> dict[str, dict[str, Any]]:
         """A snapshot of the stored pods by name."""
         with self._lock:
@@ -461,13 +598,21 @@ class KubernetesStandIn:
             path = ".".join(str(p) for p in error.path)
             raise ApiError(422, "Invalid", f"{kind} is invalid: {path}: {error.message}") from None
 
-    def handle(self, method: str, raw_path: str, body: Any) -> tuple[int, dict[str, Any]]:
-        """Serve one request; returns the status code and the JSON body."""
+    def handle(self, method: str, raw_path: str, body: Any) -> tuple[int, Any]:
+        """Serve one request; returns the status code and the JSON body (a log: its text)."""
         url = urlsplit(raw_path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if method == "GET" and url.path == "/version":
             major, minor, _ = self.version.split(".")
             return 200, {"major": major, "minor": minor, "gitVersion": f"v{self.version}"}
+        log_match = _POD_LOG.match(url.path)
+        if method == "GET" and log_match:
+            return self._pod_log(log_match.group(1), log_match.group(2), query)
+        objects = _OBJECTS.match(url.path)
+        if objects and objects.group(3) in OBJECT_KINDS:
+            with self._lock:
+                group, namespace, resource, name = objects.groups()
+                return self._serve_object(method, group, namespace, resource, name, body)
         match = _PODS.match(url.path)
         verb = _VERBS.get((method, bool(match and match.group(2))))
         if not match or not verb:
@@ -490,6 +635,103 @@ class KubernetesStandIn:
             if fault is not None:
                 with self._lock:
                     fault.holding -= 1
+
+    def _pod_log(self, namespace: str, name: str, query: dict[str, str]) -> tuple[int, Any]:
+        with self._lock:
+            try:
+                self._find(namespace, name)
+            except ApiError as error:
+                return error.body["code"], error.body
+        path = self.log_path(name)
+        text = path.read_text(errors="replace") if path.is_file() else ""
+        if "tailLines" in query:
+            text = "".join(text.splitlines(keepends=True)[-int(query["tailLines"]) :])
+        return 200, text
+
+    def _serve_object(
+        self, method: str, group: str | None, namespace: str, resource: str,
+        name: str | None, body: Any,
+    ) -> tuple[int, Any]:  # fmt: skip
+        api_version, kind = OBJECT_KINDS[resource]
+        if (group or "v1") != api_version:
+            return 404, status_object(404, "NotFound", "the server could not find the resource")
+        verb = _VERBS.get((method, name is not None))
+        self.calls.append((verb or method, resource))
+        key = (resource, namespace, name or "")
+        try:
+            if verb == "create":
+                return 201, self._create_object(resource, namespace, body)
+            if verb == "list":
+                items = [o for (r, ns, _), o in self._objects.items() if (r, ns) == key[:2]]
+                metadata = {"resourceVersion": str(self._resource_version)}
+                return 200, {"kind": f"{kind}List", "apiVersion": api_version,
+                             "metadata": metadata, "items": items}  # fmt: skip
+            if key not in self._objects:
+                message = f'{resource} "{name}" not found'
+                raise ApiError(404, "NotFound", message, name=name or "", kind=resource)
+            if verb == "get":
+                return 200, self._objects[key]
+            if verb == "delete":
+                if body:
+                    self._validate(body, "DeleteOptions")
+                return 200, self._objects.pop(key)  # the garbage collector takes the rest
+        except ApiError as error:
+            return error.body["code"], error.body
+        return 405, status_object(405, "MethodNotAllowed", f"{method} is not served here")
+
+    def _create_object(self, resource: str, namespace: str, body: Any) -> dict[str, Any]:
+        kind = OBJECT_KINDS[resource][1]
+        self._validate(body, kind)
+        metadata = body["metadata"]
+        name = metadata.get("name")
+        if metadata.get("namespace", namespace) != namespace or not name:
+            raise ApiError(400, "BadRequest", "the namespace of the object does not match")
+        if (resource, namespace, name) in self._objects:
+            message = f'{resource} "{name}" already exists'
+            raise ApiError(409, "AlreadyExists", message, name=name, kind=resource)
+        metadata |= {"namespace": namespace, "uid": str(uuid.uuid4())}
+        metadata |= {"creationTimestamp": _now(), "resourceVersion": self._next_version()}
+        created: dict[str, Any] = body
+        self._objects[(resource, namespace, name)] = created
+        if kind == "Deployment":
+            self._run_deployment(created)
+        return created
+
+    def _run_deployment(self, deployment: dict[str, Any]) -> None:
+        """The Deployment controller, once: ``replicas`` pods from the template, owned by it."""
+        metadata = deployment["metadata"]
+        template = json.loads(json.dumps(deployment["spec"]["template"]))
+        template_hash = uuid.uuid4().hex[:10]
+        for _ in range(deployment["spec"].get("replicas", 1)):
+            suffix = "".join(_SUFFIX[b % len(_SUFFIX)] for b in os.urandom(5))
+            labels = {**template["metadata"].get("labels", {}), "pod-template-hash": template_hash}
+            owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": metadata["name"],
+                     "uid": metadata["uid"], "controller": True,
+                     "blockOwnerDeletion": True}  # fmt: skip
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    **template["metadata"],
+                    "name": f"{metadata['name']}-{template_hash}-{suffix}",
+                    "labels": labels,
+                    "ownerReferences": [owner],
+                },
+                "spec": template["spec"],
+            }
+            self._create(metadata["namespace"], None, None, pod)
+
+    def _hosts_file(self, pod_name: str) -> Path:
+        """The host's /etc/hosts, and every Service's names on the node (``isolated``)."""
+        lines = [Path("/etc/hosts").read_text().rstrip("\n")]
+        for (resource, namespace, name), _ in self._objects.items():
+            if resource == "services":
+                names = [name, f"{name}.{namespace}", f"{name}.{namespace}.svc"]
+                lines.append(" ".join(["127.0.0.1", *names, f"{names[-1]}.cluster.local"]))
+        path = self.volume_path(pod_name, ".hosts")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def _take_fault(self, verb: str) -> _Fault | None:
         for fault in self._faults:
@@ -656,6 +898,9 @@ class KubernetesStandIn:
     def _container_env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
         fields = self._fields(pod)
         env: dict[str, str] = {}
+        if self.isolated:  # the kubelet's, even with enableServiceLinks: false
+            port = str(self._server.server_address[1])
+            env |= {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": port}
         for variable in container.get("env", []):
             if "value" in variable:
                 env[variable["name"]] = expand(variable["value"], env)
@@ -693,6 +938,21 @@ class KubernetesStandIn:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(base64.b64decode(data[item["key"]]))
                     target.chmod(item.get("mode", source.get("defaultMode", 0o644)))
+            elif "configMap" in volume:
+                source = volume["configMap"]
+                found = self._objects.get(("configmaps", namespace, source["name"]))
+                if found is None:
+                    if source.get("optional"):
+                        continue
+                    raise LookupError(f'configmap "{source["name"]}" not found')
+                data = found.get("data") or {}
+                items = source.get("items") or [{"key": key, "path": key} for key in data]
+                folder.mkdir(parents=True, exist_ok=True)
+                for item in items:
+                    target = folder / item["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(data[item["key"]])
+                    target.chmod(item.get("mode", source.get("defaultMode", 0o644)))
             elif "projected" in volume:
                 folder.mkdir(parents=True, exist_ok=True)
                 for path, text in self._projected_files(manifest, volume["projected"]).items():
@@ -714,9 +974,10 @@ class KubernetesStandIn:
                 account = manifest["spec"].get("serviceAccountName", "default")
                 files[source["serviceAccountToken"]["path"]] = f"stand-in-token-for-{account}"
             elif (source.get("configMap") or {}).get("name") == "kube-root-ca.crt":
-                # The root CA publisher puts this ConfigMap in every namespace; plain HTTP here.
+                # The root CA publisher puts this ConfigMap in every namespace.
+                ca = self.ca_file.read_text() if self.isolated else "stand-in: plain HTTP, no CA\n"
                 for item in source["configMap"].get("items") or [{"key": "ca.crt"}]:
-                    files[item.get("path", item["key"])] = "stand-in: plain HTTP, no CA\n"
+                    files[item.get("path", item["key"])] = ca
             elif "downwardAPI" in source:
                 for item in source["downwardAPI"]["items"]:
                     files[item["path"]] = fields[item["fieldRef"]["fieldPath"]]
@@ -747,14 +1008,21 @@ class KubernetesStandIn:
                         if m["name"] in volumes
                     }
                     pod.mounts[container["name"]] = mounts
-                    env = {
-                        name: map_mounts(value, mounts)
-                        for name, value in self._container_env(manifest, container).items()
-                    }
-                    argv = [
-                        map_mounts(expand(a, env), mounts)
-                        for a in list(command) + container.get("args", [])
-                    ]
+                    env = self._container_env(manifest, container)
+                    argv = [expand(a, env) for a in list(command) + container.get("args", [])]
+                    if self.isolated:
+                        mounts["/etc/hosts"] = self._hosts_file(manifest["metadata"]["name"])
+                        path = {**self.host_env, **env}.get("PATH", "")
+                        software = hidden_software(path.split(os.pathsep), list(mounts))
+                        bound = {**mounts, **{str(p): p for p in software}}  # after the volumes
+                        pairs = [str(part) for item in bound.items() for part in item]
+                        originals = self.workdir / "originals"
+                        argv = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                                _ISOLATE, "isolate", str(originals), str(len(bound)),
+                                *pairs, *argv]  # fmt: skip
+                    else:  # no mount namespace: the paths are rewritten instead
+                        env = {name: map_mounts(value, mounts) for name, value in env.items()}
+                        argv = [map_mounts(a, mounts) for a in argv]
                     process = subprocess.Popen(
                         argv,
                         env={**self.host_env, "HOSTNAME": manifest["metadata"]["name"], **env},
@@ -773,7 +1041,12 @@ class KubernetesStandIn:
             "podIP": "127.0.0.1",
             "hostIP": "127.0.0.1",
             "startTime": _now(),
-        }
+            "containerStatuses": [
+                {"name": c["name"], "image": c["image"], "imageID": "", "ready": True,
+                 "restartCount": 0, "started": True, "state": {"running": {"startedAt": _now()}}}
+                for c in manifest["spec"]["containers"]
+            ],
+        }  # fmt: skip
         manifest["metadata"]["resourceVersion"] = self._next_version()
 
     def _reap_forever(self) -> None:
@@ -787,6 +1060,16 @@ class KubernetesStandIn:
         for key, pod in list(self._pods.items()):
             manifest = pod.manifest
             codes = [process.poll() for process in pod.processes]
+            for container, code in zip(
+                manifest["status"].get("containerStatuses") or [], codes, strict=False
+            ):
+                if code is not None and "running" in container["state"]:
+                    started = container["state"]["running"]["startedAt"]
+                    reason = "Completed" if code == 0 else "Error"
+                    container["state"] = {"terminated": {"exitCode": code, "reason": reason,
+                                          "startedAt": started, "finishedAt": _now()}}  # fmt: skip
+                    container |= {"ready": False, "started": False}
+                    manifest["metadata"]["resourceVersion"] = self._next_version()
             if manifest["status"]["phase"] == "Running" and None not in codes:
                 phase = "Succeeded" if not any(codes) else "Failed"
                 manifest["status"]["phase"] = phase
@@ -803,6 +1086,7 @@ class KubernetesStandIn:
                     del self._pods[key]
                     shutil.rmtree(self.workdir / "volumes" / key[1], ignore_errors=True)
         existing = self._owners | {p.manifest["metadata"]["uid"] for p in self._pods.values()}
+        existing |= {o["metadata"]["uid"] for o in self._objects.values()}
         for pod in self._pods.values():
             references = pod.manifest["metadata"].get("ownerReferences") or []
             if references and not any(ref["uid"] in existing for ref in references):
@@ -815,6 +1099,7 @@ class KubernetesStandIn:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                answer: Any
                 try:
                     body = json.loads(raw) if raw else None
                 except ValueError:
@@ -825,11 +1110,12 @@ class KubernetesStandIn:
                     except DroppedConnection:
                         self.close_connection = True
                         return
-                data = json.dumps(answer).encode()
+                text = isinstance(answer, str)  # a pod's log
+                data = answer.encode() if text else json.dumps(answer).encode()
                 # A client that gave up on a held request has closed its end.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.send_response(code)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", "text/plain" if text else "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)

@@ -21,11 +21,12 @@ bjobs.1, bjobs.o.1, bjobs.json.1, bkill.1):
   recorded, not acted on. Prints ``Job <id> is submitted to [default ]queue <q>.``. Rejected,
   exit 255, nothing submitted: an unknown option, an unknown queue, a bad ``-W``/``-n``/``-M``.
 - Jobs get ids that only increase (a counter kept across runs), run in the submission folder
-  (or ``-cwd``) with the submission environment plus ``LSB_JOBID``, ``LSB_JOBNAME``,
-  ``LSB_QUEUE``, ``LSB_DJOB_NUMPROC``, ``LSB_MAX_NUM_PROCESSORS``, ``LSB_HOSTS``,
-  ``LSB_MCPU_HOSTS``, ``LS_SUBCWD``, in their own process group. A job waits (PEND, "Not enough
-  job slot(s)") while the cluster's ``slots`` are taken. At its run limit, or on ``bkill``, the
-  group gets SIGINT and SIGTERM, then SIGKILL after ``terminate_interval`` seconds (LSF's
+  (or ``-cwd``, a relative one against it) with the submission environment plus ``LSB_JOBID``,
+  ``LSB_JOBNAME``, ``LSB_QUEUE``, ``LSB_DJOB_NUMPROC``, ``LSB_MAX_NUM_PROCESSORS``,
+  ``LSB_HOSTS``, ``LSB_MCPU_HOSTS``, ``LS_SUBCWD`` (the submission folder, whatever ``-cwd``
+  says), in their own process group. A job waits (PEND, "Not enough job slot(s)") while the
+  cluster's ``slots`` are taken. At its run limit, or on ``bkill``, the group gets SIGINT and
+  SIGTERM, then SIGKILL after ``terminate_interval`` seconds (LSF's
   JOB_TERMINATE_INTERVAL, 10 s), and the job is EXIT with TERM_RUNLIMIT or TERM_OWNER.
 - ``bjobs [-a] [-d] [-p] [-r] [-J name] [-u user|all] [-o "fields"] [-json] [-noheader]
   [ids]``: by default your unfinished jobs; ``-a`` adds jobs finished within ``clean_period``
@@ -113,7 +114,8 @@ class Job:
     user: str
     queue: str
     command: list[str]
-    cwd: str
+    cwd: str  # where the job runs: -cwd, or the folder bsub ran in
+    submit_cwd: str  # the folder bsub ran in (LS_SUBCWD), whatever -cwd says
     env: dict[str, str]
     slots: int
     runlimit_minutes: float | None
@@ -258,7 +260,8 @@ def bsub(argv: Sequence[str], stdin: str | None) -> str:
         raise Rejected(f"{options['-n']}: Bad argument for option -n. Job not submitted.")
     runlimit = parse_runlimit(options["-W"]) if "-W" in options else None
     memlimit = parse_memory(options["-M"]) if "-M" in options else None
-    cwd = options.get("-cwd", os.getcwd())
+    # A relative -cwd is against the folder bsub ran in, as in LSF.
+    cwd = os.path.join(os.getcwd(), options.get("-cwd", "."))
     with lsf.locked():
         jobid = lsf.next_id()
         folder = lsf.folder(jobid)
@@ -277,13 +280,15 @@ def bsub(argv: Sequence[str], stdin: str | None) -> str:
             user=getpass.getuser(),
             queue=queue,
             command=command,
-            cwd=cwd,
+            cwd=os.path.normpath(cwd),
+            submit_cwd=os.getcwd(),
             env=dict(os.environ),
             slots=int(slots_text),
             runlimit_minutes=runlimit,
             memlimit_kb=memlimit,
-            output=output.replace("%J", str(jobid)).replace("%I", "0"),
-            error=error.replace("%J", str(jobid)).replace("%I", "0"),
+            # A relative path is against the job's working directory, as in LSF (bsub -o).
+            output=os.path.join(cwd, output.replace("%J", str(jobid)).replace("%I", "0")),
+            error=os.path.join(cwd, error.replace("%J", str(jobid)).replace("%I", "0")),
             append="-oo" not in options and "-eo" not in options,
             submit_time=time.time(),
             extra={k: v for k, v in options.items() if k not in _HANDLED},
@@ -310,6 +315,12 @@ def bsub(argv: Sequence[str], stdin: str | None) -> str:
 # ----------------------------------------------------------------------------- the supervisor
 
 
+def _writable(path: str) -> bool:
+    """Whether the job's output file can be written: its folder exists and takes files."""
+    folder = os.path.dirname(path) or "."
+    return os.path.isdir(folder) and os.access(folder, os.W_OK)
+
+
 def supervise(jobid: int) -> None:
     """Wait for free slots, run the job in its own process group, record how it ended."""
     lsf = cluster()
@@ -333,17 +344,23 @@ def supervise(jobid: int) -> None:
         "LSB_MAX_NUM_PROCESSORS": str(job.slots),
         "LSB_HOSTS": " ".join([socket.gethostname()] * job.slots),
         "LSB_MCPU_HOSTS": f"{socket.gethostname()} {job.slots}",
-        "LS_SUBCWD": job.cwd,
+        # The folder bsub ran in, not -cwd ("the current working directory of the submission
+        # host", LSF's environment variable reference).
+        "LS_SUBCWD": job.submit_cwd,
     }
     mode = "a" if job.append else "w"
-    with open(job.output, mode) as out, open(job.error, mode) as err:
+    # "If the specified output_file path is not accessible, the output will not be stored"
+    # (bsub -o): the job runs all the same.
+    output = job.output if _writable(job.output) else os.devnull
+    error = job.error if _writable(job.error) else os.devnull
+    with open(output, mode) as out, open(error, mode) as err:
         process = subprocess.Popen(
             job.command,
             cwd=job.cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
-            stderr=err if job.error != job.output else subprocess.STDOUT,
+            stderr=err if error != output or output == os.devnull else subprocess.STDOUT,
             start_new_session=True,
         )
     minute = float(lsf.config["seconds_per_minute"])  # 60; tests shorten run limits with it

@@ -14,9 +14,10 @@ What it implements: ``/ping``, ``/v2/info``; apps (``GET``/``POST /v2/apps``, ``
 ``PATCH``/``DELETE /v2/apps/{id}``, ``/v2/apps/{id}/tasks`` with kill and ``scale``); tasks
 (``GET /v2/tasks``, ``POST /v2/tasks/delete``); deployments (``GET``/``DELETE``; each finishes
 after ``deployment_seconds`` and locks its apps like Marathon's, answering 409 unless
-``force=true``); groups (``GET``/``DELETE /v2/groups/{id}``). Every request body is validated
-against Marathon's API definition (the JSON Schemas shipped in ``marathon_schemas/`` or
-``$DASK_DEPLOY_MARATHON_SCHEMAS``) and rejected with Marathon's 422 body.
+``force=true``); groups (``GET``/``DELETE /v2/groups/{id}``); the launch queue
+(``GET /v2/queue``). Every request body is validated against Marathon's API definition (the
+JSON Schemas shipped in ``marathon_schemas/`` or ``$DASK_DEPLOY_MARATHON_SCHEMAS``) and rejected
+with Marathon's 422 body.
 
 Tasks run ``bash -c <cmd>`` (or ``args`` exec'd) in their own process group with Marathon's
 environment: ``MESOS_TASK_ID``, ``MARATHON_APP_ID``, ``MARATHON_APP_VERSION``,
@@ -45,9 +46,17 @@ task's host; ``COMMAND`` runs in the task's sandbox with its environment. The fi
 ``gracePeriodSeconds`` (before the first success) are ignored; ``maxConsecutiveFailures`` in a
 row kill the task (Marathon then launches a replacement).
 
+The launch queue, ``GET /v2/queue``: each app with instances left to launch, with Marathon's
+``processedOffersSummary`` (offers processed and unused; per matching step, in Marathon's order,
+the offers that reached it and those declined there: ``rejectSummaryLastOffers`` for the last
+offer of the one agent, ``rejectSummaryLaunchAttempt`` since the launch attempt began). Offers
+are declined for ``InsufficientPorts`` (above) and, with ``agent_resources`` (cpus, mem, disk,
+gpus of the one agent), for ``InsufficientCpus``/``Memory``/``Disk``/``Gpus``.
+
 Limitations: a Docker/Mesos container is NOT started; its command runs directly on the host, so
 the host needs the software the image would have. The app's ``user`` is not switched to. No
-constraints or resource accounting; env secrets are not resolved.
+constraints; resources are accounted only with ``agent_resources``; env secrets are not
+resolved.
 
 Faults for tests: :meth:`MarathonStandIn.inject` or ``POST /__standin__/faults`` with
 ``{"status": 409|500|503, "delay": seconds, "times": n, "method": "PUT", "path": "/v2/apps"}``
@@ -97,6 +106,20 @@ _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
 #: Marathon's RateLimiterActor forgets overdue launch delays every 10 s: a task failing later
 #: than that after the last delay ended starts again at ``backoffSeconds``.
 DELAY_CLEANUP_SECONDS = 10.0
+#: The steps Marathon matches an offer through, in its order (``NoOfferMatchReason``); the launch
+#: queue counts, per step, the offers that reached it and those declined there.
+OFFER_STEPS = (
+    "UnfulfilledRole",
+    "UnfulfilledConstraint",
+    "NoCorrespondingReservationFound",
+    "AgentMaintenance",
+    "InsufficientCpus",
+    "InsufficientMemory",
+    "InsufficientDisk",
+    "InsufficientGpus",
+    "InsufficientPorts",
+    "DeclinedScarceResources",
+)
 
 
 #: Marathon's API definition as JSON Schemas, shipped inside this package (see README.md there
@@ -211,8 +234,19 @@ class App:
     tasks: dict[str, Task] = field(default_factory=dict)
     failures: int = 0
     launch_after: float = 0.0
+    #: Seconds the last failure delayed the next launch by (the backoff then in force).
+    launch_delay: float = 0.0
     #: Why no task can be launched (no matching port offer), or "".
     waiting: str = ""
+    #: The launch queue's offer statistics since the current launch attempt began.
+    queued_since: str = field(default_factory=_now)
+    offers_processed: int = 0
+    offers_unused: int = 0
+    last_unused_offer_at: str | None = None
+    last_used_offer_at: str | None = None
+    #: Reason -> offers declined there in this launch attempt, and the last offer's reason.
+    declined: dict[str, int] = field(default_factory=dict)
+    last_declined: str | None = None
 
     @property
     def id(self) -> str:
@@ -289,8 +323,11 @@ class MarathonStandIn:
         agent_root: Path | None = None,
         port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
         agent_host: str = AGENT_HOST,
+        agent_resources: dict[str, float] | None = None,
     ) -> None:
         self.agent_root = agent_root
+        #: The agent's cpus/mem/disk/gpus; None: no accounting (every task fits).
+        self.agent_resources = agent_resources
         self.port_range = port_range
         self.agent_host = agent_host
         #: Tasks killed for failing their health checks.
@@ -305,6 +342,8 @@ class MarathonStandIn:
         #: Every task ever launched (task id -> process group id) and how each one ended.
         self.launched: dict[str, int] = {}
         self.ended: dict[str, str] = {}
+        #: App id -> the most tasks it ever had staging or running at once.
+        self.peak_active: dict[str, int] = {}
         #: Tasks of deleted apps, still being killed.
         self.dying: list[Task] = []
         self.lock = threading.RLock()
@@ -413,6 +452,11 @@ class MarathonStandIn:
             elif len(active) < wanted and now >= app.launch_after:
                 for _ in range(wanted - len(active)):
                     self._launch(app)
+            if len(app.active()) >= wanted:
+                # Every instance launched: a launch attempt starts when one is missing again.
+                app.offers_processed = app.offers_unused = 0
+                app.declined, app.last_declined = {}, None
+                app.queued_since = _now()
             self._escalate(list(app.tasks.values()))
 
     def _observe(self, app: App, task: Task) -> None:
@@ -433,8 +477,8 @@ class MarathonStandIn:
             backoff = float(app.definition["backoffSeconds"]) * float(
                 app.definition["backoffFactor"]
             ) ** (app.failures - 1)
-            delay = min(backoff, float(app.definition["maxLaunchDelaySeconds"]))
-            app.launch_after = time.monotonic() + delay
+            app.launch_delay = min(backoff, float(app.definition["maxLaunchDelaySeconds"]))
+            app.launch_after = time.monotonic() + app.launch_delay
         log.info("task %s %s (exit %s)", task.id, task.state, code)
         self.ended[task.id] = task.state
         del app.tasks[task.id]  # Marathon lists only live tasks
@@ -443,18 +487,26 @@ class MarathonStandIn:
         definition = app.definition
         task_id = f"{app.id.strip('/').replace('/', '_')}.instance-{uuid.uuid4()}._app.1"
         port_definitions = definition.get("portDefinitions") or []
-        ports = self._offered_ports(port_definitions, bool(definition["requirePorts"]))
-        if ports is None:
+        short = self._short_of(definition)
+        ports = (
+            None
+            if short
+            else self._offered_ports(port_definitions, bool(definition["requirePorts"]))
+        )
+        if short or ports is None:
             wanted = [p.get("port", 0) for p in port_definitions]
-            waiting = (
+            waiting = short or (
                 f"no offer has the ports {wanted} (requirePorts): this agent offers "
                 f"{self.port_range[0]}-{self.port_range[1]}"
             )
+            self._offer_declined(app, short.split(":")[0] if short else "InsufficientPorts")
             if app.waiting != waiting:
                 log.warning("app %s waits: %s", app.id, waiting)
             app.waiting = waiting
             return
         app.waiting = ""
+        app.offers_processed += 1
+        app.last_used_offer_at = _now()
         sandbox = self.workdir / task_id
         sandbox.mkdir(parents=True)
         env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
@@ -506,11 +558,97 @@ class MarathonStandIn:
         task.health, task.failures = [None] * len(checks), [0] * len(checks)
         app.tasks[task_id] = task
         self.launched[task_id] = process.pid
+        self.peak_active[app.id] = max(self.peak_active.get(app.id, 0), len(app.active()))
         log.info("task %s staged: %s", task_id, shlex.join(argv))
         for index, check in enumerate(checks):
             threading.Thread(
                 target=self._check_health, args=(task, index, check), daemon=True
             ).start()
+
+    def _short_of(self, definition: dict[str, Any]) -> str:
+        """``InsufficientCpus: ...`` when the agent's free resources cannot hold one more task
+        of ``definition`` (with ``agent_resources``); "" when it fits."""
+        if self.agent_resources is None:
+            return ""
+        steps = (("cpus", "InsufficientCpus"), ("mem", "InsufficientMemory"),
+                 ("disk", "InsufficientDisk"), ("gpus", "InsufficientGpus"))  # fmt: skip
+        for resource, reason in steps:
+            total = float(self.agent_resources.get(resource, 0.0))
+            used = sum(
+                float(a.definition.get(resource) or 0.0) * len(a.active())
+                for a in self.apps.values()
+            )
+            wanted = float(definition.get(resource) or 0.0)
+            if wanted and used + wanted > total:
+                return f"{reason}: {wanted:g} {resource} wanted, {total - used:g} free"
+        return ""
+
+    def _offer_declined(self, app: App, reason: str) -> None:
+        """Count one offer of this agent processed for ``app`` and declined at ``reason``."""
+        app.offers_processed += 1
+        app.offers_unused += 1
+        app.last_unused_offer_at = _now()
+        app.declined[reason] = app.declined.get(reason, 0) + 1
+        app.last_declined = reason
+
+    def queue_json(self) -> dict[str, Any]:
+        """``GET /v2/queue``: every app with instances left to launch, and why offers were
+        declined (Marathon's ``processedOffersSummary``, one agent here)."""
+        queue = []
+        now = time.monotonic()
+        for app in self.apps.values():
+            count = int(app.definition["instances"]) - len(app.active())
+            if count <= 0:
+                continue
+            last = OFFER_STEPS.index(app.last_declined) if app.last_declined else -1
+            reached = (
+                OFFER_STEPS.index(min(app.declined, key=OFFER_STEPS.index))
+                if app.declined
+                else len(OFFER_STEPS)
+            )
+            queue.append(
+                {
+                    "count": count,
+                    "delay": {
+                        "timeLeftSeconds": max(0, int(app.launch_after - now)),
+                        "overdue": app.launch_after <= now,
+                    },
+                    "since": app.queued_since,
+                    "processedOffersSummary": {
+                        "processedOffersCount": app.offers_processed,
+                        "unusedOffersCount": app.offers_unused,
+                        **(
+                            {"lastUnusedOfferAt": app.last_unused_offer_at}
+                            if app.last_unused_offer_at
+                            else {}
+                        ),
+                        **(
+                            {"lastUsedOfferAt": app.last_used_offer_at}
+                            if app.last_used_offer_at
+                            else {}
+                        ),
+                        # One agent: its last offer reached every step up to the one declining it.
+                        "rejectSummaryLastOffers": [
+                            {
+                                "reason": step,
+                                "declined": int(i == last),
+                                "processed": int(last < 0 or i <= last),
+                            }
+                            for i, step in enumerate(OFFER_STEPS)
+                        ],
+                        "rejectSummaryLaunchAttempt": [
+                            {
+                                "reason": step,
+                                "declined": app.declined.get(step, 0),
+                                "processed": app.offers_processed if i <= reached else 0,
+                            }
+                            for i, step in enumerate(OFFER_STEPS)
+                        ],
+                    },
+                    "app": self.app_json(app, []),
+                }
+            )
+        return {"queue": queue}
 
     def _offered_ports(self, definitions: list[dict[str, Any]], require: bool) -> list[int] | None:
         """A port for each definition from this agent's offer; None if a required one is not
@@ -719,6 +857,8 @@ class MarathonStandIn:
                 self.apps[app.id] = app
                 self._deploy([app.id])
                 return 201, self.app_json(app, [])
+        if path == "/v2/queue" and method == "GET":
+            return 200, self.queue_json()
         if path == "/v2/tasks" and method == "GET":
             listing = [t.to_json() for a in self.apps.values() for t in a.tasks.values()]
             return 200, {"tasks": listing}

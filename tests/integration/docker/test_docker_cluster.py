@@ -40,7 +40,10 @@ def test_deploy_cluster_on_docker_computes_scales_and_closes_cleanly(
         "scheduler.dashboard_port": free_port(),
         "worker.threads": 1,
         "worker.memory": "512MiB",
-        "worker.stop_timeout": 10,
+        # The worker preload's handover (as rendered by default), shortened; the stop timeout
+        # covers it and the 10 s a nanny may take to stop its worker after.
+        "worker.stop_timeout": 20,
+        "worker.handover_timeout": 10,
         "docker.socket_gid": os.stat("/var/run/docker.sock").st_gid,
         "scaler.interval": 0.5,
         "scaler.startup_timeout": 120,

@@ -93,7 +93,10 @@ def deployment(
         "worker.threads": 1,
         "worker.memory": "512MiB",
         "worker.cpus": 1,
-        "worker.stop_timeout": 10,
+        # The worker preload's handover (as rendered by default), shortened; the stop timeout
+        # covers it and the 10 s a nanny may take to stop its worker after.
+        "worker.stop_timeout": 20,
+        "worker.handover_timeout": 10,
         "docker.socket_gid": os.stat("/var/run/docker.sock").st_gid,
         "scaler.minimum": 0,
         "scaler.maximum": 2,

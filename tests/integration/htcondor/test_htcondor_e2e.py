@@ -24,7 +24,7 @@ import pytest
 import yaml
 from distributed import Client
 
-from htcondor_support import POOL_PYTHON_BIN, HTCondor
+from htcondor_support import POOL_PYTHON_BIN, WORKER_SITE, HTCondor
 from process_support import wait_for
 
 pytestmark = pytest.mark.htcondor
@@ -84,7 +84,7 @@ def values(name: str, scaler: dict[str, Any]) -> dict[str, Any]:
             "memory_mib": 512,
             "disk_mib": 64,
             "death_timeout": 20,
-            "env": {"PATH": f"{POOL_PYTHON_BIN}:/usr/bin:/bin"},
+            "env": {"PATH": f"{POOL_PYTHON_BIN}:/usr/bin:/bin", "PYTHONPATH": str(WORKER_SITE)},
         },
         "scaler": {
             "interval": 0.5,
@@ -141,7 +141,7 @@ def deployment(htcondor: HTCondor, request: pytest.FixtureRequest) -> Iterator[D
 
 
 def connect(deployment: Deployment) -> Client:
-    scheduler_file = deployment.folder / "scheduler.json"
+    scheduler_file = deployment.folder / f"{deployment.name}-scheduler.json"
     wait_for(f"scheduler.sh writes {scheduler_file}", scheduler_file.exists, 60, deployment.logs)
     return Client(scheduler_file=str(scheduler_file), timeout="30s")
 

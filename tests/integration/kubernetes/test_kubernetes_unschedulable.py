@@ -16,18 +16,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from distributed import Client
 
 from dask_deploy.testing.kubernetes import KubernetesStandIn
 from kubernetes_support import (
     deployment_logs,
     kubernetes_values,
-    local_worker_pod,
     render_kubernetes,
     running_pods,
+    start_scheduler_and_scaler,
 )
-from process_support import free_port, start, wait_for
+from process_support import free_port, wait_for
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.integration]
 
@@ -80,30 +79,8 @@ def test_unschedulable_pods_are_reported_once_and_not_recreated(
         logs = deployment_logs(api, logs_dir)
         worker_pod = rendered.worker_pod()
         assert worker_pod["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "1"
-        local_worker_pod(worker_pod, f"tcp://127.0.0.1:{port}")
-        (tmp_path / "worker-pod.yaml").write_text(yaml.safe_dump(worker_pod))
-        config = rendered.scaler_config()
-        config["metrics"]["host"] = "127.0.0.1"
-        config["backend"]["options"] |= {
-            "worker_template": str(tmp_path / "worker-pod.yaml"),
-            "kubeconfig": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
-        }
-        (tmp_path / "scaler-config.yaml").write_text(yaml.safe_dump(config))
-        scheduler = [str(BIN / "dask"), "scheduler", "--preload", "dask_deploy.scheduler_preload"]
-        scheduler += ["--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"]
-        processes.append(start(scheduler, logs_dir / "scheduler.log"))
-        processes.append(
-            start(
-                [
-                    str(BIN / "dask-deploy"),
-                    "scale",
-                    "--config",
-                    str(tmp_path / "scaler-config.yaml"),
-                ],
-                logs_dir / "scaler.log",
-                {"DASK_DEPLOY_POD_NAME": "stuck-scheduler-7d9c5-x2k4q"}
-                | {"DASK_DEPLOY_POD_UID": api.add_owner()},
-            )
+        processes += start_scheduler_and_scaler(
+            api, rendered, tmp_path, port, "stuck-scheduler-7d9c5-x2k4q"
         )
         scaler_log = logs_dir / "scaler.log"
 

@@ -9,25 +9,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from distributed import Client
 
+from batch_support import (
+    BatchDeployment,
+    burst,
+    connect,
+    deployment_values,
+    folder_logs,
+    submitted,
+    worker_names,
+)
 from dask_deploy.testing import lsf as standin
 from process_support import wait_for
 
 pytestmark = pytest.mark.lsf
-
-VENV = Path(sys.executable).parent.parent
 
 
 @pytest.fixture
@@ -49,96 +53,42 @@ def bjobs(*args: str) -> list[dict[str, str]]:
     return records
 
 
-@dataclass
-class Deployment:
-    name: str
-    folder: Path
-    scheduler_job: str
-
+class Deployment(BatchDeployment):
     def worker_jobs(self, *args: str) -> dict[str, str]:
         """Job id -> STAT of this deployment's worker jobs (``-a``: finished ones too)."""
         return {
             job["JOBID"]: job["STAT"]
-            for job in bjobs(*args, "-J", f"{self.name}-worker")
+            for job in bjobs(*args, "-J", self.worker_job_name)
             if job["JOB_DESCRIPTION"] == f"dask-deploy/{self.name}"
         }
 
     def live(self) -> dict[str, str]:
         return {job: stat for job, stat in self.worker_jobs().items() if stat in ("PEND", "RUN")}
 
-    def logs(self) -> str:
-        return "\n".join(
-            f"----- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
-            for log in sorted(self.folder.glob("*.log"))
+
+def _bsub(folder: Path) -> str:
+    with open(folder / "scheduler-job.sh") as script:
+        bsub = subprocess.run(
+            ["bsub"], stdin=script, cwd=folder, capture_output=True, text=True, check=True
         )
+    return bsub.stdout.split("<", 1)[1].split(">", 1)[0]
 
 
-def worker_names(client: Client) -> set[str]:
-    return {str(w["name"]) for w in client.scheduler_info()["workers"].values()}
+def _kill_everything(deployed: BatchDeployment) -> None:
+    live = [job["JOBID"] for job in bjobs("-u", "all") if job["STAT"] in ("PEND", "RUN")]
+    if live:
+        subprocess.run(["bkill", *live], capture_output=True)
+    wait_for("every stand-in job ended", lambda: not bjobs("-u", "all"), timeout=30)
 
 
 @pytest.fixture
 def deployment(lsf_path: Path, tmp_path: Path) -> Iterator[Deployment]:
-    name = f"e2e-{uuid.uuid4().hex[:6]}"
-    values: dict[str, Any] = {
-        "deployment": name,
-        "python": {"venv": str(VENV)},
-        "scheduler": {"host": "127.0.0.1", "dashboard_port": None, "memory_mib": 512},
-        "worker": {
-            "host": "127.0.0.1",
-            "threads": 1,
-            "memory_mib": 512,
-            "walltime_minutes": 10,
-            "handover_margin": 60,
-            "lifetime_margin": 30,
-            "lifetime_stagger": 0,
-            "death_timeout": 20,
-        },
-        "scaler": {
-            "interval": 0.5,
-            "metrics_port": None,
-            "minimum": 1,
-            "maximum": 3,
-            "scale_down_window": 4,
-            "startup_timeout": 120,
-        },
-    }
-    folder = tmp_path / "rendered"
-    values_file = tmp_path / "values.yaml"
-    values_file.write_text(yaml.safe_dump(values))
-    render = [str(VENV / "bin" / "dask-deploy"), "render", "--backend", "lsf"]
-    rendered = subprocess.run(
-        [*render, "--values", str(values_file), "--out", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    with open(folder / "scheduler-job.sh") as script:
-        submitted = subprocess.run(
-            ["bsub"], stdin=script, cwd=folder, capture_output=True, text=True, check=True
-        )
-    job_id = submitted.stdout.split("<", 1)[1].split(">", 1)[0]
-    deployed = Deployment(name, folder, job_id)
-    try:
-        yield deployed
-    finally:
-        live = [job["JOBID"] for job in bjobs("-u", "all") if job["STAT"] in ("PEND", "RUN")]
-        if live:
-            subprocess.run(["bkill", *live], capture_output=True)
-        wait_for("every stand-in job ended", lambda: not bjobs("-u", "all"), timeout=30)
-        print(deployed.logs())
-
-
-def connect(deployment: Deployment) -> Client:
-    scheduler_file = deployment.folder / "scheduler.json"
-    wait_for(f"the scheduler writes {scheduler_file}", scheduler_file.exists, timeout=60)
-    return Client(scheduler_file=str(scheduler_file), timeout="30s")
-
-
-def burst(client: Client, seconds: int) -> tuple[list[Any], list[Any]]:
-    sleeps = client.map(time.sleep, [1.0] * seconds, pure=False)
-    squares = client.map(pow, range(seconds), [2] * seconds)
-    return sleeps, squares
+    scaler = {"minimum": 1, "maximum": 3, "scale_down_window": 4, "startup_timeout": 120}
+    values = deployment_values(f"e2e-{uuid.uuid4().hex[:6]}", scaler)
+    with submitted(
+        "lsf", values, tmp_path / "rendered", submit=_bsub, clean_up=_kill_everything
+    ) as deployed:
+        yield Deployment(deployed.name, deployed.folder, deployed.scheduler_job)
 
 
 def test_burst_scales_up_and_idle_kills_exactly_the_retired_jobs(deployment: Deployment) -> None:
@@ -183,3 +133,40 @@ def test_worker_job_killed_from_outside_is_replaced(deployment: Deployment) -> N
         assert victim not in worker_names(client)
         client.gather(sleeps)
         assert client.gather(squares) == [x * x for x in range(60)]
+
+
+def test_two_deployments_share_a_workdir_and_a_host(lsf_path: Path, tmp_path: Path) -> None:
+    """Both deployments' jobs run in one folder (lsf.workdir, -cwd) on one host; each scaler runs
+    beside its own rendered files ($LS_SUBCWD), each deployment has its own scheduler file there
+    and its scaler's metrics a free port each (metrics_port 0)."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    names = [f"share{i}-{uuid.uuid4().hex[:4]}" for i in (1, 2)]
+    # ../<deployment>-logs of the workdir (lsf.log_directory's default), made by submitted().
+    log_folders = {name: tmp_path / f"{name}-logs" for name in names}
+
+    def logs() -> str:
+        return folder_logs(log_folders.values())
+
+    with ExitStack() as stack:
+        for name in names:
+            scaler = {"policy": "fixed", "minimum": 1, "maximum": 1, "metrics_port": 0}
+            values = deployment_values(name, scaler, lsf={"workdir": str(workdir)})
+            stack.enter_context(
+                submitted("lsf", values, tmp_path / name, submit=_bsub, clean_up=_kill_everything)
+            )
+        for name in names:
+            scheduler_file = workdir / f"{name}-scheduler.json"
+            wait_for(f"{scheduler_file} is written\n{logs()}", scheduler_file.exists, 90)
+            with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+                wait_for(f"{name} gets its worker\n{logs()}", lambda c=client: worker_names(c), 120)
+                assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+        ports = set()
+        for name in names:
+            (job_log,) = log_folders[name].glob(f"{name}-scheduler-*.log")
+            (scaler_log,) = log_folders[name].glob(f"{name}-scaler-*.log")
+            text = job_log.read_text(errors="replace") + scaler_log.read_text(errors="replace")
+            assert "starting it again" not in text, text
+            assert "Address already in use" not in text, text
+            ports.update(re.findall(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", text))
+        assert len(ports) == 2, logs()

@@ -10,7 +10,7 @@ import pytest
 import requests
 from distributed import Client
 
-from cluster_support import state_root
+from cluster_support import processes_working_in, state_root
 from dask_deploy import DeployCluster
 from dask_deploy.testing.marathon import MarathonStandIn
 from marathon_support import free_offered_port, marathon_values, sandbox_logs, worker_task_ids
@@ -57,7 +57,10 @@ def test_deploy_cluster_on_marathon_computes_scales_and_deletes_its_apps(
                  90, logs)  # fmt: skip
     finally:
         cluster.close()
+    assert not Path(cluster.record.folder).exists()
     apps = requests.get(f"{marathon.url}/v2/apps", timeout=5).json()["apps"]
     assert apps == [], "close() deleted every app it posted"
     wait_for("every task ended", lambda: not requests.get(
         f"{marathon.url}/v2/tasks", timeout=5).json()["tasks"], 30)  # fmt: skip
+    # The stand-in still runs: the tasks' processes ended because their apps were deleted.
+    wait_for("no task process is left", lambda: not processes_working_in(marathon.workdir), 30)

@@ -9,69 +9,58 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from distributed import Client
 
+from batch_support import (
+    BatchDeployment,
+    burst,
+    connect,
+    deployment_values,
+    submitted,
+    worker_names,
+)
 from dask_deploy.backends import pbs
 from process_support import wait_for
 from slurm_support import Slurm
 
 pytestmark = pytest.mark.pbs
 
-REPO = Path(__file__).resolve().parents[3]
-VENV = Path(sys.executable).parent.parent
-
-
-@pytest.fixture(scope="module")
-def torque_commands(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("torque") / "bin"
-    made = subprocess.run(
-        [str(REPO / "scripts" / "torque-commands.sh"), str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert made.returncode == 0, made.stderr
-    return folder
-
 
 def qstat_full() -> dict[str, dict[str, str]]:
     return pbs.full_display(subprocess.run(["qstat", "-f"], capture_output=True, text=True).stdout)
 
 
-@dataclass
-class Deployment:
-    name: str
-    folder: Path
-    scheduler_job: str
-
+class Deployment(BatchDeployment):
     def worker_jobs(self) -> dict[str, str]:
         """Job id -> job_state of this deployment's worker jobs that have not ended."""
         return {
             job: attributes["job_state"]
             for job, attributes in qstat_full().items()
-            if attributes.get("Job_Name") == f"{self.name}-worker"
+            if attributes.get("Job_Name") == self.worker_job_name
             and attributes.get("job_state") in ("Q", "R")
         }
 
-    def logs(self) -> str:
-        return "\n".join(
-            f"----- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
-            for log in sorted(self.folder.glob(f"{self.name}-*.[oe]*"))
-        )
+
+def _qsub(folder: Path) -> str:
+    qsub = subprocess.run(
+        ["qsub", "scheduler-job.sh"], cwd=folder, capture_output=True, text=True, check=True
+    )
+    return pbs.parse_job_id(qsub.stdout)
 
 
-def worker_names(client: Client) -> set[str]:
-    return {str(w["name"]) for w in client.scheduler_info()["workers"].values()}
+def _delete_everything(deployed: BatchDeployment) -> None:
+    left = [
+        job
+        for job, attributes in qstat_full().items()
+        if attributes.get("Job_Name", "").startswith(deployed.name)
+        and attributes.get("job_state") in ("Q", "R")
+    ]
+    if left:
+        subprocess.run(["qdel", *left], capture_output=True)
 
 
 @pytest.fixture
@@ -79,73 +68,17 @@ def deployment(
     slurm: Slurm, torque_commands: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Deployment]:
     monkeypatch.setenv("PATH", f"{torque_commands}{os.pathsep}{os.environ['PATH']}")
-    name = f"e2e-{uuid.uuid4().hex[:6]}"
-    values: dict[str, Any] = {
-        "deployment": name,
-        "python": {"venv": str(VENV)},
-        "scheduler": {"host": "127.0.0.1", "dashboard_port": None, "memory_mib": 512},
-        "worker": {
-            "host": "127.0.0.1",
-            "threads": 1,
-            "memory_mib": 512,
-            "walltime_minutes": 10,
-            "handover_margin": 60,
-            "lifetime_margin": 30,
-            "lifetime_stagger": 0,
-            "death_timeout": 20,
-        },
-        "scaler": {
-            "interval": 0.5,
-            "metrics_port": None,
-            "minimum": 1,
-            "maximum": 3,
-            "scale_down_window": 4,
-            "startup_timeout": 120,
-        },
-    }
-    folder = tmp_path / "rendered"
-    values_file = tmp_path / "values.yaml"
-    values_file.write_text(yaml.safe_dump(values))
-    render = [str(VENV / "bin" / "dask-deploy"), "render", "--backend", "pbs"]
-    rendered = subprocess.run(
-        [*render, "--values", str(values_file), "--out", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    qsub = subprocess.run(
-        ["qsub", "scheduler-job.sh"], cwd=folder, capture_output=True, text=True, check=True
-    )
-    deployed = Deployment(name, folder, pbs.parse_job_id(qsub.stdout))
-    try:
-        yield deployed
-    finally:
-        left = [
-            job
-            for job, attributes in qstat_full().items()
-            if attributes.get("Job_Name", "").startswith(name)
-            and attributes.get("job_state") in ("Q", "R")
-        ]
-        if left:
-            subprocess.run(["qdel", *left], capture_output=True)
-        print(deployed.logs())
-        print(slurm.log_tails())
-
-
-def connect(deployment: Deployment) -> Client:
-    scheduler_file = deployment.folder / "scheduler.json"
-    wait_for(
-        f"the scheduler job writes {scheduler_file}\n{deployment.logs()}",
-        scheduler_file.exists,
-        timeout=60,
-    )
-    return Client(scheduler_file=str(scheduler_file), timeout="30s")
-
-
-def burst(client: Client, seconds: int) -> tuple[list[Any], list[Any]]:
-    sleeps = client.map(time.sleep, [1.0] * seconds, pure=False)
-    squares = client.map(pow, range(seconds), [2] * seconds)
-    return sleeps, squares
+    scaler = {"minimum": 1, "maximum": 3, "scale_down_window": 4, "startup_timeout": 120}
+    values = deployment_values(f"e2e-{uuid.uuid4().hex[:6]}", scaler)
+    with submitted(
+        "pbs",
+        values,
+        tmp_path / "rendered",
+        submit=_qsub,
+        clean_up=_delete_everything,
+        diagnose=slurm.log_tails,
+    ) as deployed:
+        yield Deployment(deployed.name, deployed.folder, deployed.scheduler_job)
 
 
 def tear_down(deployment: Deployment) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -86,3 +87,49 @@ async def test_tcp_without_tls_settings_cannot_reach_a_tls_scheduler(tmp_path: P
                 await link.observe(target_duration=None)
         finally:
             await link.close()
+
+
+async def test_the_summary_gives_the_snapshot_of_the_stock_handlers(scheduler: Scheduler) -> None:
+    """The one-call summary and the older calls (counts handler and stock handlers) agree."""
+    from distributed import Client, Event
+
+    from dask_deploy.observe import RpcScheduler
+    from dask_deploy.scheduler_preload import SUMMARY_HANDLER
+
+    def block(event: Event) -> None:
+        event.wait()
+
+    async with (
+        Worker(scheduler.address, name="one", nthreads=1, dashboard=False) as one,
+        Worker(scheduler.address, name="two", nthreads=2, dashboard=False) as two,
+        Worker(scheduler.address, name="three", nthreads=1, dashboard=False),
+        Worker(scheduler.address, name="four", nthreads=1, dashboard=False) as four,
+        Client(scheduler.address, asynchronous=True) as client,
+    ):
+        release = Event(client=client)
+        data = [
+            client.submit(bytes, size, workers=[w.address], pure=False)
+            for size, w in ((10_000, one), (1_000, two), (1_000, two), (1_000, four))
+        ]
+        running = client.submit(block, release, workers=[two.address], pure=False)
+        await client.gather(data)
+        while not scheduler.workers[two.address].processing:
+            await asyncio.sleep(0.05)
+        summary = RpcScheduler(scheduler.address, connection_args={})
+        older = RpcScheduler(scheduler.address, connection_args={})
+        handler = scheduler.handlers.pop(SUMMARY_HANDLER)
+        try:
+            before = await older.observe(target_duration=1.0)
+        finally:
+            scheduler.handlers[SUMMARY_HANDLER] = handler
+        now = await summary.observe(target_duration=1.0)
+        await release.set()
+        await running
+        await summary.close()
+        await older.close()
+    assert before.tasks_queued is not None  # the older path had the counts handler
+    assert now == before
+    # idle workers first, the fewest bytes first; the busy one last
+    assert now.workers_to_close == ("three", "four", "one", "two")
+    assert {w.name: w.stored_bytes for w in now.workers}["one"] == 10_000
+    assert (now.tasks_processing, now.adaptive_target) == (1, 1)  # the three idle ones can go

@@ -3,7 +3,7 @@
 ``submitted(...)`` renders the sge templates with ``deployment_values(...)``, runs
 ``qsub scheduler-job.sh`` in the rendered folder and, whatever the test did, deletes every job
 of the deployment and prints the job logs and Grid Engine's messages (pytest shows them on
-failure).
+failure). What every batch family shares is in tests/batch_support.py.
 """
 
 from __future__ import annotations
@@ -11,20 +11,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from distributed import Client
-
+import batch_support
+from batch_support import BatchDeployment, deployment_values, worker_names
 from sge_support import GridEngine
 
-VENV = Path(sys.executable).parent.parent
+__all__ = ["Deployment", "deployment_values", "qstat_jobs", "submitted", "worker_names"]
 
 
 def qstat_jobs() -> list[tuple[str, str, str]]:
@@ -36,16 +33,7 @@ def qstat_jobs() -> list[tuple[str, str, str]]:
     ]
 
 
-@dataclass
-class Deployment:
-    name: str
-    folder: Path
-    scheduler_job: str
-
-    @property
-    def worker_job_name(self) -> str:
-        return f"{self.name}-worker"
-
+class Deployment(BatchDeployment):
     def worker_jobs(self) -> dict[str, str]:
         """Job id -> state of this deployment's worker jobs that Grid Engine still lists."""
         return {job: state for job, name, state in qstat_jobs() if name == self.worker_job_name}
@@ -67,55 +55,8 @@ class Deployment:
                 except (ProcessLookupError, ValueError):
                     pass
 
-    def logs(self) -> str:
-        return "\n".join(
-            f"----- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
-            for log in sorted(self.folder.glob("*.log"))
-        )
 
-
-def worker_names(client: Client) -> set[str]:
-    # `dask worker` turns a numeric --name into an int: compare as text, like the scheduler does.
-    return {str(w["name"]) for w in client.scheduler_info()["workers"].values()}
-
-
-def deployment_values(name: str, scaler: dict[str, Any], **sections: Any) -> dict[str, Any]:
-    """Values for a deployment on 127.0.0.1 running this venv, with short scaler timings."""
-    return {
-        "deployment": name,
-        "python": {"venv": str(VENV)},
-        "scheduler": {"host": "127.0.0.1", "dashboard_port": None, "memory_mib": 512},
-        "worker": {
-            "host": "127.0.0.1",
-            "threads": 1,
-            "memory_mib": 512,
-            "walltime_minutes": 10,
-            "handover_margin": 60,
-            "lifetime_margin": 30,
-            "lifetime_stagger": 0,
-            "death_timeout": 20,
-        },
-        "scaler": {"interval": 0.5, "metrics_port": None, "cleanup_on_exit": True, **scaler},
-        **sections,
-    }
-
-
-def render(values: dict[str, Any], out: Path) -> None:
-    values_file = out.parent / f"{out.name}-values.yaml"
-    values_file.write_text(yaml.safe_dump(values))
-    command = [str(VENV / "bin" / "dask-deploy"), "render", "--backend", "sge"]
-    rendered = subprocess.run(
-        [*command, "--values", str(values_file), "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
-    assert rendered.returncode == 0, rendered.stderr
-
-
-@contextmanager
-def submitted(sge: GridEngine, values: dict[str, Any], folder: Path) -> Iterator[Deployment]:
-    """Render ``values`` into ``folder``, qsub the scheduler job, delete everything after."""
-    render(values, folder)
+def _qsub(folder: Path) -> str:
     qsub = subprocess.run(
         ["qsub", "-terse", "scheduler-job.sh"],
         cwd=folder,
@@ -123,13 +64,25 @@ def submitted(sge: GridEngine, values: dict[str, Any], folder: Path) -> Iterator
         text=True,
         check=True,
     )
-    name = str(values["deployment"])
-    deployed = Deployment(name, folder, qsub.stdout.strip())
-    try:
-        yield deployed
-    finally:
-        left = [job for job, _, _ in deployed.all_live_jobs()]
-        if left:
-            subprocess.run(["qdel", "-f", *left], check=False, capture_output=True)
-        print(deployed.logs())  # shown by pytest when the test failed
-        print(sge.log_tails())
+    return qsub.stdout.strip()
+
+
+def _delete_everything(deployed: BatchDeployment) -> None:
+    names = {f"{deployed.name}-scheduler", deployed.worker_job_name}
+    left = [job for job, name, _ in qstat_jobs() if name in names]
+    if left:
+        subprocess.run(["qdel", "-f", *left], check=False, capture_output=True)
+
+
+@contextmanager
+def submitted(sge: GridEngine, values: dict[str, Any], folder: Path) -> Iterator[Deployment]:
+    """Render ``values`` into ``folder``, qsub the scheduler job, delete everything after."""
+    with batch_support.submitted(
+        "sge",
+        values,
+        folder,
+        submit=_qsub,
+        clean_up=_delete_everything,
+        diagnose=sge.log_tails,
+    ) as deployed:
+        yield Deployment(deployed.name, deployed.folder, deployed.scheduler_job)

@@ -7,8 +7,9 @@ the project's .venv. Grid Engine is Debian's 8.1.9, started by scripts/sge-up.sh
 
 from __future__ import annotations
 
+import json
+import stat
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,17 +19,12 @@ import pytest
 from distributed import Client
 from sge_deployment import Deployment, deployment_values, submitted, worker_names
 
+from batch_support import burst, connect
 from process_support import wait_for
 from sge_support import GridEngine
+from tls_support import Certificates, assert_only_certified_clients_get_in, client_security
 
 pytestmark = pytest.mark.sge
-
-
-def burst(client: Client, seconds: int) -> tuple[list[Any], list[Any]]:
-    """One-second sleeps that keep workers busy, and squares whose results the client holds."""
-    sleeps = client.map(time.sleep, [1.0] * seconds, pure=False)
-    squares = client.map(pow, range(seconds), [2] * seconds)
-    return sleeps, squares
 
 
 def no_task_failed(futures: list[Any]) -> None:
@@ -46,16 +42,6 @@ def deployment(
     values = deployment_values(f"e2e-{uuid.uuid4().hex[:6]}", scaler)
     with submitted(sge, values, tmp_path / "rendered") as deployed:
         yield deployed
-
-
-def connect(deployment: Deployment) -> Client:
-    scheduler_file = deployment.folder / "scheduler.json"
-    wait_for(
-        f"the scheduler job writes {scheduler_file}\n{deployment.logs()}",
-        scheduler_file.exists,
-        timeout=90,
-    )
-    return Client(scheduler_file=str(scheduler_file), timeout="30s")
 
 
 def tear_down(deployment: Deployment) -> None:
@@ -161,3 +147,32 @@ def test_workers_end_their_jobs_when_the_scheduler_job_is_killed(deployment: Dep
         timeout=120,
     )
     wait_for("the killed scheduler job ends", lambda: not deployment.all_live_jobs(), timeout=60)
+
+
+def test_tls_is_on_by_default_and_a_client_without_the_certificate_is_refused(
+    sge: GridEngine, tmp_path: Path
+) -> None:
+    """The default values: the scheduler job generates the deployment's certificates into a
+    0700 folder; the scaler and the workers use them; a client without them never gets in."""
+    scaler = {"minimum": 1, "maximum": 1, "startup_timeout": 120}
+    values = deployment_values(f"tlsgen-{uuid.uuid4().hex[:6]}", scaler)
+    del values["tls"]  # the templates' default: TLS with generated certificates
+    with submitted(sge, values, tmp_path / "rendered") as deployment:
+        wait_for(
+            f"the scheduler job writes its scheduler file\n{deployment.logs()}",
+            lambda: (
+                deployment.scheduler_file.exists() and deployment.scheduler_file.stat().st_size > 0
+            ),
+            timeout=90,
+        )
+        address = json.loads(deployment.scheduler_file.read_text())["address"]
+        assert address.startswith("tls://"), address
+        folder = deployment.folder.parent / f"{deployment.name}-tls"
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        files = Certificates(folder / "ca.pem", folder / "tls.crt", folder / "tls.key")
+        assert stat.S_IMODE(files.key.stat().st_mode) == 0o600
+        with Client(address, security=client_security(files), timeout="30s") as client:
+            wait_for(f"the worker registers\n{deployment.logs()}", lambda: worker_names(client))
+            assert client.submit(sum, [1, 2, 3]).result() == 6
+        assert_only_certified_clients_get_in(address, files, tmp_path)
+        tear_down(deployment)

@@ -2,27 +2,25 @@
 
 ``submitted(...)`` renders the slurm templates with ``deployment_values(...)``, runs
 ``sbatch scheduler-job.sh`` in the rendered folder and, whatever the test did, cancels every
-job of the deployment and prints the job logs and SLURM's (pytest shows them on failure).
+job of the deployment and prints the job logs and SLURM's (pytest shows them on failure). What
+every batch family shares is in tests/batch_support.py.
 """
 
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from distributed import Client
-
+import batch_support
+from batch_support import BatchDeployment, deployment_values, worker_names
 from slurm_support import Slurm
 
-VENV = Path(sys.executable).parent.parent
 LIVE_STATES = "PENDING,CONFIGURING,RUNNING,COMPLETING,SUSPENDED,REQUEUED"
+__all__ = ["Deployment", "deployment_values", "squeue", "submitted", "worker_names"]
 
 
 def squeue(*args: str) -> list[tuple[str, str, str]]:
@@ -36,16 +34,7 @@ def squeue(*args: str) -> list[tuple[str, str, str]]:
     return [tuple(line.split("|")) for line in output.splitlines() if line]  # type: ignore[misc]
 
 
-@dataclass
-class Deployment:
-    name: str
-    folder: Path
-    scheduler_job: str
-
-    @property
-    def worker_job_name(self) -> str:
-        return f"{self.name}-worker"
-
+class Deployment(BatchDeployment):
     def worker_jobs(self, states: str = LIVE_STATES) -> dict[str, str]:
         """Job id -> state of this deployment's worker jobs in these states."""
         jobs = squeue(f"--name={self.worker_job_name}", f"--states={states}")
@@ -55,56 +44,23 @@ class Deployment:
         names = f"--name={self.name}-scheduler,{self.worker_job_name}"
         return squeue(names, f"--states={LIVE_STATES}")
 
-    def logs(self) -> str:
-        return "\n".join(
-            f"----- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
-            for log in sorted(self.folder.glob("*.log"))
-        )
 
-
-def worker_names(client: Client) -> set[str]:
-    # `dask worker` turns a numeric --name into an int: compare as text, like the scheduler does.
-    return {str(w["name"]) for w in client.scheduler_info()["workers"].values()}
-
-
-def deployment_values(name: str, scaler: dict[str, Any], **sections: Any) -> dict[str, Any]:
-    """Values for a deployment on 127.0.0.1 running this venv, with short scaler timings.
-
-    ``scaler`` holds the keys a test chooses (bounds, window, startup timeout); ``sections``
-    adds whole top-level sections such as ``tls``.
-    """
-    return {
-        "deployment": name,
-        "python": {"venv": str(VENV)},
-        "scheduler": {"host": "127.0.0.1", "dashboard_port": None, "memory_mib": 512},
-        "worker": {
-            "host": "127.0.0.1",
-            "threads": 1,
-            "memory_mib": 512,
-            "walltime_minutes": 10,
-            "handover_margin": 60,
-            "lifetime_margin": 30,
-            "lifetime_stagger": 0,
-            "death_timeout": 20,
-        },
-        "scaler": {"interval": 0.5, "metrics_port": None, "cleanup_on_exit": True, **scaler},
-        # Plain TCP unless a test asks for TLS (the default): these tests' clients hold no
-        # certificates. test_slurm_tls.py runs the default.
-        "tls": {"enabled": False},
-        **sections,
-    }
-
-
-def render(values: dict[str, Any], out: Path) -> None:
-    values_file = out.parent / f"{out.name}-values.yaml"
-    values_file.write_text(yaml.safe_dump(values))
-    command = [str(VENV / "bin" / "dask-deploy"), "render", "--backend", "slurm"]
-    rendered = subprocess.run(
-        [*command, "--values", str(values_file), "--out", str(out)],
+def _sbatch(folder: Path) -> str:
+    sbatch = subprocess.run(
+        ["sbatch", "--parsable", "scheduler-job.sh"],
+        cwd=folder,
         capture_output=True,
         text=True,
+        check=True,
     )
-    assert rendered.returncode == 0, rendered.stderr
+    return sbatch.stdout.strip().split(";")[0]
+
+
+def _cancel_everything(deployed: BatchDeployment) -> None:
+    # One name per scancel: its --name takes a single job name (squeue's takes a list), and
+    # a list matched nothing, so a test's jobs kept their CPUs into the next tests.
+    for job_name in (f"{deployed.name}-scheduler", deployed.worker_job_name):
+        subprocess.run(["scancel", f"--name={job_name}"], check=False)
 
 
 @contextmanager
@@ -116,23 +72,16 @@ def submitted(
 ) -> Iterator[Deployment]:
     """Render ``values`` into ``folder``, let ``edit`` change the rendered files as a user may,
     sbatch the scheduler job, cancel everything after."""
-    render(values, folder)
-    edit(folder)
-    sbatch = subprocess.run(
-        ["sbatch", "--parsable", "scheduler-job.sh"],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    name = str(values["deployment"])
-    deployed = Deployment(name, folder, sbatch.stdout.strip().split(";")[0])
-    try:
-        yield deployed
-    finally:
-        subprocess.run(["scancel", f"--name={name}-scheduler,{name}-worker"], check=False)
-        print(deployed.logs())  # shown by pytest when the test failed
-        print(slurm.log_tails())
+    with batch_support.submitted(
+        "slurm",
+        values,
+        folder,
+        submit=_sbatch,
+        clean_up=_cancel_everything,
+        edit=edit,
+        diagnose=slurm.log_tails,
+    ) as deployed:
+        yield Deployment(deployed.name, deployed.folder, deployed.scheduler_job)
 
 
 def idle_cpus() -> int:
@@ -147,6 +96,12 @@ def idle_cpus() -> int:
 def cluster_full_but(free: int, folder: Path) -> Iterator[str]:
     """Hold every idle CPU but ``free`` with one long job (cancelled at the end): later jobs
     wait in the queue for ``Resources`` as on a busy cluster. Yields the blocker's job id."""
+    # Jobs of an earlier test (cancelled, still completing) would free their CPUs later and
+    # leave more room than ``free``: size the blocker on a quiet cluster.
+    quiet_until = time.monotonic() + 120
+    while leftovers := squeue(f"--states={LIVE_STATES}"):
+        assert time.monotonic() < quiet_until, f"SLURM is not quiet, jobs left: {leftovers}"
+        time.sleep(0.5)
     taken = idle_cpus() - free
     assert taken > 0, f"only {taken + free} CPUs idle, wanted to keep {free} free"
     blocker = subprocess.run(

@@ -39,7 +39,7 @@ def live_jobs(name: str) -> list[tuple[str, str, str]]:
 
 
 def logs_of(cluster: DeployCluster) -> str:
-    folder = Path(cluster.record.folder) / "manifests"
+    folder = Path(cluster.record.folder) / f"{cluster.name}-logs"  # slurm.log_directory
     return "\n".join(
         f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
         for log in sorted(folder.glob("*.log"))

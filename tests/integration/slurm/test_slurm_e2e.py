@@ -10,30 +10,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed import Client
 from slurm_deployment import Deployment, deployment_values, submitted, worker_names
 
+from batch_support import burst, connect, render
 from process_support import wait_for
 from slurm_support import Slurm
 
 pytestmark = pytest.mark.slurm
-
-
-def burst(client: Client, seconds: int) -> tuple[list[Any], list[Any]]:
-    """One-second sleeps that keep workers busy, and squares whose results the client holds.
-
-    Only stdlib functions: the scheduler and the workers cannot import this test module.
-    """
-    sleeps = client.map(time.sleep, [1.0] * seconds, pure=False)
-    squares = client.map(pow, range(seconds), [2] * seconds)
-    return sleeps, squares
 
 
 def no_task_failed(futures: list[Any]) -> None:
@@ -54,16 +43,6 @@ def deployment(
     values = deployment_values(f"e2e-{uuid.uuid4().hex[:6]}", scaler)
     with submitted(slurm, values, tmp_path / "rendered") as deployed:
         yield deployed
-
-
-def connect(deployment: Deployment) -> Client:
-    scheduler_file = deployment.folder / "scheduler.json"
-    wait_for(
-        f"the scheduler job writes {scheduler_file}\n{deployment.logs()}",
-        scheduler_file.exists,
-        timeout=60,
-    )
-    return Client(scheduler_file=str(scheduler_file), timeout="30s")
 
 
 def tear_down(deployment: Deployment) -> None:
@@ -213,3 +192,24 @@ def test_a_scaler_that_dies_in_the_scheduler_job_is_started_again(
         assert scaler_pids(deployment) == restarted
     assert "the scaler exited with status 137; starting it again" in deployment.logs()
     tear_down(deployment)
+
+
+@pytest.mark.parametrize("deployment", [{"minimum": 1, "maximum": 1}], indirect=True)
+def test_jobs_log_into_the_log_folder_and_rendering_again_after_a_run_works(
+    deployment: Deployment,
+) -> None:
+    with connect(deployment) as client:
+        wait_for("the worker registers", lambda: worker_names(client))
+        (worker,) = worker_names(client)
+    tear_down(deployment)
+    logs = {log.name for log in deployment.log_folder.iterdir()}
+    job = deployment.scheduler_job
+    name = deployment.name
+    assert {f"{name}-scheduler-{job}.log", f"{name}-scaler-{job}.log"} <= logs, logs
+    assert f"{name}-worker-{worker}.log" in logs, logs
+    scaler_log = (deployment.log_folder / f"{name}-scaler-{job}.log").read_text()
+    assert "scale up" in scaler_log.lower() or worker in scaler_log, scaler_log
+    # The rendered folder holds what render wrote and nothing of the run: render into it again.
+    values = deployment_values(name, {"minimum": 2, "maximum": 2})
+    render("slurm", values, deployment.folder)
+    assert "minimum: 2" in (deployment.folder / "scaler-config.yaml").read_text()

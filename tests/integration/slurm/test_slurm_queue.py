@@ -62,7 +62,7 @@ def test_a_job_pending_for_resources_is_never_cancelled_for_being_slow(
             time.sleep(1)
         assert "not connected for" not in d.logs()
         subprocess.run(["scancel", f"--name=blocker-{tmp_path.name}"], check=True)
-        with Client(scheduler_file=str(d.folder / "scheduler.json"), timeout="30s") as client:
+        with Client(scheduler_file=str(d.scheduler_file), timeout="30s") as client:
             wait_for("the job starts and its worker registers", lambda: worker_names(client))
             assert worker_names(client) == {job}
 
@@ -103,7 +103,7 @@ def test_held_results_survive_three_walltime_generations_on_a_full_cluster(
     ):
         worker_script = (d.folder / "worker-job.sh").read_text()
         assert "--time=1\n" in worker_script and "--lifetime 50s" in worker_script
-        scheduler_file = d.folder / "scheduler.json"
+        scheduler_file = d.scheduler_file
         wait_for("the scheduler writes its file", scheduler_file.exists, timeout=60)
         with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
             wait_for("two workers register", lambda: len(worker_names(client)) == 2)
@@ -124,6 +124,6 @@ def test_held_results_survive_three_walltime_generations_on_a_full_cluster(
             assert client.gather(held) == [0] * 20
             executions = sorted(int(line) for line in ledger.read_text().split())
             assert executions == list(range(20)), "a held result was lost and recomputed"
-        logs = "\n".join(log.read_text(errors="replace") for log in d.folder.glob("*.log"))
+        logs = d.all_logs()
         assert "lose already computed" not in logs
         assert "handing over" in logs

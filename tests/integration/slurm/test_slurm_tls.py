@@ -59,7 +59,7 @@ def deployment(slurm: Slurm, files: Certificates, tmp_path: Path) -> Iterator[De
 def test_tls_scheduler_scaler_and_workers_refuse_clients_without_certificates(
     deployment: Deployment, files: Certificates, tmp_path: Path
 ) -> None:
-    scheduler_file = deployment.folder / "scheduler.json"
+    scheduler_file = deployment.scheduler_file
     wait_for(
         f"the scheduler job writes {scheduler_file}\n{deployment.logs()}",
         lambda: scheduler_file.exists() and scheduler_file.stat().st_size > 0,
@@ -102,7 +102,7 @@ def test_tls_scheduler_scaler_and_workers_refuse_clients_without_certificates(
         ended = deployment.worker_jobs("all")
         assert all(ended[job] in ("COMPLETED", "CANCELLED") for job in workers), ended
 
-    log = "".join(p.read_text(errors="replace") for p in deployment.folder.glob("*.log"))
+    log = deployment.all_logs()
     for job, worker_address in workers.items():
         assert re.search(rf"retired .*\b{job}\b", log), f"the scaler did not retire {job}"
         assert f"Retired worker '{worker_address}'" in log, worker_address
@@ -118,7 +118,7 @@ def test_tls_is_on_by_default_with_certificates_generated_for_the_deployment(
     values = deployment_values(f"tlsgen-{uuid.uuid4().hex[:6]}", scaler)
     del values["tls"]  # the templates' default: TLS with generated certificates
     with submitted(slurm, values, tmp_path / "rendered") as deployment:
-        scheduler_file = deployment.folder / "scheduler.json"
+        scheduler_file = deployment.scheduler_file
         wait_for(
             f"the scheduler job writes {scheduler_file}\n{deployment.logs()}",
             lambda: scheduler_file.exists() and scheduler_file.stat().st_size > 0,
@@ -126,7 +126,7 @@ def test_tls_is_on_by_default_with_certificates_generated_for_the_deployment(
         )
         address = json.loads(scheduler_file.read_text())["address"]
         assert address.startswith("tls://"), address
-        folder = deployment.folder / "tls"
+        folder = deployment.folder.parent / f"{deployment.name}-tls"  # the default
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         files = Certificates(folder / "ca.pem", folder / "tls.crt", folder / "tls.key")
         assert sorted(p.name for p in folder.iterdir()) == ["ca.pem", "tls.crt", "tls.key"]

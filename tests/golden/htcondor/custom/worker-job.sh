@@ -3,6 +3,8 @@
 # Rendered by dask-deploy 0.1.0. Its argument is the job id $(ClusterId).$(ProcId),
 # which names the worker, so the scaler removes exactly the job the scheduler retired.
 # It exits when the scheduler is unreachable for 120 s.
+# condor_rm and a preemption send SIGTERM, then SIGKILL after the job's kill time: in between
+# the worker hands its data over through the scheduler first (dask_deploy.worker_preload).
 set -euo pipefail
 
 # The Python environment every process runs from.
@@ -16,5 +18,7 @@ exec python3.11 -m dask worker \
   --lifetime 14400s \
   --lifetime-stagger 90s \
   --death-timeout 120s \
+  --preload-nanny dask_deploy.worker_preload \
+  --preload dask_deploy.worker_preload \
   --resources GPU=1 \
-  --scheduler-file scheduler.json
+  --scheduler-file physics-scheduler.json

@@ -3,14 +3,14 @@
 # Rendered by dask-deploy 0.1.0. Run it from the folder it was rendered into, which the
 # execute nodes must see (they read the scheduler file there), and keep it running:
 #   nohup ./scheduler.sh > secure-scheduler.log 2>&1 &
-# Clients connect with Client(scheduler_file="scheduler.json"); the scaler
+# Clients connect with Client(scheduler_file="secure-scheduler.json"); the scaler
 # submits worker.sub as the load asks and removes exactly the workers the scheduler retired.
 # It runs here, not in a job, because condor_submit/condor_q/condor_rm need the schedd of a
 # submit host, which an execute slot usually cannot reach.
 set -euo pipefail
 
 cd "$(dirname "$0")"
-scheduler_file=scheduler.json
+scheduler_file=secure-scheduler.json
 # A file left by an earlier run would send workers and clients to a scheduler that is gone.
 rm -f "$scheduler_file"
 
@@ -33,9 +33,13 @@ for _ in $(seq 1 120); do
 done
 [ -s "$scheduler_file" ] || { echo "no $scheduler_file after 120 s" >&2; kill "$scheduler"; exit 1; }
 
+# The scaler runs here, beside scaler-config.yaml and worker.sub; its output goes where this
+# script's goes.
+rendered=$PWD
 start_scaler() {
   python3 -m dask_deploy.cli scale --config scaler-config.yaml &
   scaler=$!
+  scaler_started=$SECONDS
 }
 start_scaler
 
@@ -51,15 +55,31 @@ stop() {
 trap 'stop; exit 143' TERM INT
 
 # The scheduler's end is the deployment's end. A scaler that dies is started again, as Marathon
-# or Kubernetes would: it is level-triggered and takes over the worker jobs it finds. The pause
-# keeps a scaler that cannot start (a broken configuration) from spinning.
+# or Kubernetes would: it is level-triggered and takes over the worker jobs it finds. A scaler
+# that refused its configuration (exit status 2, the reason is in its log) starts again once
+# scaler-config.yaml changes; one that crashes again soon waits twice as long each time (5 s to
+# 5 min), so a broken setup neither spins nor floods the log.
+delay=5
 while true; do
   status=0
   wait -n || status=$?
   kill -0 "$scheduler" 2>/dev/null || break
-  echo "the scaler exited with status $status; starting it again in 5 s" >&2
-  sleep 5 &
-  wait "$!" || true
+  if [ "$status" -eq 2 ]; then
+    echo "the scaler refused its configuration (above); it starts again when $rendered/scaler-config.yaml changes" >&2
+    checksum=$(cksum <"$rendered/scaler-config.yaml" 2>/dev/null || true)
+    while [ "$(cksum <"$rendered/scaler-config.yaml" 2>/dev/null || true)" = "$checksum" ]; do
+      sleep 5 &
+      wait "$!" || true
+      kill -0 "$scheduler" 2>/dev/null || break 2
+    done
+    delay=5
+  else
+    if [ $((SECONDS - scaler_started)) -ge 300 ]; then delay=5; fi
+    echo "the scaler exited with status $status; starting it again in $delay s" >&2
+    sleep "$delay" &
+    wait "$!" || true
+    delay=$((delay * 2 > 300 ? 300 : delay * 2))
+  fi
   start_scaler
 done
 stop

@@ -1,5 +1,5 @@
 #!/bin/bash
-# shellcheck disable=SC2016  # quoted values hold $ and ` literally, on purpose
+# shellcheck disable=SC2016,SC1003,SC1090,SC1091  # quoted values hold $, ` and \ literally, on purpose; a prologue may source files only the site has
 # One Dask worker of deployment "dask". The scaler submits this script with
 # qsub; do not submit it by hand unless you want the scaler to adopt the job as its own.
 # Rendered by dask-deploy 0.1.0.
@@ -8,6 +8,9 @@
 # scheduler retired. Near its walltime the scaler retires it through the scheduler (its data
 # moves to other workers) at the latest 300 s before the end; as a backstop it retires itself
 # 60-60 s before the walltime (--lifetime). It exits when the scheduler is unreachable for 60 s.
+# A SIGTERM from outside (qdel, preemption, the walltime) makes it hand its data over through
+# the scheduler first (dask_deploy.worker_preload), within the server's kill_delay (Torque's
+# default is 2 s: raise it, e.g. qmgr -c 'set queue QUEUE kill_delay = 30').
 #PBS -N dask-worker
 #PBS -l walltime=1:00:00
 #PBS -l nodes=1:ppn=2
@@ -16,12 +19,21 @@
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-$PWD}"
 
+# The job's output goes to the log folder (pbs.log_directory), beside the scheduler's.
+log_dir=../dask-logs
+exec >>"$log_dir/dask-worker-${PBS_JOBID:-$SLURM_JOB_ID}.log" 2>&1
 # Torque and PBS name the job PBS_JOBID; SLURM's Torque commands run it as a SLURM job.
 exec python3 -m dask worker \
   --name "${PBS_JOBID:-$SLURM_JOB_ID}" \
+  --no-dashboard \
   --nthreads 2 \
   --memory-limit 4096MiB \
   --lifetime 3540s \
   --lifetime-stagger 0s \
   --death-timeout 60s \
-  --scheduler-file scheduler.json
+  --preload-nanny dask_deploy.worker_preload \
+  --preload dask_deploy.worker_preload \
+  --tls-ca-file ../dask-tls/ca.pem \
+  --tls-cert ../dask-tls/tls.crt \
+  --tls-key ../dask-tls/tls.key \
+  --scheduler-file dask-scheduler.json

@@ -1,9 +1,9 @@
 #!/bin/bash
-# shellcheck disable=SC2016  # quoted values hold $ and ` literally, on purpose
+# shellcheck disable=SC2016,SC1003,SC1090,SC1091  # quoted values hold $, ` and \ literally, on purpose; a prologue may source files only the site has
 # Dask scheduler and its scaler for deployment "secure", in one PBS job.
 # Rendered by dask-deploy 0.1.0. Submit it from the folder it was rendered into:
 #   qsub scheduler-job.sh
-# Clients connect with Client(scheduler_file="scheduler.json"); the scaler
+# Clients connect with Client(scheduler_file="secure-scheduler.json"); the scaler
 # submits worker-job.sh as the load asks and cancels exactly the workers the scheduler retired.
 #PBS -N secure-scheduler
 #PBS -l walltime=24:00:00
@@ -13,7 +13,13 @@
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-$PWD}"
 
-scheduler_file=scheduler.json
+# Every job writes its output into the log folder (pbs.log_directory), the scaler too.
+log_dir=../secure-logs
+mkdir -p "$log_dir"
+# Absolute, because the scaler starts in another folder when pbs.workdir moves the jobs.
+log_dir=$(cd "$log_dir" && pwd)
+exec >>"$log_dir/secure-scheduler-${PBS_JOBID:-$SLURM_JOB_ID}.log" 2>&1
+scheduler_file=secure-scheduler.json
 # A file left by an earlier run would send workers and clients to a scheduler that is gone.
 rm -f "$scheduler_file"
 
@@ -36,14 +42,21 @@ for _ in $(seq 1 120); do
 done
 [ -s "$scheduler_file" ] || { echo "no $scheduler_file after 120 s" >&2; kill "$scheduler"; exit 1; }
 
+# The scaler runs where qsub was called (beside scaler-config.yaml and worker-job.sh, whatever
+# pbs.workdir says) and on the host, outside any image: it calls qsub, qstat and qdel.
+rendered=${PBS_O_WORKDIR:-$SLURM_SUBMIT_DIR}
 start_scaler() {
-  python3 -m dask_deploy.cli scale --config scaler-config.yaml &
+  (
+    cd "$rendered"
+    exec python3 -m dask_deploy.cli scale --config scaler-config.yaml >>"$log_dir/secure-scaler-${PBS_JOBID:-$SLURM_JOB_ID}.log" 2>&1
+  ) &
   scaler=$!
+  scaler_started=$SECONDS
 }
 start_scaler
 
 # qdel, or the walltime, sends SIGTERM (SIGKILL after the server's kill_delay): stop the scaler
-# first so that it deletes the worker jobs (cleanup_on_exit), then the scheduler.
+# first so that it cancels the worker jobs (cleanup_on_exit), then the scheduler.
 stop() {
   trap - TERM INT
   kill -TERM "$scaler" 2>/dev/null || true
@@ -54,15 +67,31 @@ stop() {
 trap 'stop; exit 143' TERM INT
 
 # The scheduler's end is the deployment's end. A scaler that dies is started again, as Marathon
-# or Kubernetes would: it is level-triggered and takes over the worker jobs it finds. The pause
-# keeps a scaler that cannot start (a broken configuration) from spinning.
+# or Kubernetes would: it is level-triggered and takes over the worker jobs it finds. A scaler
+# that refused its configuration (exit status 2, the reason is in its log) starts again once
+# scaler-config.yaml changes; one that crashes again soon waits twice as long each time (5 s to
+# 5 min), so a broken setup neither spins nor floods the log.
+delay=5
 while true; do
   status=0
   wait -n || status=$?
   kill -0 "$scheduler" 2>/dev/null || break
-  echo "the scaler exited with status $status; starting it again in 5 s" >&2
-  sleep 5 &
-  wait "$!" || true
+  if [ "$status" -eq 2 ]; then
+    echo "the scaler refused its configuration (see its log in $log_dir); it starts again when $rendered/scaler-config.yaml changes" >&2
+    checksum=$(cksum <"$rendered/scaler-config.yaml" 2>/dev/null || true)
+    while [ "$(cksum <"$rendered/scaler-config.yaml" 2>/dev/null || true)" = "$checksum" ]; do
+      sleep 5 &
+      wait "$!" || true
+      kill -0 "$scheduler" 2>/dev/null || break 2
+    done
+    delay=5
+  else
+    if [ $((SECONDS - scaler_started)) -ge 300 ]; then delay=5; fi
+    echo "the scaler exited with status $status; starting it again in $delay s" >&2
+    sleep "$delay" &
+    wait "$!" || true
+    delay=$((delay * 2 > 300 ? 300 : delay * 2))
+  fi
   start_scaler
 done
 stop

@@ -1,5 +1,5 @@
 #!/bin/bash
-# shellcheck disable=SC2016  # quoted values hold $ and ` literally, on purpose
+# shellcheck disable=SC2016,SC1003,SC1090,SC1091  # quoted values hold $, ` and \ literally, on purpose; a prologue may source files only the site has
 # One Dask worker of deployment "climate". The scaler submits this script with
 # qsub; do not submit it by hand unless you want the scaler to adopt the job as its own.
 # Rendered by dask-deploy 0.1.0.
@@ -8,12 +8,16 @@
 # scheduler retired. Near its walltime the scaler retires it through the scheduler (its data
 # moves to other workers) at the latest 600 s before the end; as a backstop it retires itself
 # 120-240 s before the walltime (--lifetime). It exits when the scheduler is unreachable for 120 s.
+# A SIGTERM from outside makes it hand its data over through the scheduler first
+# (dask_deploy.worker_preload). Grid Engine's qdel and h_rt send SIGKILL, which nothing can
+# answer, unless the queue's terminate_method is SIGTERM (qconf -mq); the scaler's own
+# scale-down and the walltime handover above retire through the scheduler before qdel.
 #$ -N climate-worker
 #$ -S /bin/bash
 #$ -A proj-42
 #$ -l h_rt=4:00:00
 #$ -j y
-#$ -o climate-worker-$JOB_ID.log
+#$ -o /scratch/climate/logs/climate-worker-$JOB_ID.log
 #$ -wd /scratch/climate/dask
 #$ -pe threads 8
 #$ -l h_vmem=4000M
@@ -23,16 +27,26 @@
 #$ -R y
 set -euo pipefail
 
+# Prologue (sge.prologue): the site's own setup, before anything else.
+module load python/3.11
 # The Python environment every process runs from.
 export VIRTUAL_ENV=/shared/envs/dask
 export PATH="$VIRTUAL_ENV/bin:$PATH"
 export OMP_NUM_THREADS=1
 exec python3.11 -m dask worker \
   --name "$JOB_ID" \
+  --interface ib0 \
+  --no-dashboard \
+  --local-directory "$TMPDIR/dask" \
   --nthreads 8 \
   --memory-limit 32000MiB \
   --lifetime 14220s \
   --lifetime-stagger 60s \
   --death-timeout 120s \
+  --preload-nanny dask_deploy.worker_preload \
+  --preload dask_deploy.worker_preload \
+  --tls-ca-file ../climate-tls/ca.pem \
+  --tls-cert ../climate-tls/tls.crt \
+  --tls-key ../climate-tls/tls.key \
   --resources GPU=1 \
-  --scheduler-file scheduler.json
+  --scheduler-file climate-scheduler.json

@@ -1,0 +1,54 @@
+"""The shared services a test run started (dockerd, the HTCondor pool, SLURM, Grid Engine, the
+sshd servers), stopped once, when the whole run ends.
+
+A session fixture that starts one of them records here how to stop it instead of stopping it
+in its own teardown. Under xdist every worker has its own session, and one service may serve
+several groups (the Docker engine runs the docker group's containers and the HTCondor pool):
+the worker that happened to start it must not stop it while another worker still runs tests on
+it. Each worker hands its records to the controller, which stops everything after the last
+worker ended; a run in one process stops them at its own end. A service that was already
+running before the run is never recorded, so it is left as it was.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: The pool runs in the Docker engine, so it goes first; the others are independent.
+STOP_ORDER = ("htcondor-down.sh", "docker-down.sh", "slurm-down.sh", "sge-down.sh", "sshd-down.sh")
+
+#: down script -> its arguments (hosts for sshd-down.sh); filled by the session fixtures.
+STARTED: dict[str, list[str]] = {}
+
+
+def stop_at_end(script: str, *args: str) -> None:
+    """Have the end of the run call ``scripts/<script> args...``."""
+    recorded = STARTED.setdefault(script, [])
+    recorded.extend(arg for arg in args if arg not in recorded)
+
+
+def merge(started: dict[str, list[str]]) -> None:
+    """Add a worker's records (``workeroutput``) to this process's."""
+    for script, args in started.items():
+        stop_at_end(script, *args)
+
+
+def stop_started() -> list[str]:
+    """Stop what the run started, pool before engine; returns one line per script run."""
+    said = []
+    scripts = sorted(STARTED, key=lambda s: STOP_ORDER.index(s) if s in STOP_ORDER else 99)
+    for script in scripts:
+        args = STARTED.pop(script)
+        done = subprocess.run(
+            [str(REPO / "scripts" / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        outcome = "ok" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-300:]}"
+        said.append(f"scripts/{script} {' '.join(args)}".rstrip() + f": {outcome}")
+    return said
