@@ -65,6 +65,7 @@ HOLD = 1.5
 OUTAGE_CALLS = 12
 TIMEOUT = 60.0
 HELD_RESULTS = 8
+HOLD_ATTEMPTS = 5
 #: The scaler's RPC connect timeout (dask_deploy.observe): a tick waits this long for a scheduler.
 SCHEDULER_CONNECT_TIMEOUT = 10.0
 
@@ -224,8 +225,30 @@ class Cluster:
         self._submit([None] * count)
 
     def hold_one_on_each_worker(self) -> None:
-        """A held result on every connected worker, so whichever is retired holds one."""
-        self._submit(list(self.workers().values()))
+        """A held result on every connected worker, so whichever is retired holds one.
+
+        The restriction is loose (a result must be recomputed elsewhere when its worker is
+        killed), so the scheduler may run one on another worker, e.g. one not running at that
+        moment: submit again for any worker left without a result.
+        """
+        for _ in range(HOLD_ATTEMPTS):
+            holders = self.holders()
+            missing = [address for name, address in self.workers().items() if name not in holders]
+            if not missing:
+                return
+            self._submit(missing)
+        assert self.client is not None
+        statuses = {name: self._status(address) for name, address in self.workers().items()}
+        who_has = self.client.who_has(list(self.held.values()))
+        raise AssertionError(
+            f"no held result on some worker after {HOLD_ATTEMPTS} submissions: "
+            f"statuses {statuses}, who_has {who_has}\n{self.logs()}"
+        )
+
+    def _status(self, address: str) -> str:
+        assert self.client is not None
+        info = self.client.sync(self.client.scheduler.identity)["workers"]
+        return str(info.get(address, {}).get("status", "gone"))
 
     def _submit(self, addresses: list[str | None]) -> None:
         assert self.client is not None
