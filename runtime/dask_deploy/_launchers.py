@@ -222,10 +222,22 @@ class SlurmLauncher(TemplatedLauncher):
 
 
 def compose_program() -> list[str]:
-    """``docker compose`` (the plugin) when it is there, else Debian's ``docker-compose``."""
+    """Debian's ``docker-compose`` when it is installed, else ``docker compose`` (the plugin).
+
+    Docker Engine alone (Debian's docker.io) has neither: say so, rather than let ``docker``
+    answer "unknown flag: --project-name".
+    """
     if shutil.which("docker-compose") is not None:
         return ["docker-compose"]
-    return ["docker", "compose"]
+    if shutil.which("docker") is not None:
+        plugin = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+        if plugin.returncode == 0:
+            return ["docker", "compose"]
+    raise CommandError(
+        "the docker backend runs Docker Compose, and neither `docker compose` (the Compose "
+        "plugin) nor `docker-compose` is installed here; install one (on Debian: "
+        "apt-get install docker-compose)"
+    )
 
 
 def compose_command(name: str, compose_file: Path, *action: str) -> list[str]:
@@ -254,6 +266,7 @@ class DockerLauncher(TemplatedLauncher):
     backend = "docker"
 
     def launch(self, record: Any, timeout: float) -> str:
+        compose_program()  # no Compose installed: say so before anything is written
         manifests = self.write(record.path)
         scheduler = self.resolved.values["scheduler"]
         tls = self.resolved.values["tls"]["enabled"]

@@ -17,7 +17,7 @@ from distributed import Client
 
 from cluster_support import state_root
 from dask_deploy import DeployCluster
-from docker_support import containers, deployment_logs
+from docker_support import containers, deployment_logs, docker_compose
 from process_support import free_port, wait_for
 
 __all__ = ["state_root"]  # the fixture
@@ -34,6 +34,7 @@ pytestmark = [
 def test_deploy_cluster_on_docker_computes_scales_and_closes_cleanly(
     docker_images: dict[str, str], state_root: Path
 ) -> None:
+    docker_compose()  # the launcher runs Compose; Docker Engine alone (docker.io) has none
     name = f"api{time.time_ns() % 10**8}"
     settings = {
         "scheduler.port": free_port(),
