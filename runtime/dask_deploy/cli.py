@@ -67,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except UserInputError as error:
         print(f"dask-deploy {args.command}: error: {error}", file=sys.stderr)
+        for note in getattr(error, "__notes__", ()):
+            print(f"dask-deploy {args.command}: {note}", file=sys.stderr)
         return error.exit_code
     except ModuleNotFoundError as error:
         missing = explain_missing(error)

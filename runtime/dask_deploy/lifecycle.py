@@ -474,8 +474,11 @@ def up(
     record.save()
     try:
         launcher.launch(record, timeout)
-    except BaseException:
-        stopper(backend)(record)
+    except BaseException as failed:
+        try:
+            stopper(backend)(record)
+        except Exception as cleanup:  # the launch's error is what the user must see
+            failed.add_note(f"then stopping what was started failed too: {cleanup}")
         _forget(record)
         raise
     return record
