@@ -81,11 +81,39 @@ async def test_a_failing_start_logs_one_line_and_does_not_raise(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ours = backend(tmp_path, start=["sh", "-c", "echo quota exceeded >&2; exit 4"])
-    await ours.scale_up(3)
+    for _ in range(3):  # three ticks, failing alike
+        await ours.scale_up(3)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
         "starting d-worker-0 failed: `sh -c 'echo quota exceeded >&2; exit 4' d-worker-0` "
         "exited 4: quota exceeded"
+    ]
+
+
+async def test_a_start_failure_is_logged_again_once_it_changes_or_after_a_success(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    script = tmp_path / "start.sh"
+    ours = backend(tmp_path, start=["sh", str(script)])
+    started = backend(tmp_path).settings.start  # the fake's working start command
+
+    def start_says(text: str) -> None:
+        script.write_text(f"echo {text} >&2; exit 4\n")
+
+    start_says("quota exceeded")
+    await ours.scale_up(1)
+    await ours.scale_up(1)
+    start_says("no such image")
+    await ours.scale_up(1)
+    script.write_text(" ".join(f"'{a}'" for a in started) + ' "$@"\n')
+    await ours.scale_up(1)  # started: the failure is over
+    start_says("no such image")
+    await ours.scale_up(2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w.rsplit(": ", 1)[1] for w in warnings] == [
+        "quota exceeded",
+        "no such image",
+        "no such image",
     ]
 
 

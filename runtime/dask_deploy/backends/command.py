@@ -176,6 +176,9 @@ class CommandBackend:
         self.runner = runner
         #: When each name was first started or seen: ``list`` reports no request time.
         self._requested_at: dict[str, float] = {}
+        #: The last start failure, the worker's name taken out: a start failing alike on
+        #: every tick (a quota, a broken script) is logged once, until it changes or succeeds.
+        self._start_failure: str | None = None
 
     async def _listed(self) -> dict[str, InstanceState]:
         text = await self.runner.run(self.settings.list, self.settings.list_timeout)
@@ -201,8 +204,12 @@ class CommandBackend:
                     [*self.settings.start, name], self.settings.start_timeout
                 )
             except CommandFailed as error:
-                logger.warning("starting %s failed: %s", name, error)
+                failure = str(error).replace(name, "{name}")
+                if failure != self._start_failure:
+                    logger.warning("starting %s failed: %s", name, error)
+                self._start_failure = failure
                 return  # the rest would most likely fail alike; the next tick asks again
+            self._start_failure = None
             printed = said.strip().splitlines()
             logger.info("started %s%s", name, f" (id {printed[-1]})" if printed else "")
 

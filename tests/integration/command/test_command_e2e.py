@@ -147,6 +147,7 @@ async def test_a_failing_start_command_is_one_line_and_the_scaler_keeps_running(
         await scaler.wait_ticks(6)
         text = scaler.text()
         assert "starting dask-worker-0 failed: `sh -c" in text and "exited 3: no quota" in text
+        assert text.count("exited 3: no quota") == 1, "the same failure logged again"
         assert scaler.process is not None and scaler.process.poll() is None
         assert "Traceback" not in text
     finally:
