@@ -68,6 +68,12 @@ def test_deploy_cluster_on_docker_computes_scales_and_closes_cleanly(
             client.gather(futures)
             assert client.submit(operator.mul, 6, 7).result() == 42
             del futures
+            wait_for(
+                "idle: every worker retired and its container removed",
+                lambda: not cluster.scheduler_info["workers"] and not containers(name, "worker"),
+                timeout=120,
+                logs=lambda: deployment_logs(name),
+            )
             cluster.scale(1)
             wait_for(
                 "the scaler kept exactly one worker container",

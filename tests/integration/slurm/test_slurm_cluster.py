@@ -38,6 +38,14 @@ def live_jobs(name: str) -> list[tuple[str, str, str]]:
                   "--states=PENDING,CONFIGURING,RUNNING,COMPLETING")  # fmt: skip
 
 
+def worker_job_ids(name: str) -> set[str]:
+    return {job_id for job_id, job_name, _ in live_jobs(name) if job_name == f"{name}-worker"}
+
+
+def connected_names(cluster: DeployCluster) -> set[str]:
+    return {str(w["name"]) for w in cluster.scheduler_info["workers"].values()}
+
+
 def logs_of(cluster: DeployCluster) -> str:
     folder = Path(cluster.record.folder) / f"{cluster.name}-logs"  # slurm.log_directory
     return "\n".join(
@@ -62,10 +70,13 @@ def test_deploy_cluster_on_slurm_computes_scales_and_closes_cleanly(
                 return x + 1
 
             futures = client.map(slow, range(12))
-            assert sum(client.gather(futures)) == sum(range(1, 13))
-            assert wait_for(
-                "a worker job ran", lambda: cluster.scaler_status(), logs=lambda: logs_of(cluster)
+            wait_for(
+                "a worker job connects, named by its job id",
+                lambda: connected_names(cluster) & worker_job_ids(name),
+                timeout=120,
+                logs=lambda: logs_of(cluster),
             )
+            assert sum(client.gather(futures)) == sum(range(1, 13))
             del futures
             wait_for(
                 "the idle worker jobs were retired and cancelled",
@@ -110,8 +121,7 @@ def test_up_status_down_on_slurm(slurm: Slurm, state_root: Path, tmp_path: Path)
                     lambda: (s := status())["workers"] and s, timeout=120)  # fmt: skip
     workers = [w["name"] for w in seen["workers"]]  # type: ignore[attr-defined]
     assert len(workers) == 1
-    job_ids = {job_id for job_id, job_name, _ in live_jobs(name) if job_name == f"{name}-worker"}
-    assert set(workers) == job_ids  # each worker is named by its job id
+    assert set(workers) == worker_job_ids(name)  # each worker is named by its job id
     assert seen["instances"] == [{"name": workers[0], "state": "running"}], seen
     text = dask_deploy("status", name)
     assert f"instances   1: {workers[0]} running" in text.stdout, text.stdout
