@@ -31,6 +31,9 @@ POOL_PYTHON_BIN = "/opt/dask/bin"
 #: dask_deploy of this checkout, for the pool's workers (their PYTHONPATH): the worker jobs load
 #: dask_deploy.worker_preload, as a site's worker environment would have it installed.
 WORKER_SITE = STATE / "share" / "dask-deploy-site"
+#: The uid the pool's jobs run as (scripts/htcondor-up.sh): the host user's, or 2742 for root,
+#: whose jobs HTCondor refuses.
+SUBMITTER_UID = os.getuid() or 2742
 
 
 @dataclass(frozen=True)

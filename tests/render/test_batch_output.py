@@ -3,6 +3,7 @@ default with certificates generated into a private folder, the prologue, where t
 and the workers listen, the spill folder, and the log folder outside the rendered one.
 
 Each test runs for every family; FAMILIES says how a family spells a directive and its job id.
+HTCondor's scheduler.sh (no job: it runs on the submit host) shares the TLS and log-folder parts.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ FAMILIES = [
     Family("lsf", "#BSUB ", "-o ", "%J"),
 ]
 EACH_FAMILY = pytest.mark.parametrize("family", FAMILIES, ids=str)
+#: The script that starts the scheduler, per backend that generates its TLS files.
+SCHEDULER_SCRIPTS = {
+    **{f.backend: "scheduler-job.sh" for f in FAMILIES},
+    "htcondor": "scheduler.sh",
+}
+EACH_TLS_BACKEND = pytest.mark.parametrize("backend", sorted(SCHEDULER_SCRIPTS))
 
 
 def command_args(script: str, marker: str) -> list[str]:
@@ -62,16 +69,16 @@ def option(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
-def scenario(family: Family, name: str) -> Path:
-    return REPO / "tests" / "scenarios" / family.backend / f"{name}-values.yaml"
+def scenario(backend: str, name: str) -> Path:
+    return REPO / "tests" / "scenarios" / backend / f"{name}-values.yaml"
 
 
-@EACH_FAMILY
+@EACH_TLS_BACKEND
 def test_tls_is_on_by_default_with_certificates_generated_into_a_private_folder(
-    render_scenario: RenderScenario, family: Family, tmp_path: Path
+    render_scenario: RenderScenario, backend: str, tmp_path: Path
 ) -> None:
-    out = render_scenario(family.backend, scenario(family, "defaults"), tmp_path)
-    script = (out / "scheduler-job.sh").read_text()
+    out = render_scenario(backend, scenario(backend, "defaults"), tmp_path)
+    script = (out / SCHEDULER_SCRIPTS[backend]).read_text()
     scheduler = command_args(script, "dask scheduler")
     worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
     assert option(scheduler, "--protocol") == "tls"
@@ -106,12 +113,12 @@ def test_tls_is_on_by_default_with_certificates_generated_into_a_private_folder(
     assert verified.returncode == 0, verified.stderr.decode()
 
 
-@EACH_FAMILY
+@EACH_TLS_BACKEND
 def test_given_certificates_are_used_everywhere_and_never_inlined(
-    render_scenario: RenderScenario, family: Family, tmp_path: Path
+    render_scenario: RenderScenario, backend: str, tmp_path: Path
 ) -> None:
-    out = render_scenario(family.backend, scenario(family, "tls"), tmp_path)
-    scheduler_script = (out / "scheduler-job.sh").read_text()
+    out = render_scenario(backend, scenario(backend, "tls"), tmp_path)
+    scheduler_script = (out / SCHEDULER_SCRIPTS[backend]).read_text()
     assert "openssl" not in scheduler_script  # tls.generate: false
     scheduler = command_args(scheduler_script, "dask scheduler")
     worker = command_args((out / "worker-job.sh").read_text(), "dask worker")
@@ -202,6 +209,32 @@ def test_every_job_writes_its_output_into_the_log_folder(
     assert '>>"$log_dir/dask-scaler-' in scaler_line and '.log" 2>&1' in scaler_line
     # Nothing a job writes lands in the rendered folder.
     assert "../dask-logs" not in (out / "scaler-config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("log_directory", "expected"), [(None, "../dask-logs"), ("/scratch/me/logs", None)]
+)
+def test_htcondor_jobs_scheduler_and_scaler_write_into_the_log_folder(
+    render_scenario: RenderScenario, log_directory: str | None, expected: str | None, tmp_path: Path
+) -> None:
+    folder = expected or str(log_directory)
+    out = render_scenario("htcondor", {"htcondor": {"log_directory": log_directory}}, tmp_path)
+    submit = dict(
+        line.split(" = ", 1)
+        for line in (out / "worker.sub").read_text().splitlines()
+        if " = " in line
+    )
+    job_log = f"{folder}/dask-worker-$(ClusterId).$(ProcId).log"
+    assert (submit["output"], submit["error"]) == (job_log, job_log)
+    assert submit["log"] == f"{folder}/dask-worker.events"
+    # scheduler.sh makes the folder before anything is submitted, and writes its (and the
+    # scaler's) output there from its first command on.
+    lines = (out / "scheduler.sh").read_text().splitlines()
+    made = lines.index('mkdir -p "$log_dir"')
+    assert lines[made - 1] == f"log_dir={folder}"
+    assert lines[made + 1] == 'exec >>"$log_dir/dask-scheduler.log" 2>&1'
+    assert made < next(i for i, line in enumerate(lines) if "dask_deploy.cli scale" in line)
+    assert made < next(i for i, line in enumerate(lines) if line.startswith("tls_dir="))
 
 
 @EACH_FAMILY

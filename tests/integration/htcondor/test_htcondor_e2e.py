@@ -4,6 +4,10 @@ scheduler.sh runs the scheduler and the scaler on the submit host (here: this ma
 condor_* shims on PATH); the scaler submits worker.sub, whose Dask workers run in the pool's
 execute slot (inside the pool container, from the distributed installed in its image) and are
 named by their job ids $(ClusterId).$(ProcId). Timings are short through the values.
+
+scheduler.sh runs as root here and the jobs as the pool's submitting user, so the log folder is
+made writable by everyone first; TLS is off but in the TLS test, whose certificates are put where
+scheduler.sh would generate them, owned by that user (as yours would be: see the README).
 """
 
 from __future__ import annotations
@@ -24,8 +28,14 @@ import pytest
 import yaml
 from distributed import Client
 
-from htcondor_support import POOL_PYTHON_BIN, WORKER_SITE, HTCondor
+from htcondor_support import POOL_PYTHON_BIN, SUBMITTER_UID, WORKER_SITE, HTCondor
 from process_support import wait_for
+from tls_support import (
+    Certificates,
+    assert_only_certified_clients_get_in,
+    client_security,
+    make_certificates,
+)
 
 pytestmark = pytest.mark.htcondor
 VENV = Path(sys.executable).parent.parent
@@ -40,6 +50,15 @@ class Deployment:
     name: str
     folder: Path
     scheduler: subprocess.Popen[bytes]
+    certificates: Certificates | None = None
+
+    @property
+    def log_folder(self) -> Path:
+        return self.folder.parent / f"{self.name}-logs"  # htcondor.log_directory's default
+
+    @property
+    def scheduler_log(self) -> Path:
+        return self.log_folder / f"{self.name}-scheduler.log"
 
     @property
     def scope(self) -> str:
@@ -64,7 +83,7 @@ class Deployment:
     def logs(self) -> str:
         return "\n".join(
             f"----- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
-            for log in sorted(self.folder.glob("*.log"))
+            for log in sorted([*self.folder.glob("*.log"), *self.log_folder.glob("*.log")])
         )
 
 
@@ -72,8 +91,9 @@ def worker_names(client: Client) -> set[str]:
     return {str(w["name"]) for w in client.scheduler_info()["workers"].values()}
 
 
-def values(name: str, scaler: dict[str, Any]) -> dict[str, Any]:
-    """A deployment on 127.0.0.1: scheduler and scaler from this venv, workers from the pool's."""
+def values(name: str, scaler: dict[str, Any], tls: bool) -> dict[str, Any]:
+    """A deployment on 127.0.0.1: scheduler and scaler from this venv, workers from the pool's;
+    TLS as by default (``tls``) or off."""
     return {
         "deployment": name,
         "python": {"executable": "python3"},
@@ -93,6 +113,7 @@ def values(name: str, scaler: dict[str, Any]) -> dict[str, Any]:
             "cleanup_on_exit": True,
             **scaler,
         },
+        **({} if tls else {"tls": {"enabled": False}}),
     }
 
 
@@ -102,7 +123,18 @@ def deployment(htcondor: HTCondor, request: pytest.FixtureRequest) -> Iterator[D
     folder = htcondor.share / name
     values_file = htcondor.share / f"{name}-values.yaml"
     scaler = {"minimum": 1, "maximum": 3, "scale_down_window": 4, "startup_timeout": 120}
-    values_file.write_text(yaml.safe_dump(values(name, scaler | getattr(request, "param", {}))))
+    asked = dict(getattr(request, "param", {}))
+    tls = bool(asked.pop("tls", False))
+    values_file.write_text(yaml.safe_dump(values(name, scaler | asked, tls)))
+    log_folder = htcondor.share / f"{name}-logs"
+    log_folder.mkdir()
+    log_folder.chmod(0o777)  # the jobs write their output here (mkdir -p leaves it so)
+    certificates = None
+    if tls:  # where scheduler.sh generates them, which it then keeps: readable by the jobs' user
+        tls_folder = htcondor.share / f"{name}-tls"
+        certificates = make_certificates(tls_folder, ca="ca.pem", cert="tls.crt", key="tls.key")
+        for path in (tls_folder, *tls_folder.iterdir()):
+            os.chown(path, SUBMITTER_UID, -1)
     rendered = subprocess.run(
         [
             *(str(VENV / "bin" / "dask-deploy"), "render", "--backend", "htcondor"),
@@ -123,7 +155,7 @@ def deployment(htcondor: HTCondor, request: pytest.FixtureRequest) -> Iterator[D
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deployed = Deployment(name, folder, scheduler)
+    deployed = Deployment(name, folder, scheduler, certificates)
     try:
         yield deployed
     finally:
@@ -136,14 +168,17 @@ def deployment(htcondor: HTCondor, request: pytest.FixtureRequest) -> Iterator[D
         subprocess.run(["condor_rm", "-constraint", deployed.scope], capture_output=True)
         print(deployed.logs())
         print(htcondor.log_tails())
-        shutil.rmtree(folder, ignore_errors=True)
+        for leftover in ("", "-logs", "-tls"):
+            shutil.rmtree(htcondor.share / f"{name}{leftover}", ignore_errors=True)
+        shutil.rmtree(htcondor.share / f".{name}-tls-ca", ignore_errors=True)
         values_file.unlink(missing_ok=True)
 
 
 def connect(deployment: Deployment) -> Client:
     scheduler_file = deployment.folder / f"{deployment.name}-scheduler.json"
     wait_for(f"scheduler.sh writes {scheduler_file}", scheduler_file.exists, 60, deployment.logs)
-    return Client(scheduler_file=str(scheduler_file), timeout="30s")
+    security = client_security(deployment.certificates) if deployment.certificates else None
+    return Client(scheduler_file=str(scheduler_file), security=security, timeout="30s")
 
 
 def burst(client: Client, seconds: int) -> tuple[list[Any], list[Any]]:
@@ -243,5 +278,25 @@ def test_a_held_job_is_replaced_and_its_hold_reason_logged(deployment: Deploymen
             60,
             deployment.logs,
         )
-        log = (deployment.folder / "scheduler.log").read_text()
+        log = deployment.scheduler_log.read_text()
         assert f"job {victim_id} held by HTCondor: disk quota exceeded (test)" in log
+
+
+@pytest.mark.parametrize("deployment", [{"tls": True}], indirect=True)
+def test_with_tls_by_default_workers_join_over_tls_and_a_client_without_it_is_refused(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    assert deployment.certificates is not None
+    with connect(deployment) as client:
+        address = client.scheduler.address
+        assert address.startswith("tls://127.0.0.1:"), address
+        joined = wait_for(
+            "the minimum worker joins over TLS",
+            lambda: {a: w["name"] for a, w in client.scheduler_info()["workers"].items()},
+            120,
+            deployment.logs,
+        )
+        assert all(a.startswith("tls://") for a in joined), joined
+        assert set(map(str, joined.values())) <= set(deployment.live_jobs())
+        assert client.submit(sum, [1, 2, 3]).result() == 6
+    assert_only_certified_clients_get_in(address, deployment.certificates, tmp_path)

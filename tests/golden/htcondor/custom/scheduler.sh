@@ -2,8 +2,9 @@
 # Dask scheduler and its scaler for deployment "physics", on the submit host.
 # Rendered by dask-deploy 0.1.0. Run it from the folder it was rendered into, which the
 # execute nodes must see (they read the scheduler file there), and keep it running:
-#   nohup ./scheduler.sh > physics-scheduler.log 2>&1 &
-# Clients connect with Client(scheduler_file="physics-scheduler.json"); the scaler
+#   nohup ./scheduler.sh >/dev/null 2>&1 &
+# It writes its log, and the scaler's, to ../physics-logs/physics-scheduler.log.
+# Clients connect with Client(scheduler_file="physics-scheduler.json") and the TLS files (README.md); the scaler
 # submits worker.sub as the load asks and removes exactly the workers the scheduler retired.
 # It runs here, not in a job, because condor_submit/condor_q/condor_rm need the schedd of a
 # submit host, which an execute slot usually cannot reach.
@@ -14,6 +15,31 @@ export VIRTUAL_ENV=/shared/envs/dask
 export PATH="$VIRTUAL_ENV/bin:$PATH"
 export DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False
 cd "$(dirname "$0")"
+# Every log goes to the log folder (htcondor.log_directory): this script's and the scaler's here,
+# the worker jobs' there too (worker.sub), so it must exist before the first submit.
+log_dir=../physics-logs
+mkdir -p "$log_dir"
+exec >>"$log_dir/physics-scheduler.log" 2>&1
+
+# This deployment's own CA, certificate and key (tls.generate), made once and readable by you
+# alone: only clients given these files get in. The CA's key is deleted once it has signed.
+tls_dir=../physics-tls
+if [ ! -s "$tls_dir/tls.key" ]; then
+  (
+    umask 077
+    mkdir -p "$tls_dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=dask-deploy physics CA" \
+      -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.pem"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=dask-deploy physics" \
+      -keyout "$tls_dir/tls.key" -out "$tls_dir/tls.csr"
+    printf 'extendedKeyUsage=serverAuth,clientAuth\n' >"$tls_dir/tls.ext"
+    openssl x509 -req -in "$tls_dir/tls.csr" -CA "$tls_dir/ca.pem" -CAkey "$tls_dir/ca.key" \
+      -CAcreateserial -days 365 -extfile "$tls_dir/tls.ext" -out "$tls_dir/tls.crt"
+    rm -f "$tls_dir/ca.key" "$tls_dir/ca.srl" "$tls_dir/tls.csr" "$tls_dir/tls.ext"
+  )
+fi
+chmod 0700 "$tls_dir"
+
 scheduler_file=physics-scheduler.json
 # A file left by an earlier run would send workers and clients to a scheduler that is gone.
 rm -f "$scheduler_file"
@@ -21,7 +47,11 @@ rm -f "$scheduler_file"
 python3.11 -m dask scheduler \
   --port 8786 \
   --preload dask_deploy.scheduler_preload \
+  --protocol tls \
   --no-dashboard \
+  --tls-ca-file ../physics-tls/ca.pem \
+  --tls-cert ../physics-tls/tls.crt \
+  --tls-key ../physics-tls/tls.key \
   --idle-timeout 3600 \
   --scheduler-file "$scheduler_file" &
 scheduler=$!
@@ -35,7 +65,7 @@ done
 [ -s "$scheduler_file" ] || { echo "no $scheduler_file after 120 s" >&2; kill "$scheduler"; exit 1; }
 
 # The scaler runs here, beside scaler-config.yaml and worker.sub; its output goes where this
-# script's goes.
+# script's goes (the log folder).
 rendered=$PWD
 start_scaler() {
   python3.11 -m dask_deploy.cli scale --config scaler-config.yaml &

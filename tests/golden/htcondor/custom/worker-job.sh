@@ -20,5 +20,8 @@ exec python3.11 -m dask worker \
   --death-timeout 120s \
   --preload-nanny dask_deploy.worker_preload \
   --preload dask_deploy.worker_preload \
+  --tls-ca-file ../physics-tls/ca.pem \
+  --tls-cert ../physics-tls/tls.crt \
+  --tls-key ../physics-tls/tls.key \
   --resources GPU=1 \
   --scheduler-file physics-scheduler.json

@@ -14,4 +14,7 @@ exec python3 -m dask worker \
   --death-timeout 60s \
   --preload-nanny dask_deploy.worker_preload \
   --preload dask_deploy.worker_preload \
+  --tls-ca-file ../dask-tls/ca.pem \
+  --tls-cert ../dask-tls/tls.crt \
+  --tls-key ../dask-tls/tls.key \
   --scheduler-file dask-scheduler.json

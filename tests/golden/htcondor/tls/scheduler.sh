@@ -2,14 +2,21 @@
 # Dask scheduler and its scaler for deployment "secure", on the submit host.
 # Rendered by dask-deploy 0.1.0. Run it from the folder it was rendered into, which the
 # execute nodes must see (they read the scheduler file there), and keep it running:
-#   nohup ./scheduler.sh > secure-scheduler.log 2>&1 &
-# Clients connect with Client(scheduler_file="secure-scheduler.json"); the scaler
+#   nohup ./scheduler.sh >/dev/null 2>&1 &
+# It writes its log, and the scaler's, to ../secure-logs/secure-scheduler.log.
+# Clients connect with Client(scheduler_file="secure-scheduler.json") and the TLS files (README.md); the scaler
 # submits worker.sub as the load asks and removes exactly the workers the scheduler retired.
 # It runs here, not in a job, because condor_submit/condor_q/condor_rm need the schedd of a
 # submit host, which an execute slot usually cannot reach.
 set -euo pipefail
 
 cd "$(dirname "$0")"
+# Every log goes to the log folder (htcondor.log_directory): this script's and the scaler's here,
+# the worker jobs' there too (worker.sub), so it must exist before the first submit.
+log_dir=../secure-logs
+mkdir -p "$log_dir"
+exec >>"$log_dir/secure-scheduler.log" 2>&1
+
 scheduler_file=secure-scheduler.json
 # A file left by an earlier run would send workers and clients to a scheduler that is gone.
 rm -f "$scheduler_file"
@@ -34,7 +41,7 @@ done
 [ -s "$scheduler_file" ] || { echo "no $scheduler_file after 120 s" >&2; kill "$scheduler"; exit 1; }
 
 # The scaler runs here, beside scaler-config.yaml and worker.sub; its output goes where this
-# script's goes.
+# script's goes (the log folder).
 rendered=$PWD
 start_scaler() {
   python3 -m dask_deploy.cli scale --config scaler-config.yaml &
