@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,3 +31,15 @@ def render_with_settings(
         text=True,
         check=False,
     )
+
+
+def command_args(script: str, marker: str) -> list[str]:
+    """The words of the (backslash-continued) command line that contains ``marker``."""
+    joined = script.replace("\\\n", " ")
+    line = next(line for line in joined.splitlines() if marker in line)
+    return shlex.split(line.rstrip(" &"))
+
+
+def option(args: list[str], name: str) -> str:
+    """The value that follows option ``name`` in ``args``."""
+    return args[args.index(name) + 1]

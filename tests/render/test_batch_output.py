@@ -8,7 +8,6 @@ HTCondor's scheduler.sh (no job: it runs on the submit host) shares the TLS and 
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import yaml
 
 from dask_deploy.render import render
 from dask_deploy.values import resolve_values
+from render_support import command_args, option
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,17 +56,6 @@ SCHEDULER_SCRIPTS = {
     "htcondor": "scheduler.sh",
 }
 EACH_TLS_BACKEND = pytest.mark.parametrize("backend", sorted(SCHEDULER_SCRIPTS))
-
-
-def command_args(script: str, marker: str) -> list[str]:
-    """The words of the (backslash-continued) command line that contains ``marker``."""
-    joined = script.replace("\\\n", " ")
-    line = next(line for line in joined.splitlines() if marker in line)
-    return shlex.split(line.rstrip(" &"))
-
-
-def option(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
 
 
 def scenario(backend: str, name: str) -> Path:

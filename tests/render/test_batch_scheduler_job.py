@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from process_support import wait_for
+from render_support import command_args, option
 
 RenderScenario = Callable[[str, "Path | dict[str, object]", Path], Path]
 
@@ -53,17 +54,6 @@ FAMILIES = [
 JOBS = [family for family in FAMILIES if family.backend != "htcondor"]
 EACH = pytest.mark.parametrize("family", FAMILIES, ids=str)
 EACH_JOB = pytest.mark.parametrize("family", JOBS, ids=str)
-
-
-def command_args(script: str, marker: str) -> list[str]:
-    """The words of the (backslash-continued) command line that contains ``marker``."""
-    joined = script.replace("\\\n", " ")
-    line = next(line for line in joined.splitlines() if marker in line)
-    return shlex.split(line.rstrip(" &"))
-
-
-def option(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
 
 
 def assignment(script: str, name: str) -> str:

@@ -7,7 +7,6 @@ the walltime is spelt; FAMILIES lists them, and every test runs for each family'
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from render_support import command_args, option
 
 REPO = Path(__file__).resolve().parents[2]
 SHELLCHECK = Path(sys.executable).parent / "shellcheck"
@@ -73,17 +74,6 @@ def scenarios() -> list[tuple[Family, Path]]:
 SCENARIOS = pytest.mark.parametrize(
     ("family", "values"), scenarios(), ids=lambda v: v.backend if isinstance(v, Family) else v.name
 )
-
-
-def command_args(script: str, marker: str) -> list[str]:
-    """The words of the (backslash-continued) command line that contains ``marker``."""
-    joined = script.replace("\\\n", " ")
-    line = next(line for line in joined.splitlines() if marker in line)
-    return shlex.split(line.rstrip(" &"), posix=True)
-
-
-def option(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
 
 
 def seconds(text: str) -> int:

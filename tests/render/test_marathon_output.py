@@ -21,7 +21,7 @@ from dask_deploy.backends import BackendContext
 from dask_deploy.backends.marathon import load_settings
 from dask_deploy.config import parse_config
 from dask_deploy.testing.marathon import find_schemas
-from render_support import render_with_settings
+from render_support import option, render_with_settings
 
 pytestmark = pytest.mark.marathon
 
@@ -45,10 +45,6 @@ def apps(out: Path) -> dict[str, dict[str, Any]]:
 
 def words(app: dict[str, Any]) -> list[str]:
     return shlex.split(app["cmd"])
-
-
-def option(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
 
 
 @pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.name)

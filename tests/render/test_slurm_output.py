@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from render_support import command_args, option
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((REPO / "tests" / "scenarios" / "slurm").glob("*-values.yaml"))
@@ -27,17 +28,6 @@ def scenario(name: str) -> Path:
 def directives(script: str) -> list[str]:
     """The ``#SBATCH`` options of a job script, in order."""
     return [line.split(None, 1)[1] for line in script.splitlines() if line.startswith("#SBATCH ")]
-
-
-def command_args(script: str, marker: str) -> list[str]:
-    """The words of the (backslash-continued) command line that contains ``marker``."""
-    joined = script.replace("\\\n", " ")
-    line = next(line for line in joined.splitlines() if marker in line)
-    return shlex.split(line.rstrip(" &"))
-
-
-def option(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
 
 
 def seconds(text: str) -> int:

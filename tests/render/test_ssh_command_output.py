@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +14,7 @@ import yaml
 from dask_deploy.backends import BackendContext
 from dask_deploy.backends.command import load_settings as command_settings
 from dask_deploy.backends.ssh import load_settings as ssh_settings
-from render_support import render_with_settings
+from render_support import command_args, render_with_settings
 
 REPO = Path(__file__).resolve().parents[2]
 SHELLCHECK = Path(sys.executable).parent / "shellcheck"
@@ -26,13 +25,6 @@ SCENARIOS = sorted(
 )
 
 RenderScenario = Callable[[str, "Path | dict[str, Any]", Path], Path]
-
-
-def command_args(script: str, marker: str) -> list[str]:
-    """The words of the (backslash-continued) command line that contains ``marker``."""
-    joined = script.replace("\\\n", " ")
-    line = next(line for line in joined.splitlines() if marker in line)
-    return shlex.split(line.rstrip(" &"))
 
 
 def scaler_options(out: Path) -> dict[str, Any]:
