@@ -32,6 +32,7 @@ from dask_deploy.simulate.engine import ModelSettings, RunRecord
 from dask_deploy.simulate.metrics import compute_metrics
 from dask_deploy.simulate.trace import Trace, load_trace
 from harness import DISTRIBUTED_ADAPTIVE, HarnessSettings, PolicySpec, run_once
+from suite import fmt
 
 HERE = Path(__file__).parent
 DEFAULT_TRACES = ["bursty", "dependent", "long-unknown", "tiny", "memory", "ramp"]
@@ -77,14 +78,6 @@ def schedule(
 def median(values: list[float]) -> float:
     clean = [v for v in values if not math.isnan(v)]
     return statistics.median(clean) if clean else math.nan
-
-
-def fmt(value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    if float(value).is_integer() and abs(value) < 1000:
-        return str(int(value))
-    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
 
 
 def ratio(a: float, b: float) -> str:
