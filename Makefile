@@ -18,8 +18,9 @@ TAG ?=
 REGISTRY_PORT ?= 5000
 # The whole suite mostly waits (for SLURM, Docker, schedulers, workers), so more workers than
 # cores pay; the unit, render and fuzz tiers compute, so one worker per core. Tests that share
-# a SLURM, the project's images, the HTCondor pool, the sshd servers or Grid Engine keep to one
-# worker per group (xdist groups by marker, tests/conftest.py); the services a run started are
+# the project's images, the HTCondor pool, the sshd servers or Grid Engine keep to one worker per
+# group (xdist groups by marker, tests/conftest.py), each worker starts a SLURM of its own for
+# the SLURM and PBS tests (tests/slurm_support.py), and the services a run started are
 # stopped once the whole run ended (tests/service_support.py). TEST_WORKERS=0 runs the suite in
 # one process, one test after another.
 TEST_WORKERS ?= 4

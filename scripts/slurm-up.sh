@@ -43,7 +43,7 @@ fail() {
   log "FAILED: $*"
   show_logs
   # Leave nothing half-started behind (the logs stay).
-  DASK_DEPLOY_SLURM_LOCKED=1 "$here/slurm-down.sh" >/dev/null 2>&1 || true
+  DASK_DEPLOY_SLURM_LOCKED=1 "$here/slurm-down.sh" "$state" >/dev/null 2>&1 || true
   exit 1
 }
 
@@ -115,7 +115,7 @@ fi
 
 # Something is missing or the configuration changed: stop what we started, start afresh.
 # The daemons must not inherit the lock (fd 8), or the next slurm-down would wait forever.
-DASK_DEPLOY_SLURM_LOCKED=1 "$here/slurm-down.sh" >/dev/null 2>&1 || true
+DASK_DEPLOY_SLURM_LOCKED=1 "$here/slurm-down.sh" "$state" >/dev/null 2>&1 || true
 mv "$state/slurm.conf.new" "$conf"
 mkdir -p "$state/ctld" "$state/run" "$state/log" "$state/munge"
 for k in $(seq 1 "$nodes"); do mkdir -p "$state/spool/node$k"; done

@@ -1,9 +1,9 @@
 """Fixtures shared by several test folders, the xdist groups and the Hypothesis profiles.
 
 ``make test`` runs the suite on several xdist workers with ``--dist loadgroup``. Tests that
-share one thing of the machine (a SLURM, a Docker engine) are put in one xdist group here, by
-marker, so they run one after another on one worker while the rest of the suite runs beside
-them.
+share one thing of the machine (a Docker engine, a Grid Engine) are put in one xdist group here,
+by marker, so they run one after another on one worker while the rest of the suite runs beside
+them. SLURM is not shared: each worker starts its own.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from tally import TALLY, FaultRecord
 #: so a fault test on SLURM runs with the other SLURM tests. A new tier that uses an engine of
 #: its own (a Grid Engine, a registry, ...) adds its marker here and gets its own group.
 XDIST_GROUPS: dict[str, str] = {
-    # One SLURM (scripts/slurm-up.sh); a test sizes its jobs by the CPUs the others leave idle.
-    "slurm": "slurm",
-    # PBS runs slurm-wlm-torque's qsub/qstat/qdel on that same SLURM.
-    "pbs": "slurm",
+    # No group for "slurm" and "pbs" (slurm-wlm-torque's qsub/qstat/qdel on a SLURM): every
+    # worker starts a SLURM of its own (tests/slurm_support.py), which its one test at a time
+    # owns, so those tests spread over the workers.
     # The project's images on one Docker engine: built once, then the tests that run them, one
     # after another (test_publish removes and pulls back the images the others run).
     "docker": "docker",
@@ -63,9 +62,6 @@ settings.load_profile("ci")
 #: session fixture -> xdist group: the same groups for a test that uses the engine's fixture
 #: but forgot the marker (it would otherwise run beside the group's tests on the same engine).
 FIXTURE_GROUPS: dict[str, str] = {
-    "slurm": "slurm",
-    "other_user": "slurm",
-    "torque_commands": "slurm",
     "docker_engine": "docker",
     "docker_images": "docker",
     "sge": "sge",

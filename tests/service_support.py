@@ -13,12 +13,14 @@ running before the run is never recorded, so it is left as it was.
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: The pool runs in the Docker engine, so it goes first; the others are independent.
-STOP_ORDER = ("htcondor-down.sh", "docker-down.sh", "slurm-down.sh", "sge-down.sh", "sshd-down.sh")
+#: The pool runs in the Docker engine, so it is stopped first, then the engine; the other
+#: services are independent, so each chain is stopped beside the others.
+STOP_CHAINS = (("htcondor-down.sh", "docker-down.sh"),)
 
 #: down script -> its arguments (hosts for sshd-down.sh); filled by the session fixtures.
 STARTED: dict[str, list[str]] = {}
@@ -37,18 +39,27 @@ def merge(started: dict[str, list[str]]) -> None:
 
 
 def stop_started() -> list[str]:
-    """Stop what the run started, pool before engine; returns one line per script run."""
-    said = []
-    scripts = sorted(STARTED, key=lambda s: STOP_ORDER.index(s) if s in STOP_ORDER else 99)
-    for script in scripts:
-        args = STARTED.pop(script)
-        done = subprocess.run(
-            [str(REPO / "scripts" / script), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        outcome = "ok" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-300:]}"
-        said.append(f"scripts/{script} {' '.join(args)}".rstrip() + f": {outcome}")
-    return said
+    """Stop what the run started, pool before engine, the rest at the same time; returns one
+    line per script run, in the order they were run within each chain."""
+    started = dict(STARTED)
+    STARTED.clear()
+    chains: list[list[str]] = []
+    for chain in STOP_CHAINS:
+        chains.append([script for script in chain if script in started])
+    chained = {script for chain in STOP_CHAINS for script in chain}
+    chains += [[script] for script in sorted(started) if script not in chained]
+    with ThreadPoolExecutor(max_workers=max(1, len(chains))) as pool:
+        said = pool.map(lambda chain: [stop(script, started[script]) for script in chain], chains)
+        return [line for lines in said for line in lines]
+
+
+def stop(script: str, args: list[str]) -> str:
+    done = subprocess.run(
+        [str(REPO / "scripts" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    outcome = "ok" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-300:]}"
+    return f"scripts/{script} {' '.join(args)}".rstrip() + f": {outcome}"

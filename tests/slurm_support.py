@@ -4,6 +4,10 @@ The session fixture ``slurm`` (registered in tests/conftest.py) installs slurm-w
 when missing (so a fresh CI machine works), starts munged, slurmctld and several slurmd on
 127.0.0.1, and the end of the run stops them (tests/service_support.py). When SLURM cannot
 start, the test fails with the tail of SLURM's own logs.
+
+Every xdist worker gets a SLURM of its own (its folder and ports, see ``instance``): a worker
+runs one test at a time, so a SLURM test owns its SLURM while it runs (a full cluster, a stopped
+slurmctld) and the SLURM tests need no xdist group; they spread over the workers like the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +23,40 @@ import pytest
 from service_support import stop_at_end
 
 REPO = Path(__file__).resolve().parents[1]
-STATE = Path(os.environ.get("DASK_DEPLOY_SLURM_DIR", "/tmp/dask-deploy-slurm"))
+#: slurm-up.sh's defaults: a run in one process (``-n 0``) uses them as they are.
+DEFAULT_STATE = Path(os.environ.get("DASK_DEPLOY_SLURM_DIR", "/tmp/dask-deploy-slurm"))
+DEFAULT_PORT = int(os.environ.get("DASK_DEPLOY_SLURM_PORT", "16817"))
+#: Ports one SLURM takes from its controller's: the controller's and one per slurmd.
+PORTS_PER_SLURM = 10
+
+
+def instance() -> tuple[Path, int]:
+    """This process's SLURM: its folder and slurmctld port. The xdist worker gwN gets
+    ``<default folder>-gwN`` and the port PORTS_PER_SLURM * (N + 1) above the default."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return DEFAULT_STATE, DEFAULT_PORT
+    index = int(worker.removeprefix("gw"))
+    return Path(f"{DEFAULT_STATE}-{worker}"), DEFAULT_PORT + PORTS_PER_SLURM * (index + 1)
+
+
+STATE, PORT = instance()
+
+
+def slurm_up() -> list[str]:
+    """The command that starts (or restarts the controller of) this process's SLURM; run it
+    with ``slurm_up_env()``."""
+    return [str(REPO / "scripts" / "slurm-up.sh")]
+
+
+def slurm_up_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "DASK_DEPLOY_SLURM_DIR": str(STATE),
+        "DASK_DEPLOY_SLURM_PORT": str(PORT),
+    }
+
+
 #: A second Unix user for the tests of what one user may see of another's jobs.
 OTHER_USER = "dask-deploy-other"
 
@@ -44,7 +81,7 @@ class Slurm:
 def slurm() -> Iterator[Slurm]:
     """Start SLURM once per session; the run's end stops it unless it was already running."""
     started = subprocess.run(
-        [str(REPO / "scripts" / "slurm-up.sh")], capture_output=True, text=True, timeout=600
+        slurm_up(), env=slurm_up_env(), capture_output=True, text=True, timeout=600
     )
     if started.returncode != 0:
         pytest.fail(
@@ -53,7 +90,7 @@ def slurm() -> Iterator[Slurm]:
             pytrace=False,
         )
     if "already up" not in started.stderr:
-        stop_at_end("slurm-down.sh")  # when the whole run ends, not when this session does
+        stop_at_end("slurm-down.sh", str(STATE))  # when the whole run ends, not this session
     conf = STATE / "slurm.conf"
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)

@@ -49,7 +49,7 @@ from distributed import Client, Future
 import process_support
 from process_support import free_port, tail
 from render_support import render_over_defaults
-from slurm_support import REPO, STATE, Slurm
+from slurm_support import STATE, Slurm, slurm_up, slurm_up_env
 from tally import MAX_TICKS_TO_BOUNDS, TALLY, FaultRecord
 
 pytestmark = [pytest.mark.faults, pytest.mark.slurm, pytest.mark.integration]
@@ -306,7 +306,8 @@ class Controller:
         except (OSError, ValueError):
             pass  # stopped, not frozen
         return subprocess.Popen(
-            [str(REPO / "scripts" / "slurm-up.sh")],
+            slurm_up(),
+            env=slurm_up_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
