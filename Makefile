@@ -24,6 +24,10 @@ REGISTRY_PORT ?= 5000
 # stopped once the whole run ended (tests/service_support.py). TEST_WORKERS=0 runs the suite in
 # one process, one test after another.
 TEST_WORKERS ?= 4
+# Python writes each module's bytecode once and every later process reads it (pip installs
+# without compiling what nobody imports). Some environments switch that off; the suite starts
+# more than a thousand Python processes, each compiling dask_deploy and the test helpers again.
+unexport PYTHONDONTWRITEBYTECODE
 FAST_WORKERS ?= auto
 XDIST := --dist loadgroup
 
@@ -35,7 +39,7 @@ help: ## List the targets and what they do
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv with the package and the pinned tools
@@ -51,7 +55,7 @@ lint: $(STAMP) ## ruff and mypy (strict on runtime/)
 	$(BIN)/ruff format --check runtime tests bench
 	$(BIN)/mypy
 
-test: lint ## Lint, then every test tier on TEST_WORKERS workers (installs what it needs); ends with the 15 slowest
+test: $(STAMP) ## Every test tier, lint included (tests/lint), on TEST_WORKERS workers (installs what it needs); ends with the 15 slowest
 	$(BIN)/pytest -n $(TEST_WORKERS) $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Unit, render and fuzz tiers only: no SLURM, Docker or live cluster (< 2 min)
