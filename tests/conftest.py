@@ -8,10 +8,12 @@ them. SLURM is not shared: each worker starts its own.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
 from dataclasses import asdict
 from typing import Any
 
+import dask
 import pytest
 from hypothesis import settings
 
@@ -23,6 +25,21 @@ from sge_support import sge  # noqa: F401  (session fixture)
 from slurm_support import other_user, slurm, torque_commands  # noqa: F401  (session fixtures)
 from ssh_support import sshd  # noqa: F401  (session fixture)
 from tally import TALLY, FaultRecord
+
+#: Dask's own recommendation for tests that start clusters (distributed.utils_test's
+#: config_for_cluster_tests): its event-loop health check every 500 ms instead of every 20 ms,
+#: no statistical profiler, no GIL monitor. All three are diagnostics no test here asserts on,
+#: and together they were about two thirds of an idle worker's CPU; the suite runs hundreds of
+#: schedulers and workers on two cores. Set in the environment, so every scheduler, worker and
+#: scaler the tests start as a process (and the SLURM jobs, which inherit it) runs the same.
+DASK_TEST_ENVIRONMENT = {
+    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "500ms",
+    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+    "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__GIL__ENABLED": "False",
+}
+for _name, _value in DASK_TEST_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
+dask.config.refresh()  # the schedulers and workers the tests start in this process, too
 
 #: marker -> xdist group. A test gets the group of the FIRST marker listed here that it carries,
 #: so a fault test on SLURM runs with the other SLURM tests. A new tier that uses an engine of
