@@ -23,7 +23,7 @@ REGISTRY_PORT ?= 5000
 # the SLURM and PBS tests (tests/slurm_support.py), and the services a run started are
 # stopped once the whole run ended (tests/service_support.py). TEST_WORKERS=0 runs the suite in
 # one process, one test after another.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 # Python writes each module's bytecode once and every later process reads it (pip installs
 # without compiling what nobody imports). Some environments switch that off; the suite starts
 # more than a thousand Python processes, each compiling dask_deploy and the test helpers again.
