@@ -91,7 +91,10 @@ def alive(pid: int) -> bool:
 
 
 def job_processes(job_id: str) -> list[int]:
-    """The Dask processes a worker job runs (found by their SLURM_JOB_ID, as root may)."""
+    """The Dask processes a worker job runs, found (as root may) by their SLURM_JOB_ID and
+    SLURM_CONF: every xdist worker runs a SLURM of its own, so the same job id is another
+    worker's job on another SLURM."""
+    wanted = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_CONF={STATE / 'slurm.conf'}".encode()}
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -101,7 +104,7 @@ def job_processes(job_id: str) -> list[int]:
             command = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if f"SLURM_JOB_ID={job_id}".encode() in environ and b"dask" in command:
+        if wanted <= set(environ) and b"dask" in command:
             found.append(int(entry.name))
     return found
 
