@@ -95,25 +95,12 @@ def xdist_group(item: pytest.Item) -> str | None:
     return next((group for name, group in FIXTURE_GROUPS.items() if name in fixtures), None)
 
 
-#: Tiers in the order their tests are handed out. xdist gives each worker the next test when
-#: it is nearly idle, so the run ends when the last long test handed out ends: the long tests
-#: that mostly wait (faults, integration, images) go first and the short ones that compute
-#: (lint, fuzz, render, unit) fill the gaps and the end. Within a tier the order is pytest's.
-TIER_ORDER = ("faults", "integration", "images", "lint", "fuzz", "render", "unit")
-
-
-def tier_rank(item: pytest.Item) -> int:
-    parts = item.nodeid.split("/")
-    tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
-    return TIER_ORDER.index(tier) if tier in TIER_ORDER else len(TIER_ORDER)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> Generator[None, None, None]:
-    """Order the tests by tier, mark each with its group, then make sure a grouped test
-    reaches the xdist controller as ``nodeid@group``.
+    """Mark each test with its group, then make sure a grouped test reaches the xdist
+    controller as ``nodeid@group``.
 
     Before the other implementations (xdist's among them) run, every test that shares an
     engine gets its ``xdist_group`` marker. xdist's loadgroup then tells the controller the
@@ -124,7 +111,6 @@ def pytest_collection_modifyitems(
     xdist's hook the id is replaced the way pytest-xdist PR #1388 does, and a run that still
     cannot group refuses to start instead of running those tests side by side.
     """
-    items.sort(key=tier_rank)
     for item in items:
         group = xdist_group(item)
         if group is not None:

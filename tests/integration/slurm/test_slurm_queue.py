@@ -40,7 +40,9 @@ def test_a_job_pending_for_resources_is_never_cancelled_for_being_slow(
     slurm: Slurm, tmp_path: Path
 ) -> None:
     name = f"queue-{uuid.uuid4().hex[:6]}"
-    scaler = {"policy": "fixed", "minimum": 1, "maximum": 1, "startup_timeout": 3}
+    # startup_timeout: long enough for a worker to start on a loaded machine once its job runs,
+    # short beside the time the job is kept waiting in the queue.
+    scaler = {"policy": "fixed", "minimum": 1, "maximum": 1, "startup_timeout": 10}
     scaler["status_interval"] = 1
     values = deployment_values(name, scaler)
     with cluster_full_but(1, tmp_path), submitted(slurm, values, tmp_path / "rendered") as d:
@@ -55,8 +57,8 @@ def test_a_job_pending_for_resources_is_never_cancelled_for_being_slow(
             timeout=30,
         )
         (job,) = reasons(d.worker_job_name)
-        # Ten startup timeouts in the queue: still the same job, still pending, never replaced.
-        queued_until = time.monotonic() + 10 * scaler["startup_timeout"]
+        # Three startup timeouts in the queue: still the same job, still pending, never replaced.
+        queued_until = time.monotonic() + 3 * scaler["startup_timeout"]
         while time.monotonic() < queued_until:
             assert reasons(d.worker_job_name) == {job: ("PENDING", "Resources")}, d.logs()
             time.sleep(1)
