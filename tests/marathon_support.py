@@ -16,16 +16,26 @@ import requests
 
 from dask_deploy.testing.marathon import MarathonStandIn
 
+#: Ports free_offered_port handed out in this process. A test asks for several (the
+#: scheduler's, its dashboard's, the scaler's metrics) before anything listens on them, so a
+#: port that is merely free could be handed out twice: the scheduler's dashboard then took the
+#: scheduler's own port and every restart of its task failed with "Address already in use".
+HANDED_OUT: set[int] = set()
+
 
 def free_offered_port(standin: MarathonStandIn) -> int:
-    """A port the stand-in's agent offers (its port range) that nothing listens on."""
+    """A port the stand-in's agent offers (its port range) that nothing listens on and that
+    this process has not handed out before."""
     low, high = standin.port_range
     for port in random.sample(range(low, high + 1), high - low + 1):
+        if port in HANDED_OUT:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("0.0.0.0", port))
             except OSError:
                 continue
+            HANDED_OUT.add(port)
             return port
     raise AssertionError(f"no free port in {low}-{high}")
 
