@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shlex
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dask_deploy.cli import main
 from dask_deploy.render import render
 from dask_deploy.values import resolve_values
 
@@ -31,6 +34,24 @@ def render_with_settings(
         text=True,
         check=False,
     )
+
+
+def run_cli_in_process(
+    argv: Sequence[str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``dask-deploy ARGV`` through its entry point (``dask_deploy.cli.main``) in this process:
+    the exit code and output a user would see, without a Python start per call."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with (
+        contextlib.chdir(cwd if cwd is not None else Path.cwd()),
+        contextlib.redirect_stdout(stdout),
+        contextlib.redirect_stderr(stderr),
+    ):
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_:  # argparse's own errors
+            code = int(exit_.code or 0)
+    return subprocess.CompletedProcess(list(argv), code, stdout.getvalue(), stderr.getvalue())
 
 
 def command_args(script: str, marker: str) -> list[str]:

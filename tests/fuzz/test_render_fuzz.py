@@ -11,10 +11,8 @@ installed ``dask-deploy`` as a subprocess to pin the same behaviour end to end.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
-import io
 import json
 import string
 import subprocess
@@ -31,8 +29,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from dask_deploy import values
-from dask_deploy.cli import main
 from dask_deploy.render import RECORD_FILE, checksums, output_name, template_names
+from render_support import run_cli_in_process
 
 from .strategies import leaf_paths, out_of_range_value, values_for, wrong_type_value
 from .validators import CHECKS, shellcheck
@@ -101,12 +99,7 @@ def run_render(
             argv += ["--values", str(work / "my-values.yaml")]
         for expression in sets:
             argv += ["--set", expression]
-        stdout, stderr = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                code = main(argv)
-            except SystemExit as exit_:  # argparse errors
-                code = int(exit_.code or 0)
+        ran = run_cli_in_process(argv)
         out = work / "out"
         files = (
             {p.relative_to(out).as_posix(): p.read_text() for p in out.rglob("*") if p.is_file()}
@@ -121,7 +114,7 @@ def run_render(
         leftovers = sorted(
             p.name for p in work.iterdir() if p.name not in ("my-values.yaml", "out")
         )
-        return Outcome(code, stdout.getvalue(), stderr.getvalue(), files, leftovers)
+        return Outcome(ran.returncode, ran.stdout, ran.stderr, files, leftovers)
 
 
 def assert_valid_render(backend: str, outcome: Outcome) -> None:

@@ -8,8 +8,6 @@ runs in-process, which tells the same exit code and output without a Python star
 
 from __future__ import annotations
 
-import contextlib
-import io
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from dask_deploy.cli import main
 from dask_deploy.render import RECORD_FILE, render
 from dask_deploy.values import available_backends, resolve_values
+from render_support import run_cli_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS = available_backends(REPO / "templates")
@@ -137,18 +135,7 @@ def run_render_in_process(
     backend: str, args: list[str], out: Path, cwd: Path
 ) -> subprocess.CompletedProcess[str]:
     """What ``run_render`` tells, from ``dask_deploy.cli.main`` called in this process."""
-    argv = ["render", "--backend", backend, *args, "--out", str(out)]
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with (
-        contextlib.chdir(cwd),
-        contextlib.redirect_stdout(stdout),
-        contextlib.redirect_stderr(stderr),
-    ):
-        try:
-            code = main(argv)
-        except SystemExit as exit_:  # argparse's own errors
-            code = int(exit_.code or 0)
-    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+    return run_cli_in_process(["render", "--backend", backend, *args, "--out", str(out)], cwd)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
