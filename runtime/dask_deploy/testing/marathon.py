@@ -1022,6 +1022,13 @@ def _handler(standin: MarathonStandIn) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)
 
+        fault_in_flight = False
+
+        def _settle_fault(self) -> None:
+            if self.fault_in_flight:
+                self.fault_in_flight = False
+                standin._fault_answered()
+
         def _answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
             text = isinstance(body, str)
             data = (body if text else json.dumps(body)).encode()
@@ -1030,6 +1037,9 @@ def _handler(standin: MarathonStandIn) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
+            # Counted before the first byte leaves: a client that has read the answer must
+            # already see faults_over(), or a test checking right after it races this thread.
+            self._settle_fault()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self.end_headers()  # a client that timed out has gone: nobody to tell
                 self.wfile.write(data)
@@ -1042,13 +1052,14 @@ def _handler(standin: MarathonStandIn) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length) if length else b""
             fault = standin.take_fault(self.command, path) if path.startswith("/v2") else None
             if fault is not None:
+                self.fault_in_flight = True
                 try:
                     time.sleep(fault.delay)
                     if fault.status is not None:
                         return self._answer(fault.status, _fault_body(fault.status, standin))
                     self._respond(query, path, raw)
                 finally:
-                    standin._fault_answered()
+                    self._settle_fault()
                 return None
             self._respond(query, path, raw)
             return None
