@@ -37,6 +37,16 @@ DASK_TEST_ENVIRONMENT = {
     "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
     "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__GIL__ENABLED": "False",
 }
+#: One BLAS and OpenMP thread per process: the values Dask's nanny sets for every worker process
+#: it starts (distributed.nanny.pre-spawn-environ), here for every process. distributed imports
+#: numpy when it is installed, and OpenBLAS starts a thread per core at import: about 0.06 s of
+#: the 0.13 s CPU that numpy's import costs, in each of the ~700 Dask processes of a run. No
+#: test does linear algebra.
+DASK_TEST_ENVIRONMENT |= {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
 for _name, _value in DASK_TEST_ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
 dask.config.refresh()  # the schedulers and workers the tests start in this process, too

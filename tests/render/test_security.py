@@ -370,7 +370,10 @@ def build_checkov_venv() -> None:
     )
     steps = [
         [sys.executable, "-m", "venv", "--clear", str(CHECKOV_VENV)],
-        [str(CHECKOV_VENV / "bin" / "pip"), "install", "--quiet", pin],
+        # Without compiling every installed module (botocore alone is thousands): the first
+        # checkov run writes bytecode for what it imports. Measured: 6 s less CPU to install,
+        # 2.4 s more for the first run.
+        [str(CHECKOV_VENV / "bin" / "pip"), "install", "--quiet", "--no-compile", pin],
     ]
     for step in steps:
         result = subprocess.run(step, capture_output=True, text=True, check=False)
