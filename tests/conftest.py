@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Generator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -25,6 +26,8 @@ from sge_support import sge  # noqa: F401  (session fixture)
 from slurm_support import other_user, slurm, torque_commands  # noqa: F401  (session fixtures)
 from ssh_support import sshd  # noqa: F401  (session fixture)
 from tally import TALLY, FaultRecord
+
+TESTS = Path(__file__).resolve().parent
 
 #: Dask's own recommendation for tests that start clusters (distributed.utils_test's
 #: config_for_cluster_tests): its event-loop health check every 500 ms instead of every 20 ms,
@@ -97,6 +100,19 @@ FIXTURE_GROUPS: dict[str, str] = {
 }
 
 
+#: Tiers the xdist workers take last (the others keep their order before them). The fuzz tier
+#: only computes, so it fills the cores at the end of a run, where the remaining integration
+#: tests would mostly wait for services and leave them idle.
+LATE_TIERS = {"fuzz": 1}
+
+
+def tier(item: pytest.Item) -> str:
+    """The folder under tests/ a test is in (unit, render, fuzz, integration, faults, ...)."""
+    path = Path(str(item.path))
+    parts = path.relative_to(TESTS).parts if path.is_relative_to(TESTS) else ()
+    return parts[0] if len(parts) > 1 else ""
+
+
 def xdist_group(item: pytest.Item) -> str | None:
     for mark, group in XDIST_GROUPS.items():
         if item.get_closest_marker(mark):
@@ -125,6 +141,7 @@ def pytest_collection_modifyitems(
         group = xdist_group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: LATE_TIERS.get(tier(item), 0))
     yield
     if not getattr(config.option, "loadgroup", False):
         return  # not an xdist worker with --dist loadgroup: nothing is scheduled by group

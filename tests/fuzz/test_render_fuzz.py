@@ -28,7 +28,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from dask_deploy import values
+from dask_deploy import cli, values
 from dask_deploy.render import RECORD_FILE, checksums, output_name, template_names
 from render_support import run_cli_in_process
 
@@ -70,7 +70,20 @@ def schema_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(values, "load_schema", lambda path: copy.deepcopy(loaded(path)))
 
 
+@pytest.fixture(autouse=True)
+def parser_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build the command line's parser once per subcommand, not once per case.
+
+    ``cli.main`` builds its argparse parser on every call (~3 ms, a third of a broken-input
+    case: argparse looks up a gettext translation for every help string). A parser parses any
+    number of command lines, each into a fresh namespace, so the cases share one.
+    """
+    monkeypatch.setattr(cli, "build_parser", functools.cache(cli.build_parser))
+
+
+@functools.cache
 def schema(backend: str) -> dict[str, Any]:
+    """The backend's values schema (read once: strategies only read it)."""
     return dict(json.loads((TEMPLATES / backend / "values.schema.json").read_text()))
 
 
