@@ -28,8 +28,16 @@ start)
     --tls-cert /etc/dask/tls/dask.crt \
     --tls-key /etc/dask/tls/dask.key \
     </dev/null >"$state/$name.log" 2>&1 &
-  echo "$!" >"$state/$name.pid"
-  echo "$!"
+  pid="$!"
+  # setsid makes the group in the child, after the fork, and list and stop address the group:
+  # return once it exists (or the worker is already gone), so that a list right after this
+  # start cannot report the new worker exited and forget it while it runs.
+  for _ in $(seq 1 100); do
+    if kill -0 -- "-$pid" 2>/dev/null || ! kill -0 "$pid" 2>/dev/null; then break; fi
+    sleep 0.05
+  done
+  echo "$pid" >"$state/$name.pid"
+  echo "$pid"
   ;;
 stop)
   shift
