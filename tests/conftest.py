@@ -115,7 +115,12 @@ def run_order(items: list[pytest.Item]) -> list[pytest.Item]:
     by_tier: dict[str, list[pytest.Item]] = {}
     for item in items:
         by_tier.setdefault(tier(item), []).append(item)
-    first = [i for i in items if tier(i) not in (*INTERLEAVED, *LAST_TIERS)]
+    first = [
+        i
+        for name, group in by_tier.items()
+        if name not in (*INTERLEAVED, *LAST_TIERS)
+        for i in group
+    ]
     host, spread = (by_tier.get(name, []) for name in INTERLEAVED)
     # Item k of `spread` goes where it falls proportionally among the `host` items.
     slots = [(index + 0.5, item) for index, item in enumerate(host)]

@@ -53,13 +53,18 @@ def stop_started() -> list[str]:
         return [line for lines in said for line in lines]
 
 
-def stop(script: str, args: list[str]) -> str:
-    done = subprocess.run(
+def run_script(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run scripts/``script`` with ``args``, its output captured, whatever its exit code."""
+    return subprocess.run(
         [str(REPO / "scripts" / script), *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
+
+
+def stop(script: str, args: list[str]) -> str:
+    done = run_script(script, *args, timeout=300)
     outcome = "ok" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-300:]}"
     return f"scripts/{script} {' '.join(args)}".rstrip() + f": {outcome}"

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from service_support import stop_at_end
+from service_support import run_script, stop_at_end
 
-REPO = Path(__file__).resolve().parents[1]
 SSH_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 SSH_PORT = int(os.environ.get("DASK_DEPLOY_SSH_PORT", "2022"))
 SSH_DIR = Path(os.environ.get("DASK_DEPLOY_SSH_DIR", "/tmp/dask-deploy-sshd"))
@@ -43,13 +41,7 @@ class SshServers:
 
 
 def _script(name: str, *args: str) -> str:
-    done = subprocess.run(
-        [str(REPO / "scripts" / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    done = run_script(name, *args, timeout=900)
     if done.returncode != 0:
         pytest.fail(
             f"scripts/{name} {' '.join(args)} failed:\n{done.stdout}{done.stderr}", pytrace=False
