@@ -2,7 +2,7 @@
 
 The stand-in's node has 1.5 CPUs allocatable and each worker pod requests 1: the first pod
 runs, the second stays Pending with kube-scheduler's ``PodScheduled=False`` condition. The real
-scaler (fixed policy, two workers, a startup timeout of 5 s) must log that reason once, keep
+scaler (fixed policy, two workers, a startup timeout of 10 s) must log that reason once, keep
 the pending pod instead of deleting and recreating it at every timeout, and let it start as
 soon as capacity is freed.
 """
@@ -60,7 +60,9 @@ def test_unschedulable_pods_are_reported_once_and_not_recreated(
         "minimum": 2,
         "maximum": 2,
         "interval": 0.5,
-        "startup_timeout": 5,  # longer than a worker takes to boot here
+        # Longer than a worker takes to boot on a loaded machine: the first pod must register
+        # within it (counted from its creationTimestamp, whole seconds like the real API).
+        "startup_timeout": 10,
         "metrics_port": metrics_port,
     }
     rendered = render_kubernetes(
@@ -100,9 +102,9 @@ def test_unschedulable_pods_are_reported_once_and_not_recreated(
             wait_for(
                 "the scaler ticks through several startup timeouts",
                 lambda: (
-                    metric(metrics_port, "dask_deploy_ticks_total") >= ticks + 30
-                ),  # 15 s: 3 startup timeouts
-                60,
+                    metric(metrics_port, "dask_deploy_ticks_total") >= ticks + 40
+                ),  # 20 s: 2 startup timeouts
+                90,
                 logs,
             )
             # ...the stuck pod is still the one asked for: nothing deleted, nothing recreated.

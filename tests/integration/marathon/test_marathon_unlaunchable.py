@@ -40,7 +40,9 @@ def test_an_instance_no_offer_fits_is_reported_once_and_held(
     port, host = free_offered_port(marathon), marathon.agent_host
     scaler = {"policy": "fixed", "minimum": 2, "maximum": 2, "interval": 0.5}
     metrics_port = free_offered_port(marathon)
-    scaler |= {"startup_timeout": 4, "metrics_port": metrics_port}
+    # The first worker task must register within the startup timeout, counted from its
+    # stagedAt: longer than a task takes to boot on a loaded machine.
+    scaler |= {"startup_timeout": 10, "metrics_port": metrics_port}
     values = marathon_values(
         "stuck", marathon, port, free_offered_port(marathon), image={"repository": None},
         scaler=scaler,
@@ -91,7 +93,7 @@ def test_an_instance_no_offer_fits_is_reported_once_and_held(
         # Many startup timeouts later (counted in ticks), nothing was cancelled and asked again.
         launched = set(marathon.launched)
         start = ticks()
-        wait_for("20 ticks: 2.5 startup timeouts", lambda: ticks() >= start + 20, 60, logs)
+        wait_for("40 ticks: 2 startup timeouts", lambda: ticks() >= start + 40, 90, logs)
         assert len(stuck_lines()) == 1, stuck_lines()
         assert f"cannot start {QUEUED}: no Mesos offer fits" in stuck_lines()[0]
         assert "InsufficientCpus (1 of 1)" in stuck_lines()[0]

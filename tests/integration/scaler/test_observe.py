@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from distributed import Scheduler, Worker
@@ -117,12 +118,27 @@ async def test_the_summary_gives_the_snapshot_of_the_stock_handlers(scheduler: S
             await asyncio.sleep(0.05)
         summary = RpcScheduler(scheduler.address, connection_args={})
         older = RpcScheduler(scheduler.address, connection_args={})
-        handler = scheduler.handlers.pop(SUMMARY_HANDLER)
+        # The two snapshots must see one state: a heartbeat reporting how long `block` has run
+        # raises its prefix's estimate (2 x max_exec_time), hence work_seconds, in between.
+        # Heartbeats arriving meanwhile wait; the handler is synchronous, so none is half done.
+        heartbeats_resume = asyncio.Event()
+        stock_heartbeat = scheduler.handlers["heartbeat_worker"]
+
+        async def heartbeat_after_the_snapshots(**message: Any) -> Any:
+            await heartbeats_resume.wait()
+            return stock_heartbeat(**message)
+
+        scheduler.handlers["heartbeat_worker"] = heartbeat_after_the_snapshots
         try:
-            before = await older.observe(target_duration=1.0)
+            handler = scheduler.handlers.pop(SUMMARY_HANDLER)
+            try:
+                before = await older.observe(target_duration=1.0)
+            finally:
+                scheduler.handlers[SUMMARY_HANDLER] = handler
+            now = await summary.observe(target_duration=1.0)
         finally:
-            scheduler.handlers[SUMMARY_HANDLER] = handler
-        now = await summary.observe(target_duration=1.0)
+            scheduler.handlers["heartbeat_worker"] = stock_heartbeat
+            heartbeats_resume.set()
         await release.set()
         await running
         await summary.close()
