@@ -8,10 +8,29 @@ import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dask_deploy import lifecycle
+
+
+class PublishedDecisions:
+    """The kinds of every decision a cluster's scaler published, gathered at each call.
+
+    The published status keeps the last 20 decisions (``dask_deploy.channel``), and holds whose
+    reason changes tick to tick each take one: an early "up" can be gone by the end of a run.
+    Calling this inside the waits that follow the load collects each decision while it is there.
+    """
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.kinds: set[str] = set()
+
+    def __call__(self) -> set[str]:
+        status = self.cluster.scaler_status()
+        self.kinds.update(d["kind"] for d in (status or {}).get("decisions", []))
+        return self.kinds
 
 
 def processes_mentioning(text: str) -> list[str]:

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-from cluster_support import metric, metrics_url, processes_mentioning, state_root
+from cluster_support import (
+    PublishedDecisions,
+    metric,
+    metrics_url,
+    processes_mentioning,
+    state_root,
+)
 from dask_deploy import DeployCluster, SettingsError
 from process_support import tail, wait_for
 
@@ -28,6 +34,7 @@ def logs(cluster: DeployCluster) -> str:
 def test_adapt_computes_scales_up_and_down_and_close_leaves_no_process(state_root: Path) -> None:
     cluster = DeployCluster("local", set=FAST, name="e2e")
     folder = cluster.record.folder
+    decided = PublishedDecisions(cluster)
     try:
         cluster.adapt(minimum=0, maximum=4, scale_down_window=2)
         with Client(cluster) as client:
@@ -37,9 +44,14 @@ def test_adapt_computes_scales_up_and_down_and_close_leaves_no_process(state_roo
                 return x * 2
 
             futures = client.map(slow, range(24))
+
+            def more_than_one_worker() -> bool:
+                decided()  # while the scale-up is among the last decisions published
+                return len(cluster.scheduler_info["workers"]) > 1
+
             wait_for(
                 "the scaler started more than one worker",
-                lambda: len(cluster.scheduler_info["workers"]) > 1,
+                more_than_one_worker,
                 logs=lambda: logs(cluster),
             )
             assert sum(client.gather(futures)) == 2 * sum(range(24))
@@ -50,13 +62,9 @@ def test_adapt_computes_scales_up_and_down_and_close_leaves_no_process(state_roo
                 logs=lambda: logs(cluster),
             )
 
-        def decided() -> list[str]:
-            status = cluster.scaler_status()
-            return [d["kind"] for d in status["decisions"]] if status else []
-
         # The scaler publishes a tick's decision once the tick is over.
         wait_for("the scaler published its scale-down", lambda: "down" in decided())
-        assert "up" in decided()
+        assert "up" in decided.kinds
     finally:
         cluster.close()
     assert processes_mentioning(folder) == []

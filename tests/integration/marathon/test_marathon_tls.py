@@ -72,10 +72,12 @@ def test_stand_in_maps_host_path_volumes_onto_the_agent_root(
     }
     answer = requests.post(f"{marathon.url}/v2/apps", json=app, timeout=5)
     assert answer.status_code == 201, answer.text
-    copies = lambda: list(marathon.workdir.glob("mounts_reader.*/copy"))  # noqa: E731
-    wait_for("the task writes its copy", lambda: copies() and copies()[0].stat().st_size, 10,
-             lambda: sandbox_logs(marathon))  # fmt: skip
-    assert copies()[0].read_text() == "from the agent\n" * 3
+    # cat writes the three files one after another, and a task that ended is launched again
+    # into a new sandbox: wait for a whole copy, in any sandbox, rather than read the first.
+    copies = lambda: [p.read_text() for p in marathon.workdir.glob("mounts_reader.*/copy")]  # noqa: E731
+    wait_for("the task copies the agent's file through each mount",
+             lambda: "from the agent\n" * 3 in copies(), 30,
+             lambda: f"{copies()}\n{sandbox_logs(marathon)}")  # fmt: skip
 
 
 def test_tls_scheduler_scaler_and_workers_from_agent_files(

@@ -142,7 +142,9 @@ def test_worker_job_deleted_from_outside_is_replaced(deployment: Deployment) -> 
             "the scaler submits a replacement", lambda: set(deployment.worker_jobs()) - before
         )
         wait_for("the replacement registers", lambda: worker_names(client) & new_jobs)
-        assert victim not in worker_names(client)
+        # Its worker may still be handing its results over (SIGTERM) when the replacement,
+        # submitted as soon as the job was seen ending, registers.
+        wait_for("the removed job's worker leaves", lambda: victim not in worker_names(client))
         client.gather(sleeps)
         assert client.gather(squares) == [x * x for x in range(60)]
     tear_down(deployment)

@@ -17,7 +17,7 @@ import yaml
 from distributed import Client
 from slurm_deployment import deployment_values, squeue
 
-from cluster_support import state_root
+from cluster_support import PublishedDecisions, state_root
 from dask_deploy import DeployCluster
 from process_support import wait_for
 from slurm_support import Slurm
@@ -59,6 +59,7 @@ def test_deploy_cluster_on_slurm_computes_scales_and_closes_cleanly(
 ) -> None:
     name = "api-slurm"
     cluster = DeployCluster("slurm", values=values(name), name=name, timeout=180)
+    decided = PublishedDecisions(cluster)
     try:
         assert "scheduler-job.sh" in cluster.manifests()
         assert cluster.record.handles["scheduler_job"]
@@ -70,9 +71,14 @@ def test_deploy_cluster_on_slurm_computes_scales_and_closes_cleanly(
                 return x + 1
 
             futures = client.map(slow, range(12))
+
+            def a_worker_job_connected() -> set[str]:
+                decided()  # while the scale-up is among the last decisions published
+                return connected_names(cluster) & worker_job_ids(name)
+
             wait_for(
                 "a worker job connects, named by its job id",
-                lambda: connected_names(cluster) & worker_job_ids(name),
+                a_worker_job_connected,
                 timeout=120,
                 logs=lambda: logs_of(cluster),
             )
@@ -87,8 +93,7 @@ def test_deploy_cluster_on_slurm_computes_scales_and_closes_cleanly(
                 timeout=120,
                 logs=lambda: logs_of(cluster),
             )
-        decisions = [d["kind"] for d in (cluster.scaler_status() or {})["decisions"]]
-        assert "up" in decisions, decisions
+        assert "up" in decided(), decided.kinds
     finally:
         cluster.close()
     wait_for("no job of the deployment is left", lambda: not live_jobs(name), timeout=90)
