@@ -8,11 +8,10 @@ import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from dask_deploy import lifecycle
+from dask_deploy import DeployCluster, lifecycle
 
 
 class PublishedDecisions:
@@ -23,7 +22,7 @@ class PublishedDecisions:
     Calling this inside the waits that follow the load collects each decision while it is there.
     """
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: DeployCluster) -> None:
         self.cluster = cluster
         self.kinds: set[str] = set()
 
