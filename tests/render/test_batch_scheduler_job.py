@@ -188,8 +188,9 @@ STAND_IN_PYTHON = """#!/bin/bash
 calls="$STAND_IN/calls"
 if [ "$2" = dask ]; then
   while [ "$1" != --scheduler-file ]; do shift; done
-  printf '{"address": "tcp://127.0.0.1:1"}' >"$2"
+  # The call first: the job script starts the scaler as soon as the file is there.
   echo "scheduler $PWD $2" >>"$calls"
+  printf '{"address": "tcp://127.0.0.1:1"}' >"$2"
   exec {sleep} 600
 fi
 runs=$(grep -c '^scaler ' "$calls")

@@ -311,7 +311,9 @@ async def test_scale_up_down_through_the_stand_in(
 async def test_conflict_and_server_errors_are_retried(
     stand_in: KubernetesStandIn, tmp_path: Path
 ) -> None:
-    backend = backend_for(stand_in, tmp_path)
+    # Two failures per call within a retry budget of real time: 30 s, not the default 1 s a
+    # loaded machine's round trips can use up.
+    backend = backend_for(stand_in, tmp_path, retry_for=30)
     try:
         stand_in.inject("create", 409, times=2)
         stand_in.inject("list", 503, times=2)
@@ -427,6 +429,9 @@ async def test_a_hung_call_is_one_request_bounded_by_request_timeout(
             stand_in.inject("list", delay=30, drop=drop)
             with pytest.raises(k8s.KubernetesApiError, match=r"pods: 0 ReadTimeoutError"):
                 await backend.instances()
+            # The stand-in's handler thread records the call; on a loaded machine that can come
+            # after the client's 0.3 s, so wait for it before counting (and before the next clear).
+            await wait_for(lambda: stand_in.calls)
             # urllib3 retries nothing behind our back: the one attempt was the one request
             assert stand_in.calls == [("list", "pods")]
             assert stand_in.pending_faults() == held  # still held: the client gave up first
@@ -448,7 +453,9 @@ async def test_a_create_answered_too_late_or_dropped_makes_one_pod(
         # Dropped unanswered: not done, so the retry creates it.
         stand_in.inject("create", delay=0.1, drop=True)
         await backend.scale_up(2)
-        assert stand_in.pending_faults() == 0
+        # Served by the stand-in's thread, which a loaded machine may run after the client's
+        # timeout and retry: wait for it, as above.
+        await wait_for(lambda: stand_in.pending_faults() == 0)
         assert len(stand_in.pods()) == len(stand_in.created) == 2
     finally:
         await backend.close()
@@ -465,7 +472,9 @@ def test_stand_in_faults_are_pending_until_served_and_need_an_effect(
     assert stand_in.handle("GET", path, None)[0] == 503
     assert stand_in.handle("GET", path, None)[1]["reason"] == "ServiceUnavailable"
     assert stand_in.handle("GET", path, None)[0] == 200
-    stand_in.inject("list", delay=0.5)
+    # Held long enough that a loaded machine's pause between the poll and the check below
+    # still finds it held.
+    stand_in.inject("list", delay=3.0)
     answers: list[int] = []
     held = threading.Thread(target=lambda: answers.append(stand_in.handle("GET", path, None)[0]))
     held.start()

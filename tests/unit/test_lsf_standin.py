@@ -101,7 +101,8 @@ def test_jobs_wait_for_slots_with_a_reason_and_bkill_ends_a_pending_one(commands
 
 async def test_the_dialect_on_the_stand_in(commands: Path, tmp_path: Path) -> None:
     script = tmp_path / "worker.sh"
-    script.write_text("#!/bin/bash\n#BSUB -W 10\nsleep 60\n")
+    # A run limit the test never reaches (600 s at one second a minute), however loaded.
+    script.write_text("#!/bin/bash\n#BSUB -W 600\nsleep 60\n")
     backend = BatchBackend(lsf, BatchSettings("dd", script, "dd-worker", ()), runner=run_command)
     await backend.scale_up(2)
     instances = await backend.instances()

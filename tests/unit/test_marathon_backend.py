@@ -203,7 +203,9 @@ async def test_scale_up_sets_instances_and_scale_down_kills_exactly_those(
 
 async def test_conflict_is_retried_until_the_deployment_ends(marathon: MarathonStandIn) -> None:
     delays: list[float] = []
-    backend = backend_for(marathon, delays)
+    # The retry budget is real time (the sleeps are only recorded): 30 s, so that the
+    # round trips of a loaded machine do not end the retries before the 409s do.
+    backend = backend_for(marathon, delays, retry_for=30)
     marathon.inject(409, times=2, method="PUT")
     await backend.scale_up(1)
     assert app_instances(marathon) == 1
@@ -220,8 +222,10 @@ async def test_server_errors_back_off(marathon: MarathonStandIn) -> None:
 
 async def test_timeout_is_retried(marathon: MarathonStandIn) -> None:
     delays: list[float] = []
-    backend = backend_for(marathon, delays, request_timeout=0.2)
-    marathon.inject(None, delay=1.0, times=1, method="GET")
+    # A second longer than the client waits, in a budget of real time no loaded machine uses
+    # up: the one answer held back times out, the retry is answered.
+    backend = backend_for(marathon, delays, request_timeout=1.0, retry_for=30)
+    marathon.inject(None, delay=5.0, times=1, method="GET")
     assert await backend.instances() == []
     assert delays == [0.25]
 

@@ -294,7 +294,10 @@ def bsub(argv: Sequence[str], stdin: str | None) -> str:
             extra={k: v for k, v in options.items() if k not in _HANDLED},
         )
         lsf.save(job)
-    # The job's supervisor outlives this command, like sbatchd outlives bsub.
+    # The job's supervisor outlives this command, like sbatchd outlives bsub. It starts with
+    # SIGTERM blocked (the mask survives exec) and unblocks it once its handler is in place:
+    # a bkill while its Python still starts is then handled, not fatal (a dead supervisor
+    # would leave the job pending for ever).
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "dask_deploy.testing.lsf", "_supervise", str(jobid)],
         stdin=subprocess.DEVNULL,
@@ -302,6 +305,7 @@ def bsub(argv: Sequence[str], stdin: str | None) -> str:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         env=os.environ.copy(),
+        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}),
     )
     with lsf.locked():
         saved = lsf.load(jobid)
@@ -326,6 +330,7 @@ def supervise(jobid: int) -> None:
     lsf = cluster()
     killed = threading.Event()  # bkill leaves a "kill" file and signals the supervisor
     signal.signal(signal.SIGTERM, lambda signum, frame: killed.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by bsub until now
     if (lsf.folder(jobid) / "kill").exists():  # bkill came before this process had started
         killed.set()
     job = wait_for_slots(lsf, jobid, killed)
