@@ -9,6 +9,7 @@ them. SLURM is not shared: each worker starts its own.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Generator
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +22,7 @@ from hypothesis import settings
 import service_support
 from docker_support import docker_engine, docker_images  # noqa: F401  (session fixtures)
 from htcondor_support import htcondor  # noqa: F401  (session fixture)
-from process_support import processes  # noqa: F401  (function fixture)
+from process_support import PORTS_HANDED_OUT, ports_folder, processes  # noqa: F401  (fixture)
 from sge_support import sge  # noqa: F401  (session fixture)
 from slurm_support import other_user, slurm, torque_commands  # noqa: F401  (session fixtures)
 from ssh_support import sshd  # noqa: F401  (session fixture)
@@ -53,6 +54,11 @@ DASK_TEST_ENVIRONMENT |= {
 for _name, _value in DASK_TEST_ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
 dask.config.refresh()  # the schedulers and workers the tests start in this process, too
+
+#: The ports handed out in this run (process_support.free_port): made here, by the process that
+#: loads this file first (the xdist controller, before it starts the workers, which inherit it).
+OWN_PORTS_FOLDER = PORTS_HANDED_OUT not in os.environ
+os.environ[PORTS_HANDED_OUT] = str(ports_folder())
 
 #: marker -> xdist group. A test gets the group of the FIRST marker listed here that it carries,
 #: so a fault test on SLURM runs with the other SLURM tests. A new tier that uses an engine of
@@ -198,6 +204,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         workeroutput["started_services"] = dict(service_support.STARTED)
         return
     # The whole run ends here (one process, or the xdist controller after its last worker).
+    if OWN_PORTS_FOLDER:
+        shutil.rmtree(os.environ[PORTS_HANDED_OUT], ignore_errors=True)
     said = service_support.stop_started()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     for line in said:

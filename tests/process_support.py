@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,10 +27,42 @@ BURST_SCALER_VALUES: dict[str, Any] = {
 }
 
 
+#: The ports free_port hands out: below the kernel's ephemeral range (32768-60999 here), where
+#: every bind to port 0 and every outgoing connection on the machine takes its port, and below
+#: the Marathon stand-in's offers (31000-32000). Nothing else takes one between the pick and the
+#: bind by the scheduler, container or server a test starts, seconds later.
+TEST_PORTS = range(20000, 31000)
+#: The folder holding one file per port handed out in this run. The xdist controller sets it
+#: before it starts its workers (tests/conftest.py), so no two tests of a run get one port.
+PORTS_HANDED_OUT = "DASK_DEPLOY_TEST_PORTS"
+_ports_of_this_process: list[Path] = []
+
+
+def ports_folder() -> Path:
+    """This run's folder of ports handed out (one of this process's own outside pytest)."""
+    named = os.environ.get(PORTS_HANDED_OUT)
+    if named:
+        return Path(named)
+    if not _ports_of_this_process:
+        _ports_of_this_process.append(Path(tempfile.mkdtemp(prefix="dask-deploy-test-ports-")))
+    return _ports_of_this_process[0]
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port that is free on 127.0.0.1 now and that no other test of this run was given."""
+    folder = ports_folder()
+    for port in random.SystemRandom().sample(TEST_PORTS, 500):
+        try:
+            os.close(os.open(folder / str(port), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue  # another test has it
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # something outside the tests holds it; it stays marked
+        return port
+    raise RuntimeError(f"no free port left in {TEST_PORTS} (handed out: {folder})")
 
 
 def listening(port: int, host: str = "127.0.0.1") -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from typing import Any
 import yaml
 from distributed import Scheduler
 from distributed.diagnostics.plugin import SchedulerPlugin
+
+from process_support import free_port
 
 
 class LostResults(SchedulerPlugin):
@@ -54,12 +55,6 @@ def scaler_config(
         "backend": {"name": backend, "options": backend_options},
         "metrics": {"host": "127.0.0.1", "port": free_port()},
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class ScalerProcess:
