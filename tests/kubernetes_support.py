@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from dask_deploy.testing.kubernetes import KubernetesStandIn
-from process_support import start, tail
+from process_support import start, tail, wait_for
 from render_support import render_over_defaults
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +135,22 @@ def running_pods(api: KubernetesStandIn) -> set[str]:
         for name, pod in api.pods().items()
         if pod["status"]["phase"] == "Running" and "deletionTimestamp" not in pod["metadata"]
     }
+
+
+def wait_for_retired_pods_deleted(
+    api: KubernetesStandIn, survivors: set[str], logs: Callable[[], str]
+) -> None:
+    """Wait until the pods deleted are exactly those created that did not survive the idle.
+
+    A retired worker (no nanny) exits by itself and its pod ends before the scaler's DELETE
+    arrives: the deletion is the scaler's next step, not instant.
+    """
+    wait_for(
+        "exactly the retired workers' pods are deleted",
+        lambda: set(api.deleted) == set(api.created) - survivors,
+        30,
+        logs,
+    )
 
 
 def deployment_logs(api: KubernetesStandIn, logs_dir: Path) -> Callable[[], str]:

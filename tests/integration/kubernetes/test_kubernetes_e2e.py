@@ -29,6 +29,7 @@ from kubernetes_support import (
     local_worker_pod,
     render_kubernetes,
     running_pods,
+    wait_for_retired_pods_deleted,
 )
 from process_support import BURST_SCALER_VALUES, free_port, start, wait_for
 
@@ -135,14 +136,7 @@ def test_burst_scales_up_idle_deletes_exactly_the_retired_pods(
             wait_for("idle workers are retired", lambda: len(running()) == 1, 90, logs)
             wait_for("the scheduler agrees", lambda: worker_names() == running(), 30, logs)
             survivors = running()
-            # A retired worker (no nanny) exits by itself and its pod ends before the scaler's
-            # DELETE arrives: the deletion is the scaler's next step, not instant.
-            wait_for(
-                "exactly the retired workers' pods are deleted",
-                lambda: set(api.deleted) == set(api.created) - survivors,
-                30,
-                logs,
-            )
+            wait_for_retired_pods_deleted(api, survivors, logs)
             assert set(api.deleted) >= peak - survivors
             assert len(api.created) == len(set(api.created))
             assert held.result() == 49  # held results survive the scale-down

@@ -29,6 +29,7 @@ from kubernetes_support import (
     local_worker_pod,
     render_kubernetes,
     running_pods,
+    wait_for_retired_pods_deleted,
 )
 from process_support import BURST_SCALER_VALUES, free_port, start, tail, wait_for
 from tls_support import (
@@ -225,14 +226,7 @@ def test_tls_scheduler_scaler_and_workers_from_a_secret(
                 logs,
             )
             survivors = running()
-            # A retired worker (no nanny) exits by itself and its pod ends before the scaler's
-            # DELETE arrives: the deletion is the scaler's next step, not instant.
-            wait_for(
-                "exactly the retired workers' pods are deleted",
-                lambda: set(api.deleted) == set(api.created) - survivors,
-                30,
-                logs,
-            )
+            wait_for_retired_pods_deleted(api, survivors, logs)
             assert set(api.deleted) >= set(peak) - survivors
             assert held.result() == 49  # retired through the scheduler: the result moved first
         scheduler_log = (logs_dir / "scheduler.log").read_text()
