@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -35,17 +36,17 @@ TEST_PORTS = range(20000, 31000)
 #: The folder holding one file per port handed out in this run. The xdist controller sets it
 #: before it starts its workers (tests/conftest.py), so no two tests of a run get one port.
 PORTS_HANDED_OUT = "DASK_DEPLOY_TEST_PORTS"
-_ports_of_this_process: list[Path] = []
 
 
 def ports_folder() -> Path:
     """This run's folder of ports handed out (one of this process's own outside pytest)."""
     named = os.environ.get(PORTS_HANDED_OUT)
-    if named:
-        return Path(named)
-    if not _ports_of_this_process:
-        _ports_of_this_process.append(Path(tempfile.mkdtemp(prefix="dask-deploy-test-ports-")))
-    return _ports_of_this_process[0]
+    return Path(named) if named else _ports_folder_of_this_process()
+
+
+@functools.cache
+def _ports_folder_of_this_process() -> Path:
+    return Path(tempfile.mkdtemp(prefix="dask-deploy-test-ports-"))
 
 
 def free_port() -> int:
