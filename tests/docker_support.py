@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from render_support import render_with_settings
-from service_support import stop_at_end
+from service_support import run_script, stop_at_end
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = ("scheduler", "worker", "scaler")
@@ -52,9 +52,7 @@ def image_tag(role: str) -> str:
 
 def _script(name: str, timeout: float) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHON": str(REPO / ".venv" / "bin" / "python")}
-    return subprocess.run(
-        [str(REPO / "scripts" / name)], capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return run_script(name, timeout=timeout, env=env)
 
 
 def _inputs_mtime() -> float:

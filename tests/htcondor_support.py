@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service_support import stop_at_end
+from service_support import run_script, stop_at_end
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("DASK_DEPLOY_HTCONDOR_DIR", "/tmp/dask-deploy-htcondor"))
@@ -54,9 +54,7 @@ class HTCondor:
 @pytest.fixture(scope="session")
 def htcondor() -> Iterator[HTCondor]:
     """Start the pool once per session; the run's end stops it unless it was already running."""
-    started = subprocess.run(
-        [str(REPO / "scripts" / "htcondor-up.sh")], capture_output=True, text=True, timeout=1200
-    )
+    started = run_script("htcondor-up.sh", timeout=1200)
     if started.returncode != 0:
         pytest.fail(
             f"HTCondor did not start (scripts/htcondor-up.sh exit {started.returncode}):\n"

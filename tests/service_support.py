@@ -13,6 +13,7 @@ running before the run is never recorded, so it is left as it was.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def stop_started() -> list[str]:
         return [line for lines in said for line in lines]
 
 
-def run_script(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def run_script(
+    script: str, *args: str, timeout: float, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run scripts/``script`` with ``args``, its output captured, whatever its exit code."""
     return subprocess.run(
         [str(REPO / "scripts" / script), *args],
@@ -61,6 +64,7 @@ def run_script(script: str, *args: str, timeout: float) -> subprocess.CompletedP
         text=True,
         timeout=timeout,
         check=False,
+        env=env,
     )
 
 

@@ -8,15 +8,13 @@ cannot start, the test fails with the tail of its own messages.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from service_support import stop_at_end
+from service_support import run_script, stop_at_end
 
-REPO = Path(__file__).resolve().parents[1]
 SPOOL = Path("/var/spool/gridengine")
 
 
@@ -38,9 +36,7 @@ class GridEngine:
 @pytest.fixture(scope="session")
 def sge() -> GridEngine:
     """Start Grid Engine once per session; the run's end stops it unless it was already running."""
-    started = subprocess.run(
-        [str(REPO / "scripts" / "sge-up.sh")], capture_output=True, text=True, timeout=900
-    )
+    started = run_script("sge-up.sh", timeout=900)
     if started.returncode != 0:
         pytest.fail(
             f"Grid Engine did not start (scripts/sge-up.sh exit {started.returncode}):\n"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service_support import stop_at_end
+from service_support import run_script, stop_at_end
 
 REPO = Path(__file__).resolve().parents[1]
 #: slurm-up.sh's defaults: a run in one process (``-n 0``) uses them as they are.
@@ -124,11 +124,6 @@ def torque_commands(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with SLURM's Torque-compatible qsub, qstat and qdel (scripts/torque-commands.sh),
     the real PBS command line of the pbs tier; put it first on PATH."""
     folder = tmp_path_factory.mktemp("torque") / "bin"
-    made = subprocess.run(
-        [str(REPO / "scripts" / "torque-commands.sh"), str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    made = run_script("torque-commands.sh", str(folder), timeout=600)
     assert made.returncode == 0, made.stderr
     return folder
