@@ -7,6 +7,7 @@ folder, as a Mesos agent would; its stderr is where a task that did not come up 
 from __future__ import annotations
 
 import copy
+import os
 import random
 import socket
 import sys
@@ -14,7 +15,29 @@ from typing import Any
 
 import requests
 
-from dask_deploy.testing.marathon import MarathonStandIn
+from dask_deploy.testing.marathon import DEFAULT_PORT_RANGE, MarathonStandIn
+
+
+def agent_port_range() -> tuple[int, int]:
+    """The ports this process's stand-ins offer: the xdist worker gwN's share of the agent
+    default (31000-32000), all of it outside xdist.
+
+    Each stand-in is a Mesos agent on this one host, and two agents offering the same range
+    hand out the same port, as on Mesos. Between a task's launch and its bind (seconds, for a
+    Dask process on a loaded machine) another test's stand-in found the port free and gave it
+    to its own task: one of the two failed to bind (TASK_FAILED, then replaced), which the
+    tests count as a failure."""
+    low, high = DEFAULT_PORT_RANGE
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return low, high
+    share = (high - low + 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    start = low + share * int(worker.removeprefix("gw"))
+    return start, start + share - 1
+
+
+#: Pass as ``port_range`` to every stand-in a test starts.
+AGENT_PORTS = agent_port_range()
 
 #: Ports free_offered_port handed out in this process. A test asks for several (the
 #: scheduler's, its dashboard's, the scaler's metrics) before anything listens on them, so a

@@ -21,13 +21,16 @@ from dask_deploy.testing.marathon import (
     Validator,
     find_schemas,
 )
+from marathon_support import AGENT_PORTS, free_offered_port
 
 pytestmark = pytest.mark.marathon
 
 
 @pytest.fixture
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
-    with MarathonStandIn(workdir=tmp_path / "sandboxes", deployment_seconds=0.0) as standin:
+    with MarathonStandIn(
+        port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes", deployment_seconds=0.0
+    ) as standin:
         yield standin
 
 
@@ -68,7 +71,8 @@ def test_task_gets_marathons_environment(marathon: MarathonStandIn) -> None:
     assert (task_id, app_id, host) == (task["id"], "/t/env", AGENT_HOST)
     assert host == task["host"] != "127.0.0.1"
     assert port0 == port_http == str(task["ports"][0])
-    assert all(31000 <= port <= 32000 for port in task["ports"])  # the agent's default offer
+    low, high = marathon.port_range
+    assert all(low <= port <= high for port in task["ports"])  # the agent's offer
     assert ports == ",".join(map(str, task["ports"]))
 
 
@@ -252,13 +256,14 @@ def test_a_required_port_outside_the_agents_offer_never_launches(
     }
     assert post(marathon, app).status_code == 201
     wait_for(lambda: marathon.waiting("/t/fixed"), "the app waits for an offer")
-    assert "31000-32000" in marathon.waiting("/t/fixed")
+    assert "{}-{}".format(*marathon.port_range) in marathon.waiting("/t/fixed")
     time.sleep(0.5)  # several reconcile rounds: still nothing launched
     assert tasks(marathon, "/t/fixed") == [] and not marathon.launched
-    inside = {**app, "id": "/t/inside", "portDefinitions": [{"port": 31786, "name": "comm"}]}
+    offered = free_offered_port(marathon)
+    inside = {**app, "id": "/t/inside", "portDefinitions": [{"port": offered, "name": "comm"}]}
     assert post(marathon, inside).status_code == 201
     (task,) = wait_for(lambda: tasks(marathon, "/t/inside"), "a port inside the offer launches")
-    assert task["ports"] == [31786]
+    assert task["ports"] == [offered]
 
 
 SERVE_ON_HOST = f'exec {sys.executable} -m http.server --bind "$HOST" "$PORT0" > /dev/null 2>&1'

@@ -13,7 +13,13 @@ from distributed import Client
 from cluster_support import processes_working_in, state_root
 from dask_deploy import DeployCluster
 from dask_deploy.testing.marathon import MarathonStandIn
-from marathon_support import free_offered_port, marathon_values, sandbox_logs, worker_task_ids
+from marathon_support import (
+    AGENT_PORTS,
+    free_offered_port,
+    marathon_values,
+    sandbox_logs,
+    worker_task_ids,
+)
 from process_support import wait_for
 
 __all__ = ["state_root"]  # the fixture
@@ -22,7 +28,7 @@ pytestmark = [pytest.mark.marathon, pytest.mark.integration]
 
 @pytest.fixture
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
-    with MarathonStandIn(workdir=tmp_path / "sandboxes") as standin:
+    with MarathonStandIn(port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes") as standin:
         yield standin
 
 

@@ -22,6 +22,7 @@ from distributed import Client
 
 from dask_deploy.testing.marathon import MarathonStandIn
 from marathon_support import (
+    AGENT_PORTS,
     free_offered_port,
     marathon_values,
     post_app,
@@ -61,7 +62,7 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
-    with MarathonStandIn(workdir=tmp_path / "sandboxes") as standin:
+    with MarathonStandIn(port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes") as standin:
         yield standin
 
 
@@ -158,10 +159,12 @@ def test_burst_scales_up_idle_retires_exactly_those_tasks_and_delete_leaves_noth
         # the scaler (a task that failed would have been relaunched by Marathon). A booting
         # task the policy cancelled and asked for again later is a launch, not a replacement.
         worker_ended = {t: s for t, s in marathon.ended.items() if t.startswith("e2e_worker.")}
+        not_killed = [t for t, state in worker_ended.items() if state != "TASK_KILLED"]
         evidence = (
             f"worker tasks launched {len([t for t in marathon.launched if 'e2e_worker.' in t])}; "
             f"ended {worker_ended}; killed unhealthy {marathon.unhealthy_kills}\n"
-            f"{scaler_decisions(marathon)}"
+            f"{scaler_decisions(marathon)}\n"
+            + "\n".join(sandbox_logs(marathon, task) for task in not_killed)
         )
         assert marathon.peak_active[WORKER_APP] <= 3, evidence
         assert set(worker_ended.values()) == {"TASK_KILLED"}, evidence

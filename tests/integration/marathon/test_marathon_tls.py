@@ -20,6 +20,7 @@ from distributed import Client
 
 from dask_deploy.testing.marathon import MarathonStandIn
 from marathon_support import (
+    AGENT_PORTS,
     free_offered_port,
     marathon_values,
     post_app,
@@ -44,7 +45,9 @@ MOUNT_PATH = "/etc/dask/tls"  # in the containers
 
 @pytest.fixture
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
-    with MarathonStandIn(workdir=tmp_path / "sandboxes", agent_root=tmp_path / "agent") as standin:
+    with MarathonStandIn(
+        port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes", agent_root=tmp_path / "agent"
+    ) as standin:
         yield standin
 
 
