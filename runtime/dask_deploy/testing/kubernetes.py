@@ -31,7 +31,8 @@ the container's ``env``, including the downward API (``metadata.name``, ``metada
 ``metadata.uid``, ``status.podIP``...). The phase
 follows the processes: Pending, Running, then Succeeded or Failed (``restartPolicy: Never``;
 a container is never restarted); ``containerStatuses`` say which container runs or ended
-with which exit code.
+with which exit code. A container whose main process ends loses the rest of its processes at
+once (its process group is SIGKILLed), as when a container's PID 1 exits.
 Deleting sets ``deletionTimestamp``, SIGTERMs the main processes, SIGKILLs their process groups
 after ``terminationGracePeriodSeconds`` and removes the pod once they are gone. Garbage collection:
 pods whose ``ownerReferences`` name no existing object (pods, or objects registered with
@@ -358,6 +359,29 @@ class _Pod:
         return bool(self.manifest["spec"].get("nodeName"))
 
 
+def _kill_container(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every process of a container (its process group) whose main process has not been
+    reaped yet. Once reaped, its group id is free again and may be another test's process
+    group: a container whose main process ended was killed whole then (:func:`_poll_container`).
+    """
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _poll_container(process: subprocess.Popen[bytes]) -> int | None:
+    """``process.poll()``, but a main process that ended takes the rest of its container with
+    it, as when a container's PID 1 exits: the group is killed while the unreaped main process
+    still holds its id, then the main process is reaped."""
+    if process.returncode is None:
+        with contextlib.suppress(ChildProcessError):
+            ended = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if ended is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+    return process.poll()
+
+
 class KubernetesStandIn:
     """The stand-in API server; a context manager that stops every process it started."""
 
@@ -459,12 +483,13 @@ class KubernetesStandIn:
         self._closed.set()
         self._server.shutdown()
         self._server.server_close()
-        with self._lock:
+        with self._lock:  # not while the reaper reaps: see _kill_container
             pods = list(self._pods.values())
+            for pod in pods:
+                for process in pod.processes:
+                    _kill_container(process)
         for pod in pods:
             for process in pod.processes:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
@@ -567,9 +592,8 @@ class KubernetesStandIn:
         """SIGKILL a pod's containers (every process they started), as the OOM killer would."""
         with self._lock:
             processes = list(self._find(namespace, name).processes)
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            for process in processes:
+                _kill_container(process)
 
     def mounts(self, name: str, container: str, namespace: str = "default") -> dict[str, Path]:
         """A started pod's container's mounts: mount path -> the host folder behind it."""
@@ -1059,7 +1083,7 @@ class KubernetesStandIn:
         """Phases follow the processes; terminated pods go away; orphans are collected."""
         for key, pod in list(self._pods.items()):
             manifest = pod.manifest
-            codes = [process.poll() for process in pod.processes]
+            codes = [_poll_container(process) for process in pod.processes]
             for container, code in zip(
                 manifest["status"].get("containerStatuses") or [], codes, strict=False
             ):
@@ -1077,12 +1101,8 @@ class KubernetesStandIn:
             if manifest["metadata"].get("deletionTimestamp"):
                 if None in codes and time.monotonic() >= pod.kill_at:
                     for process in pod.processes:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(process.pid, signal.SIGKILL)
+                        _kill_container(process)
                 elif None not in codes:
-                    for process in pod.processes:  # the rest of the container's cgroup
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(process.pid, signal.SIGKILL)
                     del self._pods[key]
                     shutil.rmtree(self.workdir / "volumes" / key[1], ignore_errors=True)
         existing = self._owners | {p.manifest["metadata"]["uid"] for p in self._pods.values()}
