@@ -21,8 +21,14 @@ if [ -x "$folder/qsub" ] && [ -x "$folder/qstat" ] && [ -x "$folder/qdel" ]; the
 fi
 work="$(mktemp -d /tmp/dask-deploy-torque.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
-(cd "$work" && apt-get download slurm-wlm-torque >/dev/null 2>&1) ||
-  { apt-get update -qq && (cd "$work" && apt-get download slurm-wlm-torque >/dev/null); }
+if ! (cd "$work" && apt-get download slurm-wlm-torque >/dev/null 2>&1); then
+  # No lists, or stale ones: refresh them under ensure-apt.sh's lock, as other test workers may
+  # be installing packages at this moment (a second apt-get update would fail on apt's lock).
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  flock /tmp/dask-deploy-apt.lock $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  (cd "$work" && apt-get download slurm-wlm-torque >/dev/null)
+fi
 dpkg-deb -x "$work"/slurm-wlm-torque_*.deb "$work/root"
 mkdir -p "$folder"
 for command in qsub qstat qdel; do

@@ -31,8 +31,12 @@ def agent_port_range() -> tuple[int, int]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not worker.startswith("gw"):
         return low, high
-    share = (high - low + 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
-    start = low + share * int(worker.removeprefix("gw"))
+    count = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    share = (high - low + 1) // count
+    # A worker xdist starts in place of a crashed one is numbered from the count up: it takes
+    # the share of gw(N mod count), inside the agent default, with that worker (a run whose
+    # worker crashed has failed already).
+    start = low + share * (int(worker.removeprefix("gw")) % count)
     return start, start + share - 1
 
 

@@ -258,10 +258,9 @@ def run_task(script: Path, seconds: float) -> int | None:
 
 
 def test_a_crashed_worker_ends_its_task_so_marathon_restarts_it(tmp_path: Path) -> None:
-    with socket.socket() as closed:
+    with socket.socket() as closed:  # bound, not listening: refuses, and is nobody else's
         closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    assert run_task(task_script(tmp_path, 3, port), 10) == 3
+        assert run_task(task_script(tmp_path, 3, closed.getsockname()[1]), 10) == 3
 
 
 def test_a_retired_worker_keeps_its_task_until_the_scaler_kills_it(tmp_path: Path) -> None:
@@ -273,11 +272,12 @@ def test_a_retired_worker_keeps_its_task_until_the_scaler_kills_it(tmp_path: Pat
 
 
 def test_a_worker_that_lost_its_scheduler_ends_its_task_for_a_fresh_one(tmp_path: Path) -> None:
+    # A clean exit with nobody on the scheduler's port: not a zombie task until startup_timeout.
+    # The port stays bound (not listening) meanwhile: it refuses, and no other test's process
+    # can take it and answer.
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    # A clean exit with nobody on the scheduler's port: not a zombie task until startup_timeout.
-    assert run_task(task_script(tmp_path, 0, port), 10) == 1
+        assert run_task(task_script(tmp_path, 0, closed.getsockname()[1]), 10) == 1
 
 
 def test_every_app_runs_as_the_non_root_user_from_values(

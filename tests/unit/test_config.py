@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 
 from dask_deploy import SettingsError
 from dask_deploy.config import ENV_VAR, load_config
+from process_support import free_port
 
 FULL = """
 deployment: dask
@@ -165,12 +167,7 @@ def flat(mapping: dict[str, dict[str, str]]) -> dict[str, object]:
 def test_the_scale_command_overrides_the_metrics_host(tmp_path: Path) -> None:
     """``--metrics-host`` (the Marathon scaler passes its task's "$HOST") is where the metrics
     listen: the scaler says so as it starts, before it reaches any scheduler."""
-    import socket
-    import time
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     path = tmp_path / "scaler.yaml"
     config = {**MINIMAL, "scheduler": {"address": "tcp://127.0.0.1:1"}}
     path.write_text(yaml.safe_dump({**config, "metrics": {"host": "127.0.0.1", "port": 9191}}))

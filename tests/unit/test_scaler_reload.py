@@ -126,7 +126,10 @@ async def test_a_changed_worker_template_rebuilds_the_backend(tmp_path: Path) ->
     write(
         path,
         4,
-        backend={"name": "local", "options": {"python": str(template), "state_dir": "s"}},
+        backend={
+            "name": "local",
+            "options": {"python": str(template), "state_dir": str(tmp_path / "s")},
+        },
     )
     scaler, _ = scaler_from(path)
     first = scaler.backend

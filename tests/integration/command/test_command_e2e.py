@@ -138,7 +138,13 @@ async def test_a_failing_start_command_is_one_line_and_the_scaler_keeps_running(
 ) -> None:
     out = tmp_path / "rendered"
     config = rendered(
-        scheduler, out, {"commands": {"start": ["sh", "-c", "echo no quota >&2; exit 3"]}}
+        scheduler,
+        out,
+        {
+            "commands": {"start": ["sh", "-c", "echo no quota >&2; exit 3"]},
+            # The example's list and stop keep to this test's folder, not the user's default.
+            "local": {"state_dir": str(tmp_path / "workers")},
+        },
     )
     config["policy"]["minimum"] = 2
     scaler = ScalerProcess(config, tmp_path / "scaler", cwd=out).start()

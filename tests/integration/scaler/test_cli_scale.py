@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -25,6 +26,9 @@ async def test_dry_run_prints_decisions_and_stops_cleanly_on_sigterm(
             [sys.executable, "-m", "dask_deploy.cli", "scale", "--scheduler", scheduler.address,
              "--backend", "local", "--dry-run", "--interval", "0.2", "--maximum", "4"],
             stdout=out, stderr=subprocess.STDOUT, cwd=HERE,
+            # The local backend's default state folder is under the temporary folder: this
+            # test's, not the one other runs and the user's own deployments share.
+            env={**os.environ, "TMPDIR": str(tmp_path)},
         )  # fmt: skip
     try:
         async with Client(scheduler.address, asynchronous=True) as client:
