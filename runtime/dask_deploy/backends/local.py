@@ -228,8 +228,10 @@ class LocalBackend:
                 break
             time.sleep(0.1)
         else:
-            for pid in targets.values():
-                _signal_group(pid, signal.SIGKILL)
+            # Only the groups still there: an ended worker's id may be another process's by now.
+            for name, pid in targets.items():
+                if name in alive:
+                    _signal_group(pid, signal.SIGKILL)
         for name in names:
             if name in self._children:
                 self._children.pop(name).wait(timeout=5)

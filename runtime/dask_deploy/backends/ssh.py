@@ -230,10 +230,12 @@ i=0
 while [ "$i" -lt {ticks} ]; do
   alive=""
   for pgid in $groups; do kill -0 "-$pgid" 2>/dev/null && alive="$alive $pgid"; done
-  [ -n "$alive" ] || break
+  groups="$alive"
+  [ -n "$groups" ] || break
   i=$((i + 1))
   sleep 0.1
 done
+# Only the groups still there: an ended group's id may be another process's by now.
 for pgid in $groups; do kill -KILL "-$pgid" 2>/dev/null || true; done
 for name in {quoted}; do rm -rf "$name.pgid" "$name"; done
 """

@@ -46,11 +46,13 @@ stop)
     groups+=("$pid")
   done
   for _ in $(seq 1 300); do
-    alive=0
-    for pid in "${groups[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
-    [ "$alive" -eq 0 ] && break
+    alive=()
+    for pid in "${groups[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive+=("$pid"); done
+    groups=("${alive[@]}")
+    [ -z "${groups[*]}" ] && break
     sleep 0.1
   done
+  # Only the groups still there: an ended group's id may be another process's by now.
   for pid in "${groups[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
   for name in "$@"; do rm -rf "${state:?}/$name.pid" "${state:?}/$name"; done
   ;;
