@@ -225,6 +225,17 @@ async def test_a_failing_command_raises_with_its_stderr() -> None:
         await batch.run_command(failing, timeout=5)
 
 
+async def test_an_exit_status_that_means_no_job_listed_reads_as_empty_output() -> None:
+    nothing = Command(("sh", "-c", "exit 153"), found_nothing=frozenset({153}))
+    assert await batch.run_command(nothing, timeout=5) == ""
+    # The same status after some output, or from a command that does not declare it, fails.
+    printed = Command(("sh", "-c", "echo 'Job Id: 7'; exit 153"), found_nothing=frozenset({153}))
+    with pytest.raises(BatchCommandError, match="exited 153"):
+        await batch.run_command(printed, timeout=5)
+    with pytest.raises(BatchCommandError, match="exited 153"):
+        await batch.run_command(Command(("sh", "-c", "exit 153")), timeout=5)
+
+
 async def test_every_command_runs_with_the_configured_timeout() -> None:
     fake = FakeSlurm("2|RUNNING|1795869283|1795872883|alice|None|dask-deploy/dask\n")
     settings = replace(SETTINGS, command_timeout=7.0, status_interval=0)

@@ -117,6 +117,9 @@ class Command:
     env: Mapping[str, str] = field(default_factory=dict)
     stdin: str | None = None
     """Text written to the command's standard input (e.g. a job script for ``bsub``)."""
+    found_nothing: frozenset[int] = frozenset()
+    """Exit statuses by which a listing says it found no job at all: with nothing on stdout,
+    the output is empty, not an error."""
 
 
 def current_user() -> str:
@@ -307,6 +310,8 @@ async def run_command(command: Command, timeout: float) -> str:
         if process.returncode is None:  # timed out, or the tick was cancelled
             process.kill()
             await process.wait()
+    if process.returncode in command.found_nothing and not stdout.strip():
+        return ""
     if process.returncode != 0:
         raise BatchCommandError(
             f"{' '.join(command.argv)} exited {process.returncode}: {stderr.decode().strip()}"

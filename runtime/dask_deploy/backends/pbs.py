@@ -51,9 +51,15 @@ def submit_command(settings: BatchSettings) -> Command:
     )
 
 
+#: What SLURM's Torque-compatible qstat (slurm-wlm-torque) exits with when it lists no job at
+#: all: Torque's "Unknown Job Id" (PBSE_UNKJOBID, 15001, as an exit status). Torque and PBS
+#: Professional list nothing and exit 0.
+NO_JOB_LISTED = 153
+
+
 def status_command(settings: BatchSettings) -> Command:
-    """``qstat -f``: the full display of the jobs the server shows."""
-    return Command(("qstat", "-f"))
+    """``qstat -f``: the full display of the jobs the server shows (none is not an error)."""
+    return Command(("qstat", "-f"), found_nothing=frozenset({NO_JOB_LISTED}))
 
 
 def cancel_command(settings: BatchSettings, job_ids: Collection[str]) -> Command:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from batch_support import (
     worker_names,
 )
 from dask_deploy.backends import pbs
+from dask_deploy.backends.batch import BatchSettings, run_command
 from process_support import wait_for
 from slurm_support import Slurm
 
@@ -79,6 +81,21 @@ def deployment(
         diagnose=slurm.log_tails,
     ) as deployed:
         yield Deployment(deployed.name, deployed.folder, deployed.scheduler_job)
+
+
+async def test_a_listing_of_no_job_is_empty_not_an_error(
+    slurm: Slurm, torque_commands: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SLURM's qstat exits 153 when it lists no job at all, where Torque lists nothing and
+    exits 0: a scaler's first listing on an empty cluster failed with "qstat -f exited 153".
+    Here the listing asks for one id nobody has, which that qstat answers the same way."""
+    monkeypatch.setenv("PATH", f"{torque_commands}{os.pathsep}{os.environ['PATH']}")
+    unknown = "1999999999"
+    listed = subprocess.run(["qstat", "-f", unknown], capture_output=True, text=True)
+    assert (listed.returncode, listed.stdout) == (pbs.NO_JOB_LISTED, "")
+    settings = BatchSettings("nobody", tmp_path / "worker-job.sh", "nobody-worker", ())
+    status = pbs.status_command(settings)
+    assert await run_command(replace(status, argv=(*status.argv, unknown)), timeout=30) == ""
 
 
 def tear_down(deployment: Deployment) -> None:
