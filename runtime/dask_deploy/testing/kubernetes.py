@@ -98,6 +98,7 @@ from urllib.parse import parse_qs, urlsplit
 import jsonschema
 import yaml
 
+from ._groups import poll_group, signal_group
 from ._mounts import map_mounts
 
 log = logging.getLogger(__name__)
@@ -359,29 +360,6 @@ class _Pod:
         return bool(self.manifest["spec"].get("nodeName"))
 
 
-def _kill_container(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL every process of a container (its process group) whose main process has not been
-    reaped yet. Once reaped, its group id is free again and may be another test's process
-    group: a container whose main process ended was killed whole then (:func:`_poll_container`).
-    """
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def _poll_container(process: subprocess.Popen[bytes]) -> int | None:
-    """``process.poll()``, but a main process that ended takes the rest of its container with
-    it, as when a container's PID 1 exits: the group is killed while the unreaped main process
-    still holds its id, then the main process is reaped."""
-    if process.returncode is None:
-        with contextlib.suppress(ChildProcessError):
-            ended = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            if ended is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-    return process.poll()
-
-
 class KubernetesStandIn:
     """The stand-in API server; a context manager that stops every process it started."""
 
@@ -483,11 +461,11 @@ class KubernetesStandIn:
         self._closed.set()
         self._server.shutdown()
         self._server.server_close()
-        with self._lock:  # not while the reaper reaps: see _kill_container
+        with self._lock:  # not while the reaper reaps (dask_deploy.testing._groups)
             pods = list(self._pods.values())
             for pod in pods:
                 for process in pod.processes:
-                    _kill_container(process)
+                    signal_group(process, signal.SIGKILL)
         for pod in pods:
             for process in pod.processes:
                 process.wait()
@@ -593,7 +571,7 @@ class KubernetesStandIn:
         with self._lock:
             processes = list(self._find(namespace, name).processes)
             for process in processes:
-                _kill_container(process)
+                signal_group(process, signal.SIGKILL)
 
     def mounts(self, name: str, container: str, namespace: str = "default") -> dict[str, Path]:
         """A started pod's container's mounts: mount path -> the host folder behind it."""
@@ -1083,7 +1061,7 @@ class KubernetesStandIn:
         """Phases follow the processes; terminated pods go away; orphans are collected."""
         for key, pod in list(self._pods.items()):
             manifest = pod.manifest
-            codes = [_poll_container(process) for process in pod.processes]
+            codes = [poll_group(process) for process in pod.processes]
             for container, code in zip(
                 manifest["status"].get("containerStatuses") or [], codes, strict=False
             ):
@@ -1101,7 +1079,7 @@ class KubernetesStandIn:
             if manifest["metadata"].get("deletionTimestamp"):
                 if None in codes and time.monotonic() >= pod.kill_at:
                     for process in pod.processes:
-                        _kill_container(process)
+                        signal_group(process, signal.SIGKILL)
                 elif None not in codes:
                     del self._pods[key]
                     shutil.rmtree(self.workdir / "volumes" / key[1], ignore_errors=True)

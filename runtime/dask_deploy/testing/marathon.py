@@ -91,6 +91,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ._groups import poll_group, signal_group
 from ._mounts import map_mounts
 
 log = logging.getLogger(__name__)
@@ -434,8 +435,7 @@ class MarathonStandIn:
         for deployment_id in [d.id for d in self.deployments.values() if d.finishes_at <= now]:
             del self.deployments[deployment_id]
         self._escalate(self.dying)
-        for task in [t for t in self.dying if not _alive(t)]:
-            _signal(task, signal.SIGKILL)  # the rest of the container, as Mesos destroys it
+        for task in [t for t in self.dying if not _alive(t)]:  # the container went with it
             self.dying.remove(task)
             self.ended[task.id] = "TASK_KILLED"
             log.info("task %s TASK_KILLED (app deleted)", task.id)
@@ -460,13 +460,13 @@ class MarathonStandIn:
             self._escalate(list(app.tasks.values()))
 
     def _observe(self, app: App, task: Task) -> None:
-        code = task.process.poll() if task.process is not None else 1
+        # A main process that ended takes the rest of the task with it, as Mesos destroys the
+        # task's container, whatever is left in it.
+        code = poll_group(task.process) if task.process is not None else 1
         if code is None:
             if task.state == "TASK_STAGING":
                 task.state, task.started_at = "TASK_RUNNING", _now()
             return
-        # The task's main process ended: Mesos destroys its container, whatever is left in it.
-        _signal(task, signal.SIGKILL)
         if task.state == "TASK_KILLING":
             task.state = "TASK_KILLED"
         else:
@@ -961,13 +961,12 @@ def _port_free(port: int) -> bool:
 
 
 def _alive(task: Task) -> bool:
-    return task.process is not None and task.process.poll() is None
+    return task.process is not None and poll_group(task.process) is None
 
 
 def _signal(task: Task, signum: int) -> None:
     if task.process is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(task.process.pid, signum)
+        signal_group(task.process, signum)
 
 
 def _info(url: str) -> dict[str, Any]:
