@@ -40,8 +40,14 @@ def agent_port_range() -> tuple[int, int]:
     return start, start + share - 1
 
 
-#: Pass as ``port_range`` to every stand-in a test starts.
 AGENT_PORTS = agent_port_range()
+
+
+def marathon_standin(**options: Any) -> MarathonStandIn:
+    """A stand-in (not started) offering this process's ports; ``options`` as for
+    :class:`MarathonStandIn`. Every stand-in a test starts comes from here."""
+    return MarathonStandIn(port_range=AGENT_PORTS, **options)
+
 
 #: Ports free_offered_port handed out in this process. A test asks for several (the
 #: scheduler's, its dashboard's, the scaler's metrics) before anything listens on them, so a

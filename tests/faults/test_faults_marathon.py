@@ -46,7 +46,7 @@ from distributed import Client, Future
 
 import process_support
 from dask_deploy.testing.marathon import MarathonStandIn
-from marathon_support import AGENT_PORTS, marathon_values
+from marathon_support import marathon_standin, marathon_values
 from process_support import free_port, listening, start, tail
 from render_support import render_over_defaults
 from tally import MAX_TICKS_TO_BOUNDS, TALLY, FaultRecord
@@ -332,7 +332,7 @@ def test_marathon_faults_keep_the_count_lose_nothing_retired_and_leave_no_task(
     chooser = random.Random(SEED)
     faults = list(FAULTS)
     chooser.shuffle(faults)
-    with MarathonStandIn(port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes") as standin:
+    with marathon_standin(workdir=tmp_path / "sandboxes") as standin:
         run = MarathonFaultRun(standin, tmp_path, processes)
         run.start_scheduler()
         answer = requests.post(

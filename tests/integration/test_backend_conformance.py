@@ -23,8 +23,7 @@ from dask_deploy.backends import BackendContext, load_backend_factory
 from dask_deploy.testing import lsf as lsf_standin
 from dask_deploy.testing.conformance import CHECKS, Subject
 from dask_deploy.testing.kubernetes import KubernetesStandIn
-from dask_deploy.testing.marathon import MarathonStandIn
-from marathon_support import AGENT_PORTS
+from marathon_support import marathon_standin
 
 SubjectFactory = Callable[[pytest.FixtureRequest], AbstractAsyncContextManager[Subject]]
 #: No scheduler listens here: the workers a check starts never need to register.
@@ -63,9 +62,7 @@ async def local(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
 @contextlib.asynccontextmanager
 async def marathon(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     tmp_path: Path = request.getfixturevalue("tmp_path")
-    with MarathonStandIn(
-        port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes", deployment_seconds=0.0
-    ) as standin:
+    with marathon_standin(workdir=tmp_path / "sandboxes", deployment_seconds=0.0) as standin:
         app = {"id": "/conformance/worker", "cmd": "sleep 60", "instances": 0}
         requests.post(f"{standin.url}/v2/apps", json=app, timeout=5).raise_for_status()
         options = {"url": standin.url, "app_id": "/conformance/worker"}

@@ -24,7 +24,7 @@ from dask_deploy.backends.marathon import (
     task_state,
 )
 from dask_deploy.testing.marathon import MarathonStandIn
-from marathon_support import AGENT_PORTS
+from marathon_support import marathon_standin
 
 pytestmark = pytest.mark.marathon
 
@@ -155,9 +155,7 @@ def test_kill_request_kills_exactly_live_named_tasks() -> None:
 
 @pytest.fixture
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
-    with MarathonStandIn(
-        port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes", deployment_seconds=0.0
-    ) as standin:
+    with marathon_standin(workdir=tmp_path / "sandboxes", deployment_seconds=0.0) as standin:
         app = {"id": APP, "cmd": "sleep 60", "instances": 0, "taskKillGracePeriodSeconds": 1}
         requests.post(f"{standin.url}/v2/apps", json=app, timeout=5).raise_for_status()
         yield standin
@@ -258,9 +256,7 @@ async def test_a_hung_marathon_fails_the_call_within_about_one_interval(
 
 
 async def test_force_overrides_the_lock(tmp_path: Path) -> None:
-    with MarathonStandIn(
-        port_range=AGENT_PORTS, workdir=tmp_path, deployment_seconds=60
-    ) as standin:
+    with marathon_standin(workdir=tmp_path, deployment_seconds=60) as standin:
         app = {"id": APP, "cmd": "sleep 60", "instances": 0}
         requests.post(f"{standin.url}/v2/apps", json=app, timeout=5).raise_for_status()
         locked = backend_for(standin, [], retry_for=0.1)

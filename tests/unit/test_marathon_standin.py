@@ -21,16 +21,14 @@ from dask_deploy.testing.marathon import (
     Validator,
     find_schemas,
 )
-from marathon_support import AGENT_PORTS, free_offered_port
+from marathon_support import free_offered_port, marathon_standin
 
 pytestmark = pytest.mark.marathon
 
 
 @pytest.fixture
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
-    with MarathonStandIn(
-        port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes", deployment_seconds=0.0
-    ) as standin:
+    with marathon_standin(workdir=tmp_path / "sandboxes", deployment_seconds=0.0) as standin:
         yield standin
 
 

@@ -14,8 +14,8 @@ from cluster_support import processes_working_in, state_root
 from dask_deploy import DeployCluster
 from dask_deploy.testing.marathon import MarathonStandIn
 from marathon_support import (
-    AGENT_PORTS,
     free_offered_port,
+    marathon_standin,
     marathon_values,
     sandbox_logs,
     worker_task_ids,
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.marathon, pytest.mark.integration]
 
 @pytest.fixture
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
-    with MarathonStandIn(port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes") as standin:
+    with marathon_standin(workdir=tmp_path / "sandboxes") as standin:
         yield standin
 
 

@@ -22,8 +22,8 @@ from distributed import Client
 
 from dask_deploy.testing.marathon import MarathonStandIn
 from marathon_support import (
-    AGENT_PORTS,
     free_offered_port,
+    marathon_standin,
     marathon_values,
     post_app,
     sandbox_logs,
@@ -62,7 +62,7 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
-    with MarathonStandIn(port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes") as standin:
+    with marathon_standin(workdir=tmp_path / "sandboxes") as standin:
         yield standin
 
 

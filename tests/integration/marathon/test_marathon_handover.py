@@ -19,7 +19,13 @@ from distributed import Client
 
 from dask_deploy.testing.marathon import MarathonStandIn
 from handover_support import LEDGER_PRELOAD, assert_handed_over, hold_on, worker_names
-from marathon_support import AGENT_PORTS, free_offered_port, marathon_values, post_app, sandbox_logs
+from marathon_support import (
+    free_offered_port,
+    marathon_standin,
+    marathon_values,
+    post_app,
+    sandbox_logs,
+)
 from process_support import listening, wait_for
 from render_support import render_over_defaults
 
@@ -28,7 +34,7 @@ pytestmark = [pytest.mark.marathon, pytest.mark.integration]
 
 @pytest.fixture
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
-    with MarathonStandIn(port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes") as standin:
+    with marathon_standin(workdir=tmp_path / "sandboxes") as standin:
         yield standin
 
 

@@ -20,8 +20,8 @@ from distributed import Client
 
 from dask_deploy.testing.marathon import MarathonStandIn
 from marathon_support import (
-    AGENT_PORTS,
     free_offered_port,
+    marathon_standin,
     marathon_values,
     post_app,
     sandbox_logs,
@@ -45,9 +45,7 @@ MOUNT_PATH = "/etc/dask/tls"  # in the containers
 
 @pytest.fixture
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
-    with MarathonStandIn(
-        port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes", agent_root=tmp_path / "agent"
-    ) as standin:
+    with marathon_standin(workdir=tmp_path / "sandboxes", agent_root=tmp_path / "agent") as standin:
         yield standin
 
 

@@ -18,7 +18,13 @@ import requests
 from distributed import Client
 
 from dask_deploy.testing.marathon import MarathonStandIn
-from marathon_support import AGENT_PORTS, free_offered_port, marathon_values, post_app, sandbox_logs
+from marathon_support import (
+    free_offered_port,
+    marathon_standin,
+    marathon_values,
+    post_app,
+    sandbox_logs,
+)
 from process_support import listening, wait_for
 from render_support import render_over_defaults
 
@@ -30,7 +36,7 @@ QUEUED = "stuck_worker.queued-0"
 
 @pytest.fixture
 def marathon(tmp_path: Path) -> Iterator[MarathonStandIn]:
-    with MarathonStandIn(port_range=AGENT_PORTS, workdir=tmp_path / "sandboxes") as standin:
+    with marathon_standin(workdir=tmp_path / "sandboxes") as standin:
         yield standin
 
 
