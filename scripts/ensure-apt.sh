@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages named on the command line when any is missing.
 # Serialised with a lock, because tests and make targets may call it at the same time.
+#
+#   scripts/ensure-apt.sh PACKAGE...   # install those missing
+#   scripts/ensure-apt.sh --update     # refresh the package lists, under the same lock
 set -euo pipefail
 find_missing() {
   missing=()
@@ -8,10 +11,15 @@ find_missing() {
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
   done
 }
-find_missing "$@"
-[ ${#missing[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if [ "${1:-}" = "--update" ]; then
+  exec 9>/tmp/dask-deploy-apt.lock
+  flock 9
+  exec $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+fi
+find_missing "$@"
+[ ${#missing[@]} -eq 0 ] && exit 0
 exec 9>/tmp/dask-deploy-apt.lock
 flock 9
 # Another test worker may have installed them while we waited for the lock.

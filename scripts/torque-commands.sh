@@ -24,9 +24,7 @@ trap 'rm -rf "$work"' EXIT
 if ! (cd "$work" && apt-get download slurm-wlm-torque >/dev/null 2>&1); then
   # No lists, or stale ones: refresh them under ensure-apt.sh's lock, as other test workers may
   # be installing packages at this moment (a second apt-get update would fail on apt's lock).
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  flock /tmp/dask-deploy-apt.lock $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  "$here/ensure-apt.sh" --update
   (cd "$work" && apt-get download slurm-wlm-torque >/dev/null)
 fi
 dpkg-deb -x "$work"/slurm-wlm-torque_*.deb "$work/root"
